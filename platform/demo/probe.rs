@@ -1,0 +1,128 @@
+//! `probe`: a demo payload that reports how it sees the world, so a user (and
+//! stigmer's tests) can check how a payload is launched.
+//!
+//! It prints one `key: value` line per fact: argv, its own executable, the
+//! seals on it, whether it can write to it, its open fds and a few
+//! variables. Flags: `--exit N` exits with N, `--signal N` kills itself with
+//! signal N, `--env NAME` prints a variable, `--sleep MS` sleeps first,
+//! `--quiet` prints nothing. std-only, so `build.rs` compiles it with rustc.
+
+use std::env;
+use std::fs;
+use std::process::ExitCode;
+use std::time::Duration;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().collect();
+    let mut exit = 0u8;
+    let mut signal = None;
+    let mut quiet = false;
+    let mut envs = Vec::new();
+    let mut rest = args.iter().skip(1);
+    while let Some(arg) = rest.next() {
+        let mut value = || rest.next().cloned().unwrap_or_default();
+        match arg.as_str() {
+            "--exit" => exit = value().parse().unwrap_or(1),
+            "--signal" => signal = value().parse::<i32>().ok(),
+            "--env" => envs.push(value()),
+            "--sleep" => std::thread::sleep(Duration::from_millis(value().parse().unwrap_or(0))),
+            "--quiet" => quiet = true,
+            _ => {}
+        }
+    }
+    if !quiet {
+        report(&args, &envs);
+    }
+    if let Some(signal) = signal {
+        sys::raise_signal(signal);
+    }
+    ExitCode::from(exit)
+}
+
+fn report(args: &[String], envs: &[String]) {
+    println!("probe: hello from the embedded probe");
+    println!("argv: {args:?}");
+    let exe = fs::read_link("/proc/self/exe")
+        .or_else(|_| env::current_exe())
+        .map(|p| p.display().to_string());
+    println!("exe: {}", exe.unwrap_or_else(|e| format!("unknown ({e})")));
+    println!("seals: {}", sys::seals());
+    let write = fs::OpenOptions::new().write(true).open("/proc/self/exe");
+    println!(
+        "write-self: {}",
+        match write {
+            Ok(_) => "allowed".to_owned(),
+            Err(e) => format!("denied ({e})"),
+        }
+    );
+    println!("fds: {}", open_fds());
+    for name in envs {
+        match env::var(name) {
+            Ok(v) => println!("env: {name}={v}"),
+            Err(_) => println!("env: {name} unset"),
+        }
+    }
+}
+
+/// The open file descriptors, without the one used to list them.
+fn open_fds() -> String {
+    let Ok(dir) = fs::read_dir("/proc/self/fd").or_else(|_| fs::read_dir("/dev/fd")) else {
+        return "unknown".to_owned();
+    };
+    let mut fds: Vec<u32> = dir
+        .flatten()
+        .filter_map(|e| {
+            let fd = e.file_name().to_str()?.parse().ok()?;
+            // The directory being read shows up as a link to itself.
+            let target = fs::read_link(e.path()).ok()?;
+            (!target.ends_with("fd")).then_some(fd)
+        })
+        .collect();
+    fds.sort();
+    fds.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+#[cfg(unix)]
+mod sys {
+    unsafe extern "C" {
+        fn raise(sig: i32) -> i32;
+        #[cfg(target_os = "linux")]
+        fn fcntl(fd: i32, cmd: i32, ...) -> i32;
+    }
+
+    pub fn raise_signal(signal: i32) {
+        // SAFETY: raise(3) has no memory-safety preconditions.
+        unsafe { raise(signal) };
+    }
+
+    #[cfg(target_os = "linux")]
+    pub fn seals() -> String {
+        use std::os::fd::AsRawFd;
+        const F_GET_SEALS: i32 = 1034;
+        const NAMES: [(i32, &str); 6] = [
+            (0x1, "seal"),
+            (0x2, "shrink"),
+            (0x4, "grow"),
+            (0x8, "write"),
+            (0x10, "future-write"),
+            (0x20, "exec"),
+        ];
+        let file = match std::fs::File::open("/proc/self/exe") {
+            Ok(f) => f,
+            Err(e) => return format!("unknown ({e})"),
+        };
+        // SAFETY: F_GET_SEALS takes no argument and only reads the open fd.
+        let seals = unsafe { fcntl(file.as_raw_fd(), F_GET_SEALS) };
+        if seals < 0 {
+            return format!("none ({})", std::io::Error::last_os_error());
+        }
+        let names: Vec<&str> =
+            NAMES.iter().filter(|(bit, _)| seals & bit != 0).map(|(_, n)| *n).collect();
+        format!("{seals:#x} {}", names.join(","))
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn seals() -> String {
+        "none (not Linux)".to_owned()
+    }
+}

@@ -1,0 +1,127 @@
+//! The command line, as clap sees it. `main.rs` turns it into library calls.
+
+use std::ffi::OsString;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Runs the executables carried inside this binary, straight from memory on
+/// Linux or from a verified cache on macOS.
+#[derive(Debug, Parser)]
+#[command(name = "stigmer", version, propagate_version = true, max_term_width = 100)]
+pub(crate) struct Cli {
+    /// Where payloads run from: memory (Linux), the verified cache, or auto
+    #[arg(long, global = true, env = "STIGMER_BACKEND", value_enum, default_value_t = BackendArg::Auto)]
+    pub(crate) backend: BackendArg,
+
+    /// Log more (-v debug, -vv trace); RUST_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+
+    /// Log only errors
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub(crate) quiet: bool,
+
+    #[command(subcommand)]
+    pub(crate) command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Cmd {
+    /// Run a payload in place of stigmer: its stdio, exit status and signals are its own
+    ///
+    /// Everything after NAME is the payload's: `stigmer run api --help` shows
+    /// the payload's help. A `--` right after NAME is dropped, as in
+    /// `stigmer run api -- --port 80`.
+    Run {
+        /// The payload's name (see `stigmer list`), then its arguments
+        #[arg(
+            value_name = "NAME [ARGS]",
+            required = true,
+            num_args = 1..,
+            trailing_var_arg = true,
+            allow_hyphen_values = true
+        )]
+        argv: Vec<OsString>,
+    },
+    /// List the payloads this binary carries and how each will be launched
+    List {
+        /// One JSON array for scripts, instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Look after the cache under $STIGMER_HOME/bin
+    Cache {
+        #[command(subcommand)]
+        command: CacheCmd,
+    },
+}
+
+/// The payload's arguments from what follows NAME: without the `--` that
+/// may separate them from it.
+pub(crate) fn payload_args(mut args: Vec<OsString>) -> Vec<OsString> {
+    if args.first().is_some_and(|a| a == "--") {
+        args.remove(0);
+    }
+    args
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CacheCmd {
+    /// Remove entries of payloads this build does not carry, and leftovers of interrupted writes
+    Prune,
+    /// Re-hash every entry; remove (and report) the ones that do not match
+    Verify,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BackendArg {
+    /// memfd on Linux (the cache where the kernel refuses it), the cache on macOS
+    Auto,
+    /// Only a sealed memfd (Linux)
+    Memfd,
+    /// Only the verified cache
+    Cache,
+}
+
+impl From<BackendArg> for stigmer::Choice {
+    fn from(b: BackendArg) -> stigmer::Choice {
+        match b {
+            BackendArg::Auto => stigmer::Choice::Auto,
+            BackendArg::Memfd => stigmer::Choice::Only(stigmer::Backend::Memfd),
+            BackendArg::Cache => stigmer::Choice::Only(stigmer::Backend::Cache),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_takes_payload_flags_as_arguments() {
+        let argv = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let Cmd::Run { argv } = cli.command else { panic!() };
+            (cli.verbose, cli.quiet, argv)
+        };
+        assert_eq!(argv(&["stigmer", "run", "probe", "--exit", "3"]).2, ["probe", "--exit", "3"]);
+        // stigmer's own flags go before NAME; after it, everything is the payload's.
+        assert_eq!(
+            argv(&["stigmer", "run", "probe", "--quiet", "-v", "-h"]),
+            (0, false, vec![OsString::from("probe"), "--quiet".into(), "-v".into(), "-h".into()])
+        );
+        assert_eq!(argv(&["stigmer", "-v", "run", "-q", "probe"]).0, 1);
+        assert!(argv(&["stigmer", "run", "-q", "probe"]).1);
+        assert_eq!(argv(&["stigmer", "run", "probe", "--", "-v"]).2, ["probe", "--", "-v"]);
+        assert_eq!(payload_args(vec!["--".into(), "-v".into()]), ["-v"]);
+        assert_eq!(payload_args(vec!["-v".into(), "--".into()]), ["-v", "--"]);
+        assert!(Cli::try_parse_from(["stigmer", "run"]).is_err());
+    }
+}

@@ -1,0 +1,203 @@
+//! The `stigmer` binary: a thin clap layer over the library.
+//!
+//! `main` parses arguments, sets up logging on stderr, calls the library and
+//! maps the outcome to an exit status: the payload's own status for `run`,
+//! 2 for a usage error, 1 for any other failure. It is not async: `run`
+//! execs in place from a single-threaded process.
+
+mod cli;
+mod payloads;
+
+use std::ffi::{OsStr, OsString};
+use std::io::{self, Write as _};
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use stigmer::{Catalog, Choice, Launcher, env};
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{CacheCmd, Cli, Cmd};
+
+fn main() -> ExitCode {
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    let catalog = payloads::catalog();
+
+    // Multi-call: `ln -s stigmer workflow-runner; ./workflow-runner --help`
+    // runs the payload with every argument.
+    if let Some(name) = args.first().and_then(|a| multicall_name(a, &catalog)) {
+        init_logging(0, false);
+        let choice = match std::env::var(env::STIGMER_BACKEND) {
+            Ok(v) if !v.is_empty() => match v.parse::<Choice>() {
+                Ok(c) => c,
+                Err(e) => return fail(&e.into()),
+            },
+            _ => Choice::Auto,
+        };
+        let rest = args.split_off(1);
+        return outcome(run(&catalog, choice, &name, rest));
+    }
+
+    let cli = Cli::parse_from(args);
+    init_logging(cli.verbose, cli.quiet);
+    let choice = Choice::from(cli.backend);
+    outcome(match cli.command {
+        Cmd::Run { mut argv } => {
+            let args = cli::payload_args(argv.split_off(1));
+            run(&catalog, choice, &argv[0].to_string_lossy(), args)
+        }
+        Cmd::List { json } => list(&catalog, choice, json),
+        Cmd::Cache { command } => cache(&catalog, choice, command),
+    })
+}
+
+/// The payload to run when stigmer was started through a link named after
+/// it, if it was.
+fn multicall_name(argv0: &OsStr, catalog: &Catalog) -> Option<String> {
+    let name = Path::new(argv0).file_name()?.to_str()?;
+    catalog.find(name).map(|p| p.name().to_owned())
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_env_filter(filter)
+        .without_time()
+        .with_target(false)
+        .init();
+}
+
+fn run(
+    catalog: &Catalog,
+    choice: Choice,
+    name: &str,
+    args: Vec<OsString>,
+) -> anyhow::Result<ExitCode> {
+    let payload = catalog.get(name)?;
+    let launcher = Launcher::new(choice, env::home().ok());
+    let status = launcher.run(payload, args)?;
+    Ok(stigmer::launch::exit_code(status))
+}
+
+fn list(catalog: &Catalog, choice: Choice, json: bool) -> anyhow::Result<ExitCode> {
+    let launcher = Launcher::new(choice, env::home().ok());
+    let mut out = io::stdout().lock();
+    if json {
+        let rows: Vec<_> = catalog
+            .payloads()
+            .iter()
+            .map(|p| {
+                let plan = launcher.plan(p);
+                serde_json::json!({
+                    "name": p.name(),
+                    "kind": p.kind().as_str(),
+                    "size": p.len(),
+                    "sha256": p.sha256().to_string(),
+                    "backend": plan.backend.as_str(),
+                    "why": plan.why,
+                })
+            })
+            .collect();
+        serde_json::to_writer_pretty(&mut out, &rows)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let width = catalog.payloads().iter().map(|p| p.name().len()).max().unwrap_or(0).max(4);
+    writeln!(out, "{:width$}  {:<11}  {:>9}  {:<12}  LAUNCH", "NAME", "KIND", "SIZE", "SHA256")?;
+    for p in catalog.payloads() {
+        let plan = launcher.plan(p);
+        let sha = p.sha256().to_string();
+        writeln!(
+            out,
+            "{:width$}  {:<11}  {:>9}  {:<12}  {}: {}",
+            p.name(),
+            p.kind().as_str(),
+            human_size(p.len()),
+            &sha[..12],
+            plan.backend,
+            plan.why
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cache(catalog: &Catalog, choice: Choice, command: CacheCmd) -> anyhow::Result<ExitCode> {
+    let launcher = Launcher::new(choice, env::home().ok());
+    let mut out = io::stdout().lock();
+    match command {
+        CacheCmd::Prune => {
+            let keep: Vec<_> = catalog.payloads().iter().collect();
+            let removed = stigmer::launch::prune(launcher.cache(), &keep)?;
+            for f in &removed {
+                writeln!(out, "removed {} ({})", f.path.display(), f.what)?;
+            }
+            writeln!(out, "pruned {} item(s)", removed.len())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        CacheCmd::Verify => {
+            let checked = stigmer::launch::verify(launcher.cache())?;
+            let bad = checked.iter().filter(|(_, good)| !good).count();
+            for (f, _) in &checked {
+                writeln!(out, "{}: {}", f.path.display(), f.what)?;
+            }
+            writeln!(
+                out,
+                "verified {} entr{}, {bad} bad",
+                checked.len(),
+                if checked.len() == 1 { "y" } else { "ies" }
+            )?;
+            Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}
+
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut size = bytes as f64;
+    let mut unit = 0;
+    while size >= 1024.0 && unit < UNITS.len() - 1 {
+        size /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{size:.1} {}", UNITS[unit]) }
+}
+
+fn outcome(result: anyhow::Result<ExitCode>) -> ExitCode {
+    result.unwrap_or_else(|e| fail(&e))
+}
+
+/// Prints the error as one line and picks the exit status: 2 for a usage
+/// error, 1 otherwise; a closed stdout (`stigmer list | head`) is success.
+fn fail(err: &anyhow::Error) -> ExitCode {
+    if err.chain().any(|e| {
+        e.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    }) {
+        return ExitCode::SUCCESS;
+    }
+    let (message, code) = match err.downcast_ref::<stigmer::Error>() {
+        // Library errors already include their cause.
+        Some(e) => (e.to_string(), if e.is_usage() { 2 } else { 1 }),
+        None => (format!("{err:#}"), 1),
+    };
+    let _ = writeln!(io::stderr(), "error: {message}");
+    ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(60 << 20), "60.0 MiB");
+    }
+}

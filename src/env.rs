@@ -1,0 +1,50 @@
+//! Every environment variable stigmer reads, in one place.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use crate::{Error, Result};
+
+/// The cache's root folder. Default: `~/.stigmer`. Payload entries live in
+/// `$STIGMER_HOME/bin/`, private temporary folders in `$STIGMER_HOME/tmp/`.
+pub const STIGMER_HOME: &str = "STIGMER_HOME";
+
+/// The launch backend: `auto` (the default), `memfd` or `cache`. The
+/// `--backend` flag wins over it.
+pub const STIGMER_BACKEND: &str = "STIGMER_BACKEND";
+
+/// Build time only: the folder whose executables are embedded as payloads,
+/// instead of `platform/<target-triple>/`. Read by `build.rs`, never at run
+/// time.
+pub const STIGMER_PAYLOAD_DIR: &str = "STIGMER_PAYLOAD_DIR";
+
+/// The cache root: `$STIGMER_HOME`, else `$HOME/.stigmer`.
+pub fn home() -> Result<PathBuf> {
+    home_from(std::env::var_os(STIGMER_HOME), std::env::var_os("HOME"))
+}
+
+fn home_from(stigmer_home: Option<OsString>, home: Option<OsString>) -> Result<PathBuf> {
+    if let Some(dir) = stigmer_home.filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    match home.filter(|v| !v.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".stigmer")),
+        None => Err(Error::NoHome),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolution() {
+        let h = |s: Option<&str>, home: Option<&str>| {
+            home_from(s.map(Into::into), home.map(Into::into))
+        };
+        assert_eq!(h(Some("/x"), Some("/home/u")).unwrap(), PathBuf::from("/x"));
+        assert_eq!(h(Some(""), Some("/home/u")).unwrap(), PathBuf::from("/home/u/.stigmer"));
+        assert_eq!(h(None, Some("/home/u")).unwrap(), PathBuf::from("/home/u/.stigmer"));
+        assert!(matches!(h(None, None), Err(Error::NoHome)));
+    }
+}

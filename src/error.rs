@@ -1,0 +1,175 @@
+//! The library's error type.
+//!
+//! One variant per operation that can fail, each carrying its subject (the
+//! payload, the path) and, where there is one, the OS error behind it. The
+//! message is one line that names the thing and, where there is one, the fix;
+//! it already includes the cause, so print it with `{}`, not a chain.
+
+use std::io;
+use std::path::PathBuf;
+
+/// A `Result` with stigmer's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while finding, preparing and launching a
+/// payload.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No payload has that name.
+    #[error("no payload named {name:?}: this stigmer carries {}", known.join(", "))]
+    UnknownPayload {
+        /// The name asked for.
+        name: String,
+        /// The names this build carries.
+        known: Vec<String>,
+    },
+
+    /// A backend name that is not `auto`, `memfd` or `cache`.
+    #[error("unknown backend {0:?}: use auto, memfd or cache")]
+    UnknownBackend(String),
+
+    /// The memfd backend was asked for where it does not exist.
+    #[error("the memfd backend needs Linux: use --backend auto or --backend cache")]
+    MemfdUnsupported,
+
+    /// Neither `STIGMER_HOME` nor `HOME` is set.
+    #[error("cannot find a folder for the cache: set STIGMER_HOME (or HOME)")]
+    NoHome,
+
+    /// A step of making the payload's sealed memfd failed.
+    #[error("cannot run {name} from memory: {op}: {source}")]
+    Memfd {
+        /// The payload.
+        name: String,
+        /// The call that failed.
+        op: &'static str,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A cache folder exists but cannot be trusted.
+    #[error("refusing the cache folder {}: {reason}; {fix}", path.display())]
+    UntrustedCache {
+        /// The folder.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+        /// How to make it right.
+        fix: String,
+    },
+
+    /// Reading or writing the cache failed.
+    #[error("cannot {op} {}: {source}; make it writable or set STIGMER_HOME to a folder that is", path.display())]
+    Cache {
+        /// What stigmer was doing.
+        op: &'static str,
+        /// The file or folder.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The bytes embedded in this binary do not hash to their build-time
+    /// sha256: the stigmer binary itself is damaged.
+    #[error(
+        "the embedded payload {name} is corrupt (sha256 {actual}, built as {expected}): reinstall stigmer"
+    )]
+    CorruptPayload {
+        /// The payload.
+        name: String,
+        /// The build-time sha256.
+        expected: String,
+        /// What the bytes hash to.
+        actual: String,
+    },
+
+    /// Exec from memory was refused and the cache cannot be used either.
+    #[error(
+        "cannot run {name}: the kernel refuses exec from memory ({memfd}) and the cache is unusable ({cache}); \
+         set STIGMER_HOME to a writable folder that allows exec (in a container, mount a volume there)"
+    )]
+    NoBackend {
+        /// The payload.
+        name: String,
+        /// Why the memfd backend failed.
+        memfd: Box<Error>,
+        /// Why the cache backend failed.
+        cache: Box<Error>,
+    },
+
+    /// Starting the payload failed.
+    #[error("cannot start {name}: {source}")]
+    Exec {
+        /// The payload.
+        name: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    /// Whether the error comes from what the user asked for (a name, a
+    /// flag), as opposed to a failure of the machine or the binary. The CLI
+    /// exits 2 for these and 1 for the rest.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            Error::UnknownPayload { .. } | Error::UnknownBackend(_) | Error::MemfdUnsupported
+        )
+    }
+
+    /// Whether this error means the kernel refuses to exec from a memfd here
+    /// (`vm.memfd_noexec=2`, a seccomp filter, an LSM, an old kernel), so the
+    /// cache should be used instead.
+    pub fn is_exec_refused(&self) -> bool {
+        let source = match self {
+            Error::Memfd { source, .. } | Error::Exec { source, .. } => source,
+            _ => return false,
+        };
+        matches!(source.kind(), io::ErrorKind::PermissionDenied | io::ErrorKind::Unsupported)
+            || matches!(source.raw_os_error(), Some(code) if is_refusal(code))
+    }
+}
+
+/// EACCES, EPERM and ENOSYS: what `memfd_create` and `execveat` return when
+/// policy (or age) forbids them.
+fn is_refusal(code: i32) -> bool {
+    use nix::errno::Errno;
+    matches!(Errno::from_raw(code), Errno::EPERM | Errno::EACCES | Errno::ENOSYS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_send_sync() {
+        fn check<T: Send + Sync + 'static>() {}
+        check::<Error>();
+    }
+
+    #[test]
+    fn refusals() {
+        let err = |code| Error::Memfd {
+            name: "api".into(),
+            op: "memfd_create",
+            source: io::Error::from_raw_os_error(code),
+        };
+        for code in [nix::libc::EPERM, nix::libc::EACCES, nix::libc::ENOSYS] {
+            assert!(err(code).is_exec_refused(), "{code}");
+        }
+        assert!(!err(nix::libc::ENOSPC).is_exec_refused(), "ENOSPC is not a refusal");
+        assert!(!Error::NoHome.is_exec_refused());
+    }
+
+    #[test]
+    fn unknown_payload_lists_names() {
+        let e = Error::UnknownPayload { name: "x".into(), known: vec!["a".into(), "b".into()] };
+        assert_eq!(e.to_string(), r#"no payload named "x": this stigmer carries a, b"#);
+        assert!(e.is_usage());
+    }
+}

@@ -1,0 +1,344 @@
+//! The memfd backend (Linux): payloads run from sealed anonymous memory.
+//!
+//! For each payload, once per process: `memfd_create` with `MFD_CLOEXEC |
+//! MFD_ALLOW_SEALING | MFD_EXEC` (retried without `MFD_EXEC` on kernels
+//! before 6.3, which reject it with `EINVAL`), filled with `sendfile` from
+//! stigmer's own executable at the payload's offset (or `write` from the
+//! embedded bytes when that offset cannot be found), then sealed with
+//! `F_SEAL_EXEC` where the kernel knows it and `F_SEAL_SHRINK | F_SEAL_GROW |
+//! F_SEAL_WRITE | F_SEAL_SEAL`. Nothing touches a file system.
+//!
+//! Exec in place is `execveat(fd, "", argv, envp, AT_EMPTY_PATH)`. A spawned
+//! child execs `/proc/self/fd/N`: the child resolves that path before its
+//! close-on-exec descriptors close, so the payload inherits no memfd.
+//!
+//! A `#!` script is the exception: its interpreter opens `/dev/fd/N` after
+//! the exec, so that one descriptor is made inheritable in the child (and
+//! only there) right before the exec.
+//!
+//! # References
+//! - memfd_create(2), execveat(2), fcntl(2) "File Sealing", sendfile(2)
+//! - Documentation/admin-guide/sysctl/vm.rst, `memfd_noexec`
+
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, BufRead as _, Write as _};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::process::CommandExt as _;
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use memfd::{FileSeal, Memfd};
+use rustix::fs::{MemfdFlags, SealFlags};
+use tracing::debug;
+
+use crate::{Error, Kind, Payload, Result};
+
+/// Creates, fills and seals one memfd per payload, and keeps it for the
+/// life of the launcher so every spawn of a payload shares one copy.
+#[derive(Debug, Default)]
+pub struct MemfdLauncher {
+    images: Mutex<HashMap<String, Arc<Mutex<Option<Image>>>>>,
+}
+
+/// A payload sealed in a memfd, ready to exec any number of times.
+#[derive(Clone, Debug)]
+pub(crate) struct Image {
+    fd: Arc<OwnedFd>,
+    script: bool,
+}
+
+impl MemfdLauncher {
+    /// A launcher with no memfd yet.
+    pub fn new() -> MemfdLauncher {
+        MemfdLauncher::default()
+    }
+
+    /// The sealed memfd of `payload`, made on first use.
+    pub(crate) fn image(&self, payload: &Payload) -> Result<Image> {
+        // One slot per payload, so payloads are prepared in parallel while
+        // two threads asking for the same payload share one memfd.
+        let slot = {
+            let mut images = self.images.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(images.entry(payload.name().to_owned()).or_default())
+        };
+        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(image) = &*slot {
+            return Ok(image.clone());
+        }
+        let image = Image {
+            fd: Arc::new(seal(fill(create(payload)?, payload)?, payload)?),
+            script: payload.kind() == Kind::Script,
+        };
+        *slot = Some(image.clone());
+        Ok(image)
+    }
+}
+
+fn op_err<'a>(payload: &'a Payload, op: &'static str) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error::Memfd { name: payload.name().to_owned(), op, source }
+}
+
+/// `memfd_create`, asking for an executable memfd where the kernel knows
+/// `MFD_EXEC` (6.3+). Under `vm.memfd_noexec=2` this fails with `EACCES`,
+/// which the caller treats as "use the cache".
+fn create(payload: &Payload) -> Result<Memfd> {
+    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+    let fd = match rustix::fs::memfd_create(payload.name(), flags | MemfdFlags::EXEC) {
+        Err(rustix::io::Errno::INVAL) => rustix::fs::memfd_create(payload.name(), flags),
+        other => other,
+    }
+    .map_err(|e| op_err(payload, "memfd_create")(e.into()))?;
+    Ok(Memfd::try_from_fd(fd).expect("memfd_create returns a memfd"))
+}
+
+fn fill(memfd: Memfd, payload: &Payload) -> Result<Memfd> {
+    let file = memfd.as_file();
+    let sent = match SelfExe::get().and_then(|exe| exe.locate(payload.data())) {
+        Some((exe, offset)) => send(file, exe, offset, payload.len()),
+        None => Ok(false),
+    }
+    .map_err(op_err(payload, "sendfile"))?;
+    if !sent {
+        debug!(payload = payload.name(), "filling the memfd with write()");
+        let mut file = file;
+        file.write_all(payload.data()).map_err(op_err(payload, "write"))?;
+    }
+    Ok(memfd)
+}
+
+/// Copies `len` bytes at `offset` of `exe` into `out` inside the kernel.
+/// `Ok(false)` when `sendfile` is not available for these files.
+fn send(out: &File, exe: &File, mut offset: u64, len: u64) -> io::Result<bool> {
+    let (start, end) = (offset, offset + len);
+    while offset < end {
+        // sendfile moves at most 0x7ffff000 bytes per call.
+        let chunk = (end - offset).min(0x7fff_f000) as usize;
+        match rustix::fs::sendfile(out, exe, Some(&mut offset), chunk) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) if offset == start => {
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(true)
+}
+
+fn seal(memfd: Memfd, payload: &Payload) -> Result<OwnedFd> {
+    // F_SEAL_EXEC (6.3+) keeps the exec bits as they are; older kernels say
+    // EINVAL, and their memfds have no exec bit policy to protect.
+    match rustix::fs::fcntl_add_seals(memfd.as_file(), SealFlags::EXEC) {
+        Ok(()) | Err(rustix::io::Errno::INVAL) => {}
+        Err(e) => return Err(op_err(payload, "F_ADD_SEALS")(e.into())),
+    }
+    memfd
+        .add_seals(&[
+            FileSeal::SealShrink,
+            FileSeal::SealGrow,
+            FileSeal::SealWrite,
+            FileSeal::SealSeal,
+        ])
+        .map_err(|e| op_err(payload, "F_ADD_SEALS")(io::Error::other(e)))?;
+    Ok(memfd.into_file().into())
+}
+
+impl Image {
+    /// A command that runs the payload from its memfd.
+    pub(crate) fn command(&self, name: &str) -> Command {
+        let mut cmd = Command::new(format!("/proc/self/fd/{}", self.fd.as_raw_fd()));
+        cmd.arg0(name);
+        // The closure owns a reference to the memfd, so the descriptor number
+        // stays valid (and is never reused by another file) while the command
+        // exists.
+        let fd = Arc::clone(&self.fd);
+        let script = self.script;
+        // SAFETY: the closure runs in the child between fork and exec and
+        // makes only one raw fcntl(2) system call, which is async-signal-safe;
+        // it allocates nothing and takes no lock.
+        unsafe {
+            cmd.pre_exec(move || {
+                if script {
+                    rustix::io::fcntl_setfd(fd.as_fd(), rustix::io::FdFlags::empty())?;
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// Replaces this process with the payload. Returns only on failure.
+    pub(crate) fn exec(&self, argv: &[CString], envp: &[CString]) -> io::Error {
+        if self.script {
+            if let Err(e) = rustix::io::fcntl_setfd(self.fd.as_fd(), rustix::io::FdFlags::empty()) {
+                return e.into();
+            }
+        }
+        let err = nix::unistd::execveat(
+            self.fd.as_fd(),
+            c"",
+            argv,
+            envp,
+            nix::fcntl::AtFlags::AT_EMPTY_PATH,
+        )
+        .unwrap_err();
+        io::Error::from(err)
+    }
+}
+
+/// stigmer's own executable, opened once, and where its file-backed
+/// mappings are, to find the file offset of an embedded payload.
+struct SelfExe {
+    file: File,
+    mappings: Vec<Mapping>,
+}
+
+/// One line of `/proc/self/maps` that maps the executable file.
+#[derive(Debug, PartialEq)]
+struct Mapping {
+    start: usize,
+    end: usize,
+    offset: u64,
+}
+
+impl SelfExe {
+    fn get() -> Option<&'static SelfExe> {
+        static SELF: OnceLock<Option<SelfExe>> = OnceLock::new();
+        SELF.get_or_init(|| match SelfExe::open() {
+            Ok(exe) => Some(exe),
+            Err(e) => {
+                debug!(
+                    "cannot map payloads to /proc/self/exe ({e}): memfds are filled with write()"
+                );
+                None
+            }
+        })
+        .as_ref()
+    }
+
+    fn open() -> io::Result<SelfExe> {
+        let file = File::open("/proc/self/exe")?;
+        let meta = file.metadata()?;
+        let maps = io::BufReader::new(File::open("/proc/self/maps")?);
+        let mut mappings = Vec::new();
+        for line in maps.lines() {
+            if let Some((mapping, dev_ino)) = parse_maps_line(&line?) {
+                // Trust a line only if it maps the very file we opened.
+                if dev_ino == (meta.dev(), meta.ino()) {
+                    mappings.push(mapping);
+                }
+            }
+        }
+        if mappings.is_empty() {
+            return Err(io::Error::other("the executable is not mapped from its file"));
+        }
+        Ok(SelfExe { file, mappings })
+    }
+
+    /// The executable and the file offset of `data`, when all of `data` lies
+    /// in file-backed mappings of it (rust-embed's bytes are in `.rodata`).
+    fn locate(&self, data: &[u8]) -> Option<(&File, u64)> {
+        let start = data.as_ptr() as usize;
+        let offset = locate(&self.mappings, start, data.len())?;
+        let size = self.file.metadata().ok()?.len();
+        (offset + data.len() as u64 <= size).then_some((&self.file, offset))
+    }
+}
+
+/// Finds the file offset of the `len` bytes at address `start`, requiring
+/// the whole range to be covered by mappings that are contiguous in both
+/// memory and file.
+fn locate(mappings: &[Mapping], start: usize, len: usize) -> Option<u64> {
+    let first = mappings.iter().position(|m| m.start <= start && start < m.end)?;
+    let offset = mappings[first].offset + (start - mappings[first].start) as u64;
+    let end = start + len;
+    let mut covered = mappings[first].end;
+    let mut next_offset =
+        mappings[first].offset + (mappings[first].end - mappings[first].start) as u64;
+    for m in &mappings[first + 1..] {
+        if covered >= end {
+            break;
+        }
+        if m.start != covered || m.offset != next_offset {
+            return None;
+        }
+        covered = m.end;
+        next_offset += (m.end - m.start) as u64;
+    }
+    (covered >= end).then_some(offset)
+}
+
+/// Parses `start-end perms offset major:minor inode path` into the mapping
+/// and the `(dev, inode)` it maps, for lines that map a file.
+fn parse_maps_line(line: &str) -> Option<(Mapping, (u64, u64))> {
+    let mut fields = line.split_ascii_whitespace();
+    let (start, end) = fields.next()?.split_once('-')?;
+    let _perms = fields.next()?;
+    let offset = u64::from_str_radix(fields.next()?, 16).ok()?;
+    let (major, minor) = fields.next()?.split_once(':')?;
+    let inode: u64 = fields.next()?.parse().ok()?;
+    if inode == 0 {
+        return None;
+    }
+    let (major, minor) =
+        (u64::from_str_radix(major, 16).ok()?, u64::from_str_radix(minor, 16).ok()?);
+    let mapping = Mapping {
+        start: usize::from_str_radix(start, 16).ok()?,
+        end: usize::from_str_radix(end, 16).ok()?,
+        offset,
+    };
+    Some((mapping, (makedev(major, minor), inode)))
+}
+
+/// glibc's `makedev` encoding, which `st_dev` uses.
+fn makedev(major: u64, minor: u64) -> u64 {
+    ((major & 0xffff_f000) << 32)
+        | ((major & 0x0000_0fff) << 8)
+        | ((minor & 0xffff_ff00) << 12)
+        | (minor & 0x0000_00ff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_line() {
+        let (m, dev_ino) = parse_maps_line(
+            "5581e4a00000-5581e4b23000 r--p 00002000 fd:01 1835043   /usr/bin/stigmer (deleted)",
+        )
+        .unwrap();
+        assert_eq!(m, Mapping { start: 0x5581e4a00000, end: 0x5581e4b23000, offset: 0x2000 });
+        assert_eq!(dev_ino, (makedev(0xfd, 1), 1835043));
+        assert!(parse_maps_line("7ffd1000-7ffd2000 rw-p 00000000 00:00 0   [stack]").is_none());
+    }
+
+    #[test]
+    fn locate_spans_contiguous_mappings() {
+        let maps = [
+            Mapping { start: 0x1000, end: 0x3000, offset: 0 },
+            Mapping { start: 0x3000, end: 0x5000, offset: 0x2000 },
+            Mapping { start: 0x9000, end: 0xa000, offset: 0x4000 },
+        ];
+        assert_eq!(locate(&maps, 0x1800, 0x100), Some(0x800));
+        assert_eq!(locate(&maps, 0x2800, 0x2000), Some(0x1800), "across two mappings");
+        assert_eq!(locate(&maps, 0x4800, 0x1000), None, "runs into a gap");
+        assert_eq!(locate(&maps, 0x8000, 1), None, "not mapped");
+    }
+
+    #[test]
+    fn the_real_executable_is_found() {
+        static DATA: [u8; 4096] = [7; 4096];
+        let exe = SelfExe::get().expect("/proc/self/exe is readable in tests");
+        let (file, offset) = exe.locate(&DATA).expect("a static lives in a file mapping");
+        let mut buf = [0; 4096];
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut buf, offset).unwrap();
+        assert_eq!(buf, DATA);
+    }
+}

@@ -1,0 +1,396 @@
+//! Launching payloads: one trait, two backends, one place that chooses.
+//!
+//! [`Launch::prepare`] makes a payload ready to run and returns a
+//! [`Prepared`], which can replace the current process
+//! ([`Prepared::exec`]) or give a [`Command`] to spawn it as a child with the
+//! usual std (or, through `From`, tokio) controls.
+//!
+//! | backend | where | how |
+//! |---|---|---|
+//! | [`MemfdLauncher`] | Linux | a sealed memfd, `execveat(AT_EMPTY_PATH)`; nothing on disk |
+//! | [`CacheLauncher`] | every Unix | a verified, content-addressed file under `$STIGMER_HOME/bin/` |
+//!
+//! [`Launcher`] picks between them: memfd on Linux, the cache elsewhere, the
+//! cache for payloads that need a real path (PyInstaller one-file), and the
+//! cache, with one warning, where the kernel refuses exec from memory.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fmt;
+use std::io;
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tracing::warn;
+
+use crate::{Error, Kind, Payload, Result};
+
+mod cache;
+mod child;
+
+pub use child::exit_code;
+
+pub use cache::{CacheLauncher, Finding, prune, verify};
+
+cfg_if::cfg_if! {
+    if #[cfg(target_os = "linux")] {
+        mod memfd;
+        pub use memfd::MemfdLauncher;
+        /// The backend `auto` means on this platform.
+        const NATIVE: Backend = Backend::Memfd;
+    } else if #[cfg(unix)] {
+        /// The backend `auto` means on this platform.
+        const NATIVE: Backend = Backend::Cache;
+    } else {
+        compile_error!("stigmer runs on Linux and macOS");
+    }
+}
+
+/// Makes payloads ready to run.
+pub trait Launch {
+    /// Prepares `payload`: fills and seals its memfd, or writes and verifies
+    /// its cache entry. Cheap to call again for the same payload.
+    fn prepare(&self, payload: &Payload) -> Result<Prepared>;
+}
+
+/// A backend: where a payload runs from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// A sealed memfd (Linux).
+    Memfd,
+    /// A verified file in the cache.
+    Cache,
+}
+
+impl Backend {
+    /// `memfd` or `cache`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Memfd => "memfd",
+            Backend::Cache => "cache",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which backend to use: `--backend` and `STIGMER_BACKEND`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Choice {
+    /// memfd on Linux (the cache where the kernel refuses it), the cache
+    /// elsewhere.
+    #[default]
+    Auto,
+    /// Only a backend; no fallback.
+    Only(Backend),
+}
+
+impl FromStr for Choice {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Choice> {
+        match s {
+            "auto" => Ok(Choice::Auto),
+            "memfd" => Ok(Choice::Only(Backend::Memfd)),
+            "cache" => Ok(Choice::Only(Backend::Cache)),
+            other => Err(Error::UnknownBackend(other.to_owned())),
+        }
+    }
+}
+
+/// How a payload will be launched, and why: what `stigmer list` shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The backend.
+    pub backend: Backend,
+    /// Why, in a few words.
+    pub why: &'static str,
+}
+
+/// A payload ready to run.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    name: String,
+    image: Image,
+}
+
+#[derive(Clone, Debug)]
+enum Image {
+    #[cfg(target_os = "linux")]
+    Memfd(memfd::Image),
+    File(cache::Entry),
+}
+
+impl Prepared {
+    /// The payload's name, also its `argv[0]`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The backend it runs from.
+    pub fn backend(&self) -> Backend {
+        match self.image {
+            #[cfg(target_os = "linux")]
+            Image::Memfd(_) => Backend::Memfd,
+            Image::File(_) => Backend::Cache,
+        }
+    }
+
+    /// The cache entry it runs from, if it runs from the cache.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match &self.image {
+            Image::File(entry) => Some(&entry.path),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// Whether stigmer must outlive the payload to clean up after it (a
+    /// private `TMPDIR`), so it cannot exec it in place.
+    pub fn needs_parent(&self) -> bool {
+        matches!(&self.image, Image::File(entry) if entry.tmpdir.is_some())
+    }
+
+    /// A command that runs the payload as a child, with `argv[0]` set to its
+    /// name. Add arguments, environment, a working folder and stdio as with
+    /// any [`Command`]. Spawning from a memfd needs `/proc` mounted.
+    pub fn command(&self) -> Command {
+        match &self.image {
+            #[cfg(target_os = "linux")]
+            Image::Memfd(image) => image.command(&self.name),
+            Image::File(entry) => {
+                let mut cmd = Command::new(&entry.path);
+                cmd.arg0(&self.name);
+                if let Some(tmp) = &entry.tmpdir {
+                    cmd.env("TMPDIR", tmp.path());
+                }
+                cmd
+            }
+        }
+    }
+
+    /// Replaces this process with the payload, passing `args` after
+    /// `argv[0]` and this process's environment. Returns only on failure.
+    pub fn exec<I, S>(&self, args: I) -> Error
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let exec_err = |source| Error::Exec { name: self.name.clone(), source };
+        match &self.image {
+            #[cfg(target_os = "linux")]
+            Image::Memfd(image) => {
+                let argv = match std::iter::once(OsString::from(&self.name))
+                    .chain(args.into_iter().map(|a| a.as_ref().to_owned()))
+                    .map(|a| c_string(a.as_bytes()))
+                    .collect::<io::Result<Vec<_>>>()
+                {
+                    Ok(argv) => argv,
+                    Err(e) => return exec_err(e),
+                };
+                let envp = match std::env::vars_os()
+                    .map(|(k, v)| c_string(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
+                    .collect::<io::Result<Vec<_>>>()
+                {
+                    Ok(envp) => envp,
+                    Err(e) => return exec_err(e),
+                };
+                exec_err(image.exec(&argv, &envp))
+            }
+            Image::File(_) => exec_err(self.command().args(args).exec()),
+        }
+    }
+}
+
+fn c_string(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "an argument contains a NUL byte"))
+}
+
+/// The launcher: the chosen backend, with the fallbacks a user expects.
+#[derive(Debug)]
+pub struct Launcher {
+    choice: Choice,
+    cache: CacheLauncher,
+    #[cfg(target_os = "linux")]
+    memfd: MemfdLauncher,
+    /// Set once the kernel has refused exec from memory, so that the other
+    /// payloads go straight to the cache and the warning is given once.
+    memfd_refused: AtomicBool,
+}
+
+impl Launcher {
+    /// A launcher using `choice`, with its cache under `home` (see
+    /// [`crate::env::home`]; `None` if there is none).
+    pub fn new(choice: Choice, home: Option<PathBuf>) -> Launcher {
+        Launcher {
+            choice,
+            cache: CacheLauncher::new(home),
+            #[cfg(target_os = "linux")]
+            memfd: MemfdLauncher::new(),
+            memfd_refused: AtomicBool::new(false),
+        }
+    }
+
+    /// The cache backend this launcher falls back to.
+    pub fn cache(&self) -> &CacheLauncher {
+        &self.cache
+    }
+
+    /// How `payload` will be launched, decided without touching the kernel
+    /// or the cache.
+    pub fn plan(&self, payload: &Payload) -> Plan {
+        let (backend, why) = match (payload.kind(), self.choice) {
+            (Kind::PyInstaller, _) => (
+                Backend::Cache,
+                "PyInstaller one-file: it reopens its own path and unpacks into a private TMPDIR",
+            ),
+            (_, Choice::Only(Backend::Cache)) => {
+                (Backend::Cache, "chosen with --backend or STIGMER_BACKEND")
+            }
+            (Kind::Script, _) if NATIVE == Backend::Memfd => {
+                (Backend::Memfd, "sealed in memory; the #! interpreter reads it through /dev/fd")
+            }
+            (_, _) if NATIVE == Backend::Memfd => {
+                (Backend::Memfd, "sealed in memory, nothing written to disk")
+            }
+            (_, Choice::Only(Backend::Memfd)) => {
+                (Backend::Memfd, "chosen, but this platform has no memfd")
+            }
+            (_, Choice::Auto) => (Backend::Cache, "the verified cache is this platform's backend"),
+        };
+        if backend == Backend::Memfd
+            && self.choice == Choice::Auto
+            && self.memfd_refused.load(Ordering::Relaxed)
+        {
+            return Plan {
+                backend: Backend::Cache,
+                why: "the kernel refuses exec from memory here",
+            };
+        }
+        Plan { backend, why }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn prepare_memfd(&self, payload: &Payload) -> Result<Prepared> {
+        let image = self.memfd.image(payload)?;
+        Ok(Prepared { name: payload.name().to_owned(), image: Image::Memfd(image) })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn prepare_memfd(&self, _payload: &Payload) -> Result<Prepared> {
+        Err(Error::MemfdUnsupported)
+    }
+
+    fn prepare_cache(&self, payload: &Payload) -> Result<Prepared> {
+        let entry = self.cache.entry(payload)?;
+        Ok(Prepared { name: payload.name().to_owned(), image: Image::File(entry) })
+    }
+
+    /// Falls back to the cache after the kernel refused exec from memory,
+    /// warning once per process; when the cache fails too, the error names
+    /// both causes.
+    fn fall_back(&self, payload: &Payload, refused: Error) -> Result<Prepared> {
+        match self.prepare_cache(payload) {
+            Ok(prepared) => {
+                if !self.memfd_refused.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        "exec from memory is refused here ({refused}); using the cache in {}",
+                        self.cache_home()
+                    );
+                }
+                Ok(prepared)
+            }
+            Err(cache) => Err(Error::NoBackend {
+                name: payload.name().to_owned(),
+                memfd: Box::new(refused),
+                cache: Box::new(cache),
+            }),
+        }
+    }
+
+    fn cache_home(&self) -> String {
+        self.cache.home().map(|h| h.display().to_string()).unwrap_or_else(|e| e.to_string())
+    }
+
+    /// Replaces this process with `payload`, falling back to the cache when
+    /// the kernel refuses the exec from memory. Returns only on failure.
+    pub fn exec<I, S>(&self, payload: &Payload, args: I) -> Error
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let prepared = match self.prepare(payload) {
+            Ok(p) => p,
+            Err(e) => return e,
+        };
+        let err = prepared.exec(&args);
+        if prepared.backend() == Backend::Memfd
+            && self.choice == Choice::Auto
+            && err.is_exec_refused()
+        {
+            return match self.fall_back(payload, err) {
+                Ok(prepared) => prepared.exec(&args),
+                Err(e) => e,
+            };
+        }
+        err
+    }
+
+    /// Runs `payload` with `args` the way `stigmer run` does: in place when
+    /// it can (this returns only on failure), or as a child that stigmer
+    /// waits for, forwarding signals, when the payload needs stigmer to
+    /// clean up after it. Call it from a single-threaded process.
+    pub fn run<I, S>(&self, payload: &Payload, args: I) -> Result<ExitStatus>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let prepared = self.prepare(payload)?;
+        if prepared.needs_parent() {
+            let mut cmd = prepared.command();
+            cmd.args(args);
+            return child::run(&mut cmd)
+                .map_err(|source| Error::Exec { name: payload.name().to_owned(), source });
+        }
+        drop(prepared);
+        Err(self.exec(payload, args))
+    }
+}
+
+impl Launch for Launcher {
+    fn prepare(&self, payload: &Payload) -> Result<Prepared> {
+        let plan = self.plan(payload);
+        match plan.backend {
+            Backend::Cache => self.prepare_cache(payload),
+            Backend::Memfd => match self.prepare_memfd(payload) {
+                Err(e) if self.choice == Choice::Auto && e.is_exec_refused() => {
+                    self.fall_back(payload, e)
+                }
+                other => other,
+            },
+        }
+    }
+}
+
+impl Launch for CacheLauncher {
+    fn prepare(&self, payload: &Payload) -> Result<Prepared> {
+        let entry = self.entry(payload)?;
+        Ok(Prepared { name: payload.name().to_owned(), image: Image::File(entry) })
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Launch for MemfdLauncher {
+    fn prepare(&self, payload: &Payload) -> Result<Prepared> {
+        Ok(Prepared { name: payload.name().to_owned(), image: Image::Memfd(self.image(payload)?) })
+    }
+}

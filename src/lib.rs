@@ -1,0 +1,47 @@
+//! stigmer carries executables ("payloads") inside one binary and runs them
+//! without extracting them.
+//!
+//! On Linux a payload runs from a sealed memfd: nothing is written to any
+//! file system, so it works on a read-only root and with a `noexec` `/tmp`.
+//! On macOS, and on Linux where the kernel refuses exec from memory, it runs
+//! from a private, content-addressed cache under `~/.stigmer/bin/`, verified
+//! against the build-time sha256 before every launch.
+//!
+//! The library is payload-neutral: a program embeds its own folder with
+//! rust-embed and builds a [`Catalog`] from it, then launches payloads with a
+//! [`Launcher`]:
+//!
+//! ```no_run
+//! use stigmer::{Catalog, Choice, Launch, Launcher, Payload};
+//!
+//! let catalog = Catalog::new(vec![Payload::from_bytes("true", std::fs::read("/bin/true")?)], None);
+//! let launcher = Launcher::new(Choice::Auto, stigmer::env::home().ok());
+//! let status = launcher.prepare(catalog.get("true")?)?.command().status()?;
+//! assert!(status.success());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! | platform | default backend | fallback |
+//! |---|---|---|
+//! | Linux | memfd (sealed, `execveat`) | the cache, when `memfd_create`/`execveat` is refused |
+//! | macOS | the cache | none |
+//! | any, PyInstaller one-file payloads | the cache, with a private `TMPDIR` | none |
+
+#![deny(missing_docs)]
+
+mod catalog;
+pub mod env;
+mod error;
+mod kind;
+pub mod launch;
+mod payload;
+// Build-time code, shared with build.rs; compiled here for its tests.
+#[cfg(test)]
+#[allow(dead_code)]
+mod scan;
+
+pub use catalog::{Catalog, MANIFEST};
+pub use error::{Error, Result};
+pub use kind::Kind;
+pub use launch::{Backend, Choice, Launch, Launcher, Plan, Prepared};
+pub use payload::{Digest, Payload};

@@ -1,0 +1,142 @@
+//! A payload: an executable carried inside the stigmer binary.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::Kind;
+
+/// A sha256 digest: the identity of a payload and the name of its cache
+/// entry.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// Hashes `bytes`.
+    pub fn of(bytes: &[u8]) -> Digest {
+        Digest(Sha256::digest(bytes).into())
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({self})")
+    }
+}
+
+impl FromStr for Digest {
+    type Err = ();
+
+    /// Parses 64 lower- or upper-case hex digits.
+    fn from_str(s: &str) -> Result<Digest, ()> {
+        let bytes = s.as_bytes();
+        if bytes.len() != 64 {
+            return Err(());
+        }
+        let mut out = [0; 32];
+        for (o, pair) in out.iter_mut().zip(bytes.chunks(2)) {
+            let pair = std::str::from_utf8(pair).map_err(|_| ())?;
+            *o = u8::from_str_radix(pair, 16).map_err(|_| ())?;
+        }
+        Ok(Digest(out))
+    }
+}
+
+/// An executable carried by this build, with the sha256 and kind decided
+/// when it was built.
+#[derive(Clone, Debug)]
+pub struct Payload {
+    name: Cow<'static, str>,
+    data: Cow<'static, [u8]>,
+    sha256: Digest,
+    kind: Kind,
+}
+
+impl Payload {
+    /// A payload whose sha256 and kind were computed at build time.
+    ///
+    /// The sha256 is trusted as the payload's identity: the cache checks its
+    /// entries against it, and refuses to write bytes that do not match it.
+    pub fn new(
+        name: impl Into<Cow<'static, str>>,
+        data: impl Into<Cow<'static, [u8]>>,
+        sha256: Digest,
+        kind: Kind,
+    ) -> Payload {
+        Payload { name: name.into(), data: data.into(), sha256, kind }
+    }
+
+    /// A payload from bytes at hand, hashing them and deciding their kind
+    /// now (this reads all of `data`).
+    pub fn from_bytes(
+        name: impl Into<Cow<'static, str>>,
+        data: impl Into<Cow<'static, [u8]>>,
+    ) -> Payload {
+        let data = data.into();
+        let sha256 = Digest::of(&data);
+        let kind = Kind::detect(&data);
+        Payload::new(name, data, sha256, kind)
+    }
+
+    /// The payload's name (its file name at build time).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The executable's bytes.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// The build-time sha256 of [`Payload::data`].
+    pub fn sha256(&self) -> Digest {
+        self.sha256
+    }
+
+    /// What kind of executable it is.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Its size in bytes.
+    pub fn len(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    /// Whether it has no bytes (never true of a payload `build.rs` embeds).
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_hex_round_trip() {
+        let d = Digest::of(b"abc");
+        let hex = d.to_string();
+        assert_eq!(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(hex.parse::<Digest>(), Ok(d));
+        assert_eq!(hex.to_uppercase().parse::<Digest>(), Ok(d));
+        assert!("ba78".parse::<Digest>().is_err());
+        assert!("zz".repeat(32).parse::<Digest>().is_err());
+    }
+
+    #[test]
+    fn from_bytes_hashes_and_detects() {
+        let p = Payload::from_bytes("s", b"#!/bin/sh\n".as_slice());
+        assert_eq!(p.kind(), Kind::Script);
+        assert_eq!(p.sha256(), Digest::of(b"#!/bin/sh\n"));
+        assert_eq!(p.len(), 10);
+    }
+}
