@@ -103,7 +103,9 @@ fn fill(memfd: Memfd, payload: &Payload) -> Result<Memfd> {
         None => Ok(false),
     }
     .map_err(op_err(payload, "sendfile"))?;
-    if !sent {
+    if sent {
+        debug!(payload = payload.name(), "filled the memfd with sendfile() from the executable");
+    } else {
         debug!(payload = payload.name(), "filling the memfd with write()");
         let mut file = file;
         file.write_all(payload.data()).map_err(op_err(payload, "write"))?;

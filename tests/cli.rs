@@ -1,0 +1,175 @@
+//! The command line: listing, exit statuses, multi-call, and the one-line
+//! errors for bad input.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::process::ExitStatusExt as _;
+
+use common::*;
+
+#[test]
+fn list_shows_every_payload_with_its_launch_mode() {
+    let env = TestEnv::new();
+    let out = ok(&env.stigmer().arg("list").output().unwrap());
+    let probe = out.lines().find(|l| l.starts_with("probe ")).expect(&out);
+    assert!(probe.contains("elf"), "{probe}");
+    let hello = out.lines().find(|l| l.starts_with("hello ")).expect(&out);
+    assert!(hello.contains("script"), "{hello}");
+
+    let out = ok(&env.stigmer().args(["--backend", "cache", "list"]).output().unwrap());
+    assert!(out.contains("cache: chosen with --backend"), "{out}");
+    assert!(!env.home.exists(), "list must not create the cache");
+}
+
+#[test]
+fn list_json_is_data() {
+    let env = TestEnv::new();
+    let out = ok(&env.stigmer().args(["--backend", "memfd", "list", "--json"]).output().unwrap());
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = rows.as_array().unwrap();
+    let probe = rows.iter().find(|r| r["name"] == "probe").unwrap();
+    assert_eq!(probe["kind"], "elf");
+    assert_eq!(probe["backend"], "memfd");
+    assert_eq!(probe["sha256"].as_str().unwrap().len(), 64);
+    assert!(probe["size"].as_u64().unwrap() > 1000);
+    assert!(probe["why"].as_str().unwrap().contains("memory"));
+}
+
+#[test]
+fn exit_codes_pass_through_on_both_backends() {
+    let env = TestEnv::new();
+    for backend in ["memfd", "cache"] {
+        let o = env.run(Some(backend), "probe", &["--quiet", "--exit", "42"]);
+        assert_eq!(o.status.code(), Some(42), "{backend}: {}", stderr(&o));
+        let o = env.run(Some(backend), "probe", &["--quiet", "--signal", "15"]);
+        assert_eq!(o.status.signal(), Some(15), "{backend}: killed by SIGTERM, reported as such");
+        let o = env
+            .stigmer()
+            .args(["--backend", backend, "run", "hello"])
+            .env("HELLO_EXIT", "7")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(7), "{backend}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn every_demo_payload_runs_on_both_backends() {
+    let env = TestEnv::new();
+    for backend in ["memfd", "cache"] {
+        let o = env.run(Some(backend), "probe", &["--", "--env", "TERM_PROGRAM_X"]);
+        ok(&o);
+        assert_eq!(probe_field(&o, "argv"), r#"["probe", "--env", "TERM_PROGRAM_X"]"#, "{backend}");
+        let exe = probe_field(&o, "exe");
+        match backend {
+            "memfd" => assert_eq!(exe, "/memfd:probe (deleted)"),
+            _ => assert!(exe.starts_with(env.home.to_str().unwrap()), "{exe}"),
+        }
+        let out = ok(&env.run(Some(backend), "hello", &["a", "b c"]));
+        assert_eq!(out, "hello from an embedded shell script (argv: a b c)\n", "{backend}");
+    }
+}
+
+#[test]
+fn payload_flags_after_the_name_are_the_payloads() {
+    let env = TestEnv::new();
+    let o = env.run(None, "probe", &["--quiet", "-v", "--help"]);
+    // --quiet reached the probe (it printed nothing), not stigmer.
+    assert_eq!(ok(&o), "");
+}
+
+#[test]
+fn multicall_through_a_link() {
+    let env = TestEnv::new();
+    std::fs::create_dir_all(env.dir.path().join("bin")).unwrap();
+    let link = env.dir.path().join("bin/probe");
+    std::os::unix::fs::symlink(stigmer_bin(), &link).unwrap();
+    let o = std::process::Command::new(&link)
+        .args(["--env", "STIGMER_HOME", "--exit", "3"])
+        .env("STIGMER_HOME", &env.home)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(probe_field(&o, "argv"), r#"["probe", "--env", "STIGMER_HOME", "--exit", "3"]"#);
+}
+
+#[test]
+fn unknown_payload_lists_the_names() {
+    let env = TestEnv::new();
+    let o = env.run(None, "nope", &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(stderr(&o), "error: no payload named \"nope\": this stigmer carries hello, probe\n");
+}
+
+#[test]
+fn unknown_backend_is_refused() {
+    let env = TestEnv::new();
+    let o = env.stigmer().args(["--backend", "floppy", "list"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("invalid value 'floppy'"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("auto, memfd, cache"), "{}", stderr(&o));
+
+    let o = env.stigmer().arg("list").env("STIGMER_BACKEND", "floppy").output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+
+    // The multi-call path reads STIGMER_BACKEND itself.
+    let link = env.dir.path().join("probe");
+    std::os::unix::fs::symlink(stigmer_bin(), &link).unwrap();
+    let o = std::process::Command::new(&link).env("STIGMER_BACKEND", "floppy").output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(stderr(&o), "error: unknown backend \"floppy\": use auto, memfd or cache\n");
+}
+
+#[test]
+fn unknown_flag_is_one_clear_error() {
+    let env = TestEnv::new();
+    let o = env.stigmer().args(["list", "--jsn"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).starts_with("error: unexpected argument '--jsn'"), "{}", stderr(&o));
+}
+
+#[test]
+fn unusable_stigmer_home_is_one_clear_error() {
+    let env = TestEnv::new();
+    // A file where the home folder should be.
+    std::fs::write(&env.home, "not a folder").unwrap();
+    let o = env.run(Some("cache"), "probe", &[]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(env.home.to_str().unwrap()) && err.contains("STIGMER_HOME"), "{err}");
+}
+
+#[test]
+fn unreadable_stigmer_home_is_one_clear_error() {
+    // Root reads everything: check as an unprivileged user.
+    require!(is_root() && have("setpriv"), "needs root and setpriv to act as another user");
+    let env = TestEnv::new();
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir(&env.home).unwrap();
+    std::fs::set_permissions(&env.home, std::fs::Permissions::from_mode(0o000)).unwrap();
+    nix::unistd::chown(&env.home, Some(65534.into()), Some(65534.into())).unwrap();
+    let o = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(stigmer_bin())
+        .args(["--backend", "cache", "run", "probe"])
+        .env("STIGMER_HOME", &env.home)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("Permission denied") && err.contains("STIGMER_HOME"), "{err}");
+}
+
+#[test]
+fn version_and_help() {
+    let env = TestEnv::new();
+    let out = ok(&env.stigmer().arg("--version").output().unwrap());
+    assert!(out.starts_with("stigmer "), "{out}");
+    let out = ok(&env.stigmer().arg("--help").output().unwrap());
+    for cmd in ["run", "list", "cache"] {
+        assert!(out.contains(cmd), "{out}");
+    }
+}
