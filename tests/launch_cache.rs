@@ -1,0 +1,226 @@
+//! The cache backend, forced on Linux as it is the default on macOS:
+//! concurrent fills, verification before every launch, refusal of folders
+//! that others could write, and `stigmer cache prune|verify`.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use stigmer::Digest;
+
+fn probe_entry(env: &TestEnv) -> std::path::PathBuf {
+    let entries = env.entries();
+    entries.into_iter().find(|p| p.ends_with("probe")).expect("a cache entry for probe")
+}
+
+fn sha256_of(path: &Path) -> Digest {
+    Digest::of(&fs::read(path).unwrap())
+}
+
+/// Overwrites the entry in place (as an attacker or a disk might), keeping
+/// its mode.
+fn tamper(path: &Path, f: impl FnOnce(&mut Vec<u8>)) {
+    let mut bytes = fs::read(path).unwrap();
+    f(&mut bytes);
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::write(path, &bytes).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o500)).unwrap();
+}
+
+#[test]
+fn entry_is_content_addressed_private_and_read_only() {
+    let env = TestEnv::new();
+    ok(&env.run(Some("cache"), "probe", &["--quiet"]));
+    let entry = probe_entry(&env);
+    let sha = entry.parent().unwrap().file_name().unwrap().to_str().unwrap().to_owned();
+    assert_eq!(sha256_of(&entry).to_string(), sha, "the folder is named by the content's sha256");
+    assert_eq!(entry.parent().unwrap().parent().unwrap(), env.home.join("bin/v1"));
+    assert_eq!(fs::metadata(&entry).unwrap().permissions().mode() & 0o7777, 0o500);
+    for dir in [&env.home, &env.home.join("bin"), &env.home.join("bin/v1")] {
+        assert_eq!(fs::metadata(dir).unwrap().permissions().mode() & 0o777, 0o700, "{dir:?}");
+    }
+}
+
+#[test]
+fn thirty_concurrent_first_runs_all_succeed_and_leave_one_entry() {
+    let env = TestEnv::new();
+    let children: Vec<_> = (0..30)
+        .map(|_| {
+            env.stigmer()
+                .args(["--backend", "cache", "run", "probe", "--quiet", "--exit", "5"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+        assert_eq!(stderr(&o), "", "no warning on a clean race");
+    }
+    let entries = env.entries();
+    assert_eq!(entries.len(), 1, "one entry, no temporary files left: {entries:?}");
+}
+
+#[test]
+fn a_changed_byte_is_never_executed_and_is_repaired() {
+    let env = TestEnv::new();
+    ok(&env.run(Some("cache"), "probe", &["--quiet"]));
+    let entry = probe_entry(&env);
+    let good = sha256_of(&entry);
+    tamper(&entry, |b| {
+        let i = b.len() / 2;
+        b[i] ^= 0x01;
+    });
+    let o = env.run(Some("cache"), "probe", &[]);
+    ok(&o);
+    assert!(
+        stderr(&o).contains("is corrupt") && stderr(&o).contains("replacing it"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(sha256_of(&entry), good, "the entry was replaced with the real payload");
+}
+
+#[test]
+fn a_different_program_of_the_same_size_is_never_executed() {
+    let env = TestEnv::new();
+    ok(&env.run(Some("cache"), "probe", &["--quiet"]));
+    let entry = probe_entry(&env);
+    tamper(&entry, |b| {
+        let evil = b"#!/bin/sh\necho PWNED; exit 0\n";
+        b.fill(b'\n');
+        b[..evil.len()].copy_from_slice(evil);
+    });
+    let o = env.run(Some("cache"), "probe", &[]);
+    assert!(!stdout(&o).contains("PWNED"), "the tampered entry ran");
+    assert_eq!(probe_field(&o, "argv"), r#"["probe"]"#);
+}
+
+#[test]
+fn a_symlinked_entry_is_replaced_not_followed() {
+    let env = TestEnv::new();
+    ok(&env.run(Some("cache"), "probe", &["--quiet"]));
+    let entry = probe_entry(&env);
+    let evil = env.dir.path().join("evil");
+    fs::write(&evil, "#!/bin/sh\necho PWNED\n").unwrap();
+    fs::set_permissions(&evil, fs::Permissions::from_mode(0o500)).unwrap();
+    fs::remove_file(&entry).unwrap();
+    std::os::unix::fs::symlink(&evil, &entry).unwrap();
+    let o = env.run(Some("cache"), "probe", &[]);
+    assert!(!stdout(&o).contains("PWNED"));
+    assert!(stderr(&o).contains("is a symlink"), "{}", stderr(&o));
+    assert!(!fs::symlink_metadata(&entry).unwrap().file_type().is_symlink());
+}
+
+#[test]
+fn a_hard_linked_entry_is_replaced() {
+    let env = TestEnv::new();
+    ok(&env.run(Some("cache"), "probe", &["--quiet"]));
+    let entry = probe_entry(&env);
+    fs::hard_link(&entry, env.dir.path().join("other-name")).unwrap();
+    let o = env.run(Some("cache"), "probe", &["--quiet"]);
+    ok(&o);
+    assert!(stderr(&o).contains("2 hard links"), "{}", stderr(&o));
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(fs::metadata(&entry).unwrap().nlink(), 1);
+}
+
+#[test]
+fn a_symlinked_cache_root_is_refused() {
+    let env = TestEnv::new();
+    let real = env.dir.path().join("real");
+    fs::create_dir(&real).unwrap();
+    std::os::unix::fs::symlink(&real, &env.home).unwrap();
+    let o = env.run(Some("cache"), "probe", &[]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("it is a symlink") && err.contains("STIGMER_HOME"), "{err}");
+    assert_eq!(fs::read_dir(&real).unwrap().count(), 0, "nothing written through the link");
+}
+
+#[test]
+fn group_or_world_writable_folders_are_refused() {
+    for (mode, dir) in [(0o770, ""), (0o707, ""), (0o777, "bin"), (0o720, "bin/v1")] {
+        let env = TestEnv::new();
+        ok(&env.run(Some("cache"), "probe", &["--quiet"]));
+        let dir = if dir.is_empty() { env.home.clone() } else { env.home.join(dir) };
+        fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
+        let o = env.run(Some("cache"), "probe", &[]);
+        assert_eq!(o.status.code(), Some(1), "{mode:o} {dir:?}");
+        let err = stderr(&o);
+        assert!(err.contains("writable by group or others"), "{err}");
+        assert!(err.contains(&format!("chmod go-w {}", dir.display())), "{err}");
+        assert!(stdout(&o).is_empty(), "nothing ran");
+    }
+}
+
+#[test]
+fn a_folder_of_another_user_is_refused() {
+    require!(is_root(), "needs root to give a folder to another user");
+    let env = TestEnv::new();
+    fs::create_dir(&env.home).unwrap();
+    fs::set_permissions(&env.home, fs::Permissions::from_mode(0o700)).unwrap();
+    nix::unistd::chown(&env.home, Some(65534.into()), None).unwrap();
+    let o = env.run(Some("cache"), "probe", &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("belongs to uid 65534"), "{}", stderr(&o));
+}
+
+#[test]
+fn prune_removes_what_this_build_does_not_carry() {
+    let env = TestEnv::new();
+    ok(&env.run(Some("cache"), "probe", &["--quiet"]));
+    let v1 = env.home.join("bin/v1");
+    let foreign = v1.join("0".repeat(64));
+    fs::create_dir(&foreign).unwrap();
+    fs::write(foreign.join("old-service"), "x").unwrap();
+    let entry = probe_entry(&env);
+    let stale = entry.parent().unwrap().join(".tmp-stale");
+    let fresh = entry.parent().unwrap().join(".tmp-fresh");
+    fs::write(&stale, "partial").unwrap();
+    fs::write(&fresh, "partial").unwrap();
+    let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
+    fs::File::options().write(true).open(&stale).unwrap().set_modified(two_hours_ago).unwrap();
+
+    let out = ok(&env.stigmer().args(["cache", "prune"]).output().unwrap());
+    assert!(out.contains(&format!("removed {}", foreign.display())), "{out}");
+    assert!(out.contains(".tmp-stale"), "{out}");
+    assert!(out.ends_with("pruned 2 item(s)\n"), "{out}");
+    assert!(!foreign.exists() && !stale.exists());
+    assert!(fresh.exists(), "a write that may still be in progress is left alone");
+    assert!(entry.exists(), "this build's entry is kept");
+}
+
+#[test]
+fn verify_rehashes_every_entry() {
+    let env = TestEnv::new();
+    ok(&env.run(Some("cache"), "probe", &["--quiet"]));
+    ok(&env.run(Some("cache"), "hello", &[]));
+    let out = ok(&env.stigmer().args(["cache", "verify"]).output().unwrap());
+    assert!(out.ends_with("verified 2 entries, 0 bad\n"), "{out}");
+
+    let entry = probe_entry(&env);
+    tamper(&entry, |b| b[100] ^= 0xff);
+    let o = env.stigmer().args(["cache", "verify"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("is corrupt"), "{}", stdout(&o));
+    assert!(stdout(&o).ends_with("verified 2 entries, 1 bad\n"), "{}", stdout(&o));
+    assert!(!entry.exists(), "the bad entry is removed");
+    ok(&env.run(Some("cache"), "probe", &["--quiet"]));
+}
+
+#[test]
+fn cache_commands_on_a_missing_home_do_nothing() {
+    let env = TestEnv::new();
+    assert!(ok(&env.stigmer().args(["cache", "verify"]).output().unwrap()).contains("verified 0"));
+    assert!(ok(&env.stigmer().args(["cache", "prune"]).output().unwrap()).contains("pruned 0"));
+    assert!(!env.home.exists());
+}
