@@ -7,11 +7,13 @@
 //! to stigmer reach the payload, and its exit status comes back unchanged.
 //!
 //! The loop blocks the signals it handles and takes them with `sigwait`, so
-//! no handler runs and nothing async-signal-unsafe can happen. The child gets
-//! a clean mask: std resets it between fork and exec.
+//! no handler runs and nothing async-signal-unsafe can happen. A child
+//! inherits its parent's signal mask (std does not reset it), so the child
+//! restores the mask stigmer had before, between fork and exec.
 
 use std::io;
 use std::os::fd::AsFd as _;
+use std::os::unix::process::CommandExt as _;
 use std::process::{Command, ExitStatus};
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill};
@@ -41,6 +43,13 @@ pub(crate) fn run(cmd: &mut Command) -> io::Result<ExitStatus> {
     }
     set.add(Signal::SIGCHLD);
     let old = set.thread_swap_mask(SigmaskHow::SIG_BLOCK)?;
+    // SAFETY: runs in the child between fork and exec; pthread_sigmask(3) is
+    // async-signal-safe, and `old` is a plain value copied into the closure,
+    // so nothing is allocated or locked.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(move || old.thread_set_mask().map_err(io::Error::from));
+    }
     let result = wait_forwarding(cmd, &set);
     old.thread_set_mask()?;
     result

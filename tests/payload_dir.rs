@@ -1,0 +1,181 @@
+//! Builds stigmer again with `STIGMER_PAYLOAD_DIR` pointing at a folder of
+//! other payloads (a real PyInstaller one-file binary and a shell script),
+//! then runs them; and checks the build errors for bad payload folders.
+//!
+//! The second build uses its own target folder (`target/payload-tests`) so
+//! it never replaces the binary the other tests run.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+
+const APP: &str = r#"
+import os, sys, time
+print("pyapp: argv", sys.argv[1:])
+print("pyapp: executable", sys.executable)
+print("pyapp: tmpdir", os.environ.get("TMPDIR"))
+print("pyapp: meipass", getattr(sys, "_MEIPASS", ""), flush=True)
+if sys.argv[1:] == ["sleep"]:
+    time.sleep(60)
+sys.exit(int(sys.argv[1]) if sys.argv[1:] and sys.argv[1].isdigit() else 0)
+"#;
+
+fn work_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/payload-tests");
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A PyInstaller one-file build of [`APP`], rebuilt only when APP changes.
+fn pyinstaller_app(work: &Path) -> PathBuf {
+    let src = work.join("app.py");
+    let exe = work.join("dist/app");
+    if exe.exists() && fs::read_to_string(&src).is_ok_and(|s| s == APP) {
+        return exe;
+    }
+    fs::write(&src, APP).unwrap();
+    let o = Command::new("pyinstaller")
+        .args(["--onefile", "--noconfirm", "--log-level=WARN", "--name=app"])
+        .arg("--distpath")
+        .arg(work.join("dist"))
+        .arg("--workpath")
+        .arg(work.join("build"))
+        .arg("--specpath")
+        .arg(work)
+        .arg(&src)
+        .output()
+        .unwrap();
+    ok(&o);
+    exe
+}
+
+/// `cargo build` of the stigmer binary with `STIGMER_PAYLOAD_DIR=dir`.
+fn build_with(dir: &Path) -> (Output, PathBuf) {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let target = work_dir().join("target");
+    let o = Command::new(cargo)
+        .args(["build", "--offline", "--bin", "stigmer", "--manifest-path"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target)
+        .env("STIGMER_PAYLOAD_DIR", dir)
+        .output()
+        .unwrap();
+    (o, target.join("debug/stigmer"))
+}
+
+fn executable(path: &Path, bytes: &[u8]) {
+    fs::write(path, bytes).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn pyinstaller_and_script_payloads_from_a_custom_folder() {
+    require!(have("pyinstaller"), "pyinstaller is not on PATH (pip install pyinstaller)");
+    let work = work_dir();
+    let app = pyinstaller_app(&work);
+    let env = TestEnv::new();
+    let payloads = env.dir.path().join("payloads");
+    fs::create_dir(&payloads).unwrap();
+
+    // Build errors first: each names the file and the fix.
+    let (o, _) = build_with(&payloads.join("missing"));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("cannot read the payload folder")
+            && stderr(&o).contains("STIGMER_PAYLOAD_DIR"),
+        "{}",
+        stderr(&o)
+    );
+    let (o, _) = build_with(&payloads);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("holds no executable files"), "{}", stderr(&o));
+    executable(&payloads.join("bad name"), b"#!/bin/sh\n");
+    let (o, _) = build_with(&payloads);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("\"bad name\" contains ' '") && stderr(&o).contains("rename it"),
+        "{}",
+        stderr(&o)
+    );
+    fs::remove_file(payloads.join("bad name")).unwrap();
+
+    fs::copy(&app, payloads.join("pyapp")).unwrap();
+    executable(&payloads.join("greet"), b"#!/bin/sh\necho \"greet: $1\"\nexit 4\n");
+    fs::write(payloads.join("notes.txt"), "not a payload").unwrap();
+    let (o, stigmer) = build_with(&payloads);
+    ok(&o);
+    assert!(
+        stderr(&o).contains("skipping") && stderr(&o).contains("notes.txt"),
+        "warning: {}",
+        stderr(&o)
+    );
+
+    let run = |args: &[&str]| {
+        Command::new(&stigmer)
+            .args(args)
+            .env("STIGMER_HOME", &env.home)
+            .env_remove("STIGMER_BACKEND")
+            .output()
+            .unwrap()
+    };
+    let list = ok(&run(&["list"]));
+    let row = list.lines().find(|l| l.starts_with("pyapp ")).expect(&list);
+    assert!(row.contains("pyinstaller") && row.contains("cache: PyInstaller"), "{row}");
+    assert!(!list.contains("notes.txt"), "{list}");
+
+    // Even when memfd is forced, a PyInstaller payload goes through the cache.
+    for backend in ["auto", "memfd", "cache"] {
+        let o = run(&["--backend", backend, "run", "pyapp", "3"]);
+        assert_eq!(o.status.code(), Some(3), "{backend}: {}", stderr(&o));
+        let out = stdout(&o);
+        let field = |k: &str| {
+            out.lines().find_map(|l| l.strip_prefix(&format!("pyapp: {k} "))).unwrap().to_owned()
+        };
+        assert_eq!(field("argv"), "['3']");
+        // It ran the verified copy in the cache, not some file named by argv[0].
+        assert!(
+            field("executable").starts_with(env.home.join("bin/v1").to_str().unwrap()),
+            "{out}"
+        );
+        let tmpdir = field("tmpdir");
+        assert!(tmpdir.starts_with(env.home.join("tmp").to_str().unwrap()), "{out}");
+        assert!(field("meipass").starts_with(&tmpdir), "unpacked into the private TMPDIR: {out}");
+        assert!(!Path::new(&tmpdir).exists(), "the private TMPDIR is removed after exit");
+    }
+
+    // The script runs from memory.
+    let o = run(&["run", "greet", "world"]);
+    assert_eq!(o.status.code(), Some(4));
+    assert_eq!(stdout(&o), "greet: world\n");
+
+    // stigmer waits for a PyInstaller payload: SIGTERM to stigmer reaches
+    // it, stigmer reports the same death, and cleans up.
+    let child = Command::new(&stigmer)
+        .args(["run", "pyapp", "sleep"])
+        .env("STIGMER_HOME", &env.home)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while fs::read_dir(env.home.join("tmp")).map(|d| d.count()).unwrap_or(0) == 0 {
+        assert!(std::time::Instant::now() < deadline, "pyapp never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.signal(), Some(15), "{o:?}");
+    assert_eq!(
+        fs::read_dir(env.home.join("tmp")).unwrap().count(),
+        0,
+        "private TMPDIR left behind"
+    );
+}
