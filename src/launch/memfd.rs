@@ -23,10 +23,11 @@
 #![allow(unsafe_code)]
 
 use std::collections::HashMap;
-use std::ffi::CString;
+use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io::{self, BufRead as _, Write as _};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::process::Command;
@@ -175,8 +176,28 @@ impl Image {
         cmd
     }
 
-    /// Replaces this process with the payload. Returns only on failure.
-    pub(crate) fn exec(&self, argv: &[CString], envp: &[CString]) -> io::Error {
+    /// Replaces this process with the payload, with `argv[0]` set to
+    /// `name`, then `args`, and this process's environment. Returns only on
+    /// failure.
+    pub(crate) fn exec<I, S>(&self, name: &str, args: I) -> io::Error
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let argv = std::iter::once(OsStr::new(name).as_bytes().to_vec())
+            .chain(args.into_iter().map(|a| a.as_ref().as_bytes().to_vec()))
+            .map(c_string)
+            .collect::<io::Result<Vec<_>>>();
+        let envp = std::env::vars_os()
+            .map(|(k, v)| c_string([k.as_bytes(), b"=", v.as_bytes()].concat()))
+            .collect::<io::Result<Vec<_>>>();
+        match (argv, envp) {
+            (Ok(argv), Ok(envp)) => self.execveat(&argv, &envp),
+            (Err(e), _) | (_, Err(e)) => e,
+        }
+    }
+
+    fn execveat(&self, argv: &[CString], envp: &[CString]) -> io::Error {
         if self.script {
             if let Err(e) = rustix::io::fcntl_setfd(self.fd.as_fd(), rustix::io::FdFlags::empty()) {
                 return e.into();
@@ -192,6 +213,11 @@ impl Image {
         .unwrap_err();
         io::Error::from(err)
     }
+}
+
+fn c_string(bytes: Vec<u8>) -> io::Result<CString> {
+    CString::new(bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "an argument contains a NUL byte"))
 }
 
 /// stigmer's own executable, opened once, and where its file-backed

@@ -14,10 +14,8 @@
 //! cache for payloads that need a real path (PyInstaller one-file), and the
 //! cache, with one warning, where the kernel refuses exec from memory.
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{OsStr, OsString};
 use std::fmt;
-use std::io;
-use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
@@ -186,32 +184,10 @@ impl Prepared {
         let exec_err = |source| Error::Exec { name: self.name.clone(), source };
         match &self.image {
             #[cfg(target_os = "linux")]
-            Image::Memfd(image) => {
-                let argv = match std::iter::once(OsString::from(&self.name))
-                    .chain(args.into_iter().map(|a| a.as_ref().to_owned()))
-                    .map(|a| c_string(a.as_bytes()))
-                    .collect::<io::Result<Vec<_>>>()
-                {
-                    Ok(argv) => argv,
-                    Err(e) => return exec_err(e),
-                };
-                let envp = match std::env::vars_os()
-                    .map(|(k, v)| c_string(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
-                    .collect::<io::Result<Vec<_>>>()
-                {
-                    Ok(envp) => envp,
-                    Err(e) => return exec_err(e),
-                };
-                exec_err(image.exec(&argv, &envp))
-            }
+            Image::Memfd(image) => exec_err(image.exec(&self.name, args)),
             Image::File(_) => exec_err(self.command().args(args).exec()),
         }
     }
-}
-
-fn c_string(bytes: &[u8]) -> io::Result<CString> {
-    CString::new(bytes)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "an argument contains a NUL byte"))
 }
 
 /// The launcher: the chosen backend, with the fallbacks a user expects.

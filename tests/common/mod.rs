@@ -115,3 +115,14 @@ pub fn ok(o: &Output) -> String {
     );
     stdout(o)
 }
+
+/// The backends this platform has: memfd and the cache on Linux, the cache
+/// elsewhere.
+pub const BACKENDS: &[&str] =
+    if cfg!(target_os = "linux") { &["memfd", "cache"] } else { &["cache"] };
+
+/// The backend `auto` picks for an ordinary payload here.
+pub const NATIVE_BACKEND: &str = if cfg!(target_os = "linux") { "memfd" } else { "cache" };
+
+/// The kind of the demo payloads compiled for this platform.
+pub const NATIVE_KIND: &str = if cfg!(target_os = "macos") { "mach-o" } else { "elf" };
