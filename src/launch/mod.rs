@@ -303,11 +303,18 @@ impl Launcher {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        match self.prepare(payload) {
+            Ok(prepared) => self.exec_prepared(payload, &prepared, args),
+            Err(e) => e,
+        }
+    }
+
+    fn exec_prepared<I, S>(&self, payload: &Payload, prepared: &Prepared, args: I) -> Error
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-        let prepared = match self.prepare(payload) {
-            Ok(p) => p,
-            Err(e) => return e,
-        };
         let err = prepared.exec(&args);
         if prepared.backend() == Backend::Memfd
             && self.choice == Choice::Auto
@@ -337,8 +344,7 @@ impl Launcher {
             return child::run(&mut cmd)
                 .map_err(|source| Error::Exec { name: payload.name().to_owned(), source });
         }
-        drop(prepared);
-        Err(self.exec(payload, args))
+        Err(self.exec_prepared(payload, &prepared, args))
     }
 }
 
