@@ -34,9 +34,10 @@ pub mod env;
 mod error;
 mod kind;
 pub mod launch;
+pub mod manifest;
 mod payload;
-// Build-time code, shared with build.rs; compiled here for its tests.
-#[cfg(test)]
+// Shared with build.rs, which checks payload names with it; the manifest
+// checks service names with the same rule.
 #[allow(dead_code)]
 mod scan;
 
@@ -44,4 +45,5 @@ pub use catalog::{Catalog, MANIFEST};
 pub use error::{Error, Result};
 pub use kind::Kind;
 pub use launch::{Backend, Choice, Launch, Launcher, Plan, Prepared};
+pub use manifest::{Manifest, ManifestError};
 pub use payload::{Digest, Payload};
