@@ -36,6 +36,7 @@ mod kind;
 pub mod launch;
 pub mod manifest;
 mod payload;
+pub mod supervise;
 // Shared with build.rs, which checks payload names with it; the manifest
 // checks service names with the same rule.
 #[allow(dead_code)]

@@ -191,7 +191,7 @@ impl Manifest {
         let mut parsed = Vec::new();
         for (name, value) in services {
             let svc = |m: String| err(format!("service {name}: {m}"));
-            crate::scan::check_name(name).map_err(|e| svc(e))?;
+            crate::scan::check_name(name).map_err(&svc)?;
             let fields = value.as_table().ok_or_else(|| {
                 svc("must be a table: write [services.NAME] and keys below".into())
             })?;

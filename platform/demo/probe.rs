@@ -3,9 +3,14 @@
 //!
 //! It prints one `key: value` line per fact: argv, its own executable, the
 //! seals on it, whether it can write to it, its open fds and a few
-//! variables. Flags: `--exit N` exits with N, `--signal N` kills itself with
-//! signal N, `--env NAME` prints a variable, `--sleep MS` sleeps first,
-//! `--quiet` prints nothing. std-only, so `build.rs` compiles it with rustc.
+//! variables. Flags, applied in this order: `--delay MS` waits first,
+//! `--quiet` prints no report,
+//! `--env NAME` prints a variable, `--ignore N` ignores signal N, `--say
+//! TEXT` prints a line, `--listen PORT` accepts TCP connections on
+//! 127.0.0.1:PORT, `--orphan MS` leaves behind a grandchild that lives MS
+//! milliseconds, `--spam N` writes N long lines to stdout and stderr,
+//! `--sleep MS` sleeps, `--signal N` kills itself with signal N, `--exit N`
+//! exits with N. std-only, so `build.rs` compiles it with rustc.
 
 use std::env;
 use std::fs;
@@ -18,6 +23,8 @@ fn main() -> ExitCode {
     let mut signal = None;
     let mut quiet = false;
     let mut envs = Vec::new();
+    let (mut ignore, mut say, mut listen, mut orphan, mut detach) = (vec![], vec![], None, None, None);
+    let (mut spam, mut sleep, mut delay) = (0u64, 0u64, 0u64);
     let mut rest = args.iter().skip(1);
     while let Some(arg) = rest.next() {
         let mut value = || rest.next().cloned().unwrap_or_default();
@@ -25,18 +32,74 @@ fn main() -> ExitCode {
             "--exit" => exit = value().parse().unwrap_or(1),
             "--signal" => signal = value().parse::<i32>().ok(),
             "--env" => envs.push(value()),
-            "--sleep" => std::thread::sleep(Duration::from_millis(value().parse().unwrap_or(0))),
+            "--sleep" => sleep = value().parse().unwrap_or(0),
             "--quiet" => quiet = true,
+            "--ignore" => ignore.extend(value().parse::<i32>().ok()),
+            "--say" => say.push(value()),
+            "--listen" => listen = value().parse::<u16>().ok(),
+            "--orphan" => orphan = value().parse::<u64>().ok(),
+            "--detach" => detach = value().parse::<u64>().ok(),
+            "--spam" => spam = value().parse().unwrap_or(0),
+            "--delay" => delay = value().parse().unwrap_or(0),
             _ => {}
         }
+    }
+    std::thread::sleep(Duration::from_millis(delay));
+    if let Some(ms) = detach {
+        // The middle of --orphan: start the grandchild and leave it behind.
+        let _ = self_command().args(["--quiet", "--sleep", &ms.to_string()]).spawn();
+        return ExitCode::SUCCESS;
     }
     if !quiet {
         report(&args, &envs);
     }
+    for sig in ignore {
+        sys::ignore(sig);
+    }
+    for line in say {
+        println!("{line}");
+    }
+    if let Some(port) = listen {
+        match std::net::TcpListener::bind(("127.0.0.1", port)) {
+            Ok(l) => {
+                println!("listening on 127.0.0.1:{port}");
+                std::thread::spawn(move || for _ in l.incoming() {});
+            }
+            Err(e) => {
+                eprintln!("cannot listen on 127.0.0.1:{port}: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    if let Some(ms) = orphan {
+        let status = self_command().args(["--detach", &ms.to_string()]).status();
+        println!("orphaned a grandchild for {ms}ms ({status:?})");
+    }
+    if spam > 0 {
+        let line = "x".repeat(2000);
+        let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+        for i in 0..spam {
+            let _ = writeln!(out, "spam out {i} {line} end");
+            let _ = writeln!(err, "spam err {i} {line} end");
+        }
+    }
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    std::thread::sleep(Duration::from_millis(sleep));
     if let Some(signal) = signal {
         sys::raise_signal(signal);
     }
     ExitCode::from(exit)
+}
+
+/// A command that runs this very program again: through `/proc/self/exe`,
+/// which works from a memfd too, where there is one.
+fn self_command() -> std::process::Command {
+    if std::path::Path::new("/proc/self/exe").exists() {
+        std::process::Command::new("/proc/self/exe")
+    } else {
+        std::process::Command::new(env::current_exe().unwrap())
+    }
 }
 
 fn report(args: &[String], envs: &[String]) {
@@ -46,6 +109,12 @@ fn report(args: &[String], envs: &[String]) {
         .or_else(|_| env::current_exe())
         .map(|p| p.display().to_string());
     println!("exe: {}", exe.unwrap_or_else(|e| format!("unknown ({e})")));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let id = fs::metadata("/proc/self/exe").or_else(|_| fs::metadata(env::current_exe().unwrap_or_default()));
+        println!("exe-id: {}", id.map(|m| format!("{}:{}", m.dev(), m.ino())).unwrap_or_else(|e| format!("unknown ({e})")));
+    }
     println!("seals: {}", sys::seals());
     let write = fs::OpenOptions::new().write(true).open("/proc/self/exe");
     println!(
@@ -86,8 +155,15 @@ fn open_fds() -> String {
 mod sys {
     unsafe extern "C" {
         fn raise(sig: i32) -> i32;
+        fn signal(sig: i32, handler: usize) -> usize;
         #[cfg(target_os = "linux")]
         fn fcntl(fd: i32, cmd: i32, ...) -> i32;
+    }
+
+    pub fn ignore(sig: i32) {
+        const SIG_IGN: usize = 1;
+        // SAFETY: SIG_IGN installs no handler code; signal(3) is safe to call.
+        unsafe { signal(sig, SIG_IGN) };
     }
 
     pub fn raise_signal(signal: i32) {

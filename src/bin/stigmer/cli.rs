@@ -43,6 +43,15 @@ pub(crate) enum Cmd {
         )]
         argv: Vec<OsString>,
     },
+    /// Start every service of services.toml, stream their output, stop them all on SIGINT/SIGTERM
+    Server {
+        /// Use this manifest instead of the embedded services.toml
+        #[arg(long, value_name = "FILE")]
+        config: Option<std::path::PathBuf>,
+        /// One JSON object per output line instead of `name | line`
+        #[arg(long)]
+        json_logs: bool,
+    },
     /// List the payloads this binary carries and how each will be launched
     List {
         /// One JSON array for scripts, instead of a table

@@ -12,9 +12,11 @@ use std::ffi::{OsStr, OsString};
 use std::io::{self, IsTerminal as _, Write as _};
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
+use anyhow::Context as _;
 use clap::Parser as _;
-use stigmer::{Catalog, Choice, Launcher, env};
+use stigmer::{Catalog, Choice, Launcher, Manifest, env, supervise};
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{CacheCmd, Cli, Cmd};
@@ -39,13 +41,16 @@ fn main() -> ExitCode {
     }
 
     let cli = Cli::parse_from(args);
-    init_logging(cli.verbose, cli.quiet);
+    // The server's progress lines ("api: ready in 0.2s") are info events.
+    let serving = matches!(cli.command, Cmd::Server { .. });
+    init_logging(cli.verbose + u8::from(serving), cli.quiet);
     let choice = Choice::from(cli.backend);
     outcome(match cli.command {
         Cmd::Run { mut argv } => {
             let args = cli::payload_args(argv.split_off(1));
             run(&catalog, choice, &argv[0].to_string_lossy(), args)
         }
+        Cmd::Server { config, json_logs } => server(&catalog, choice, config.as_deref(), json_logs),
         Cmd::List { json } => list(&catalog, choice, json),
         Cmd::Cache { command } => cache(&catalog, choice, command),
     })
@@ -62,7 +67,8 @@ fn init_logging(verbose: u8, quiet: bool) {
     let level = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
-        (false, 1) => "debug",
+        (false, 1) => "info",
+        (false, 2) => "debug",
         (false, _) => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
@@ -87,6 +93,42 @@ fn run(
     let launcher = Launcher::new(choice, env::home().ok());
     let status = launcher.run(payload, args)?;
     Ok(stigmer::launch::exit_code(status))
+}
+
+fn server(
+    catalog: &Catalog,
+    choice: Choice,
+    config: Option<&Path>,
+    json_logs: bool,
+) -> anyhow::Result<ExitCode> {
+    let names: Vec<&str> = catalog.payloads().iter().map(|p| p.name()).collect();
+    let manifest = match config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the manifest {}", path.display()))?;
+            Manifest::parse(&text, &path.display().to_string(), &names)?
+        }
+        None => {
+            let text = catalog.manifest().context(
+                "this stigmer carries no services.toml: pass --config FILE, or embed one beside the payloads",
+            )?;
+            let text =
+                std::str::from_utf8(text).context("the embedded services.toml is not UTF-8")?;
+            Manifest::parse(text, "services.toml (embedded)", &names)?
+        }
+    };
+    let color =
+        io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let launcher = Arc::new(Launcher::new(choice, env::home().ok()));
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let options = supervise::Options { json_logs, color };
+    match runtime.block_on(supervise::serve(manifest, catalog, launcher, options))? {
+        supervise::Outcome::Clean => Ok(ExitCode::SUCCESS),
+        supervise::Outcome::Failed(why) => {
+            let _ = writeln!(io::stderr(), "error: {why}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn list(catalog: &Catalog, choice: Choice, json: bool) -> anyhow::Result<ExitCode> {
@@ -187,6 +229,7 @@ fn fail(err: &anyhow::Error) -> ExitCode {
     let (message, code) = match err.downcast_ref::<stigmer::Error>() {
         // Library errors already include their cause.
         Some(e) => (e.to_string(), if e.is_usage() { 2 } else { 1 }),
+        None if err.downcast_ref::<stigmer::ManifestError>().is_some() => (err.to_string(), 2),
         None => (format!("{err:#}"), 1),
     };
     let _ = writeln!(io::stderr(), "error: {message}");

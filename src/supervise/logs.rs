@@ -1,0 +1,200 @@
+//! Service output: whole lines, prefixed with the service's name, through
+//! one writer so lines of different services never interleave mid-line.
+//!
+//! Each service's stdout and stderr are read by a task that cuts the bytes
+//! into lines (a line longer than [`MAX_LINE`] is cut into pieces) and sends
+//! each to a bounded channel; one blocking thread writes them. When stdout is
+//! slow the channel fills, the readers wait, and the services block on their
+//! own writes: back-pressure, not unbounded memory.
+
+use std::io::{self, Write as _};
+
+use tokio::io::{AsyncRead, AsyncReadExt as _};
+use tokio::sync::mpsc;
+
+/// The longest line passed on whole; longer ones are cut.
+pub(crate) const MAX_LINE: usize = 64 * 1024;
+
+/// Which of a service's streams a line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// One line of a service's output, without its newline.
+#[derive(Debug)]
+pub(crate) struct Line {
+    pub(crate) service: usize,
+    pub(crate) stream: Stream,
+    pub(crate) bytes: Vec<u8>,
+}
+
+/// How lines are written.
+#[derive(Clone, Debug)]
+pub(crate) struct Format {
+    /// Service names, by index.
+    pub(crate) names: Vec<String>,
+    /// One JSON object per line instead of `name | line`.
+    pub(crate) json: bool,
+    /// Colour the names (stdout is a terminal and `NO_COLOR` is unset).
+    pub(crate) color: bool,
+}
+
+const COLORS: [&str; 6] = ["36", "33", "32", "35", "34", "31"];
+
+impl Format {
+    /// Renders one line, newline included.
+    pub(crate) fn render(&self, line: &Line) -> Vec<u8> {
+        let name = &self.names[line.service];
+        if self.json {
+            let stream = match line.stream {
+                Stream::Stdout => "stdout",
+                Stream::Stderr => "stderr",
+            };
+            let mut out = serde_json::to_vec(&serde_json::json!({
+                "service": name,
+                "stream": stream,
+                "line": String::from_utf8_lossy(&line.bytes),
+            }))
+            .expect("a JSON object always serialises");
+            out.push(b'\n');
+            return out;
+        }
+        let width = self.names.iter().map(String::len).max().unwrap_or(0);
+        let mut out = Vec::with_capacity(width + line.bytes.len() + 16);
+        if self.color {
+            let color = COLORS[line.service % COLORS.len()];
+            out.extend_from_slice(format!("\x1b[{color}m{name:<width$}\x1b[0m | ").as_bytes());
+        } else {
+            out.extend_from_slice(format!("{name:<width$} | ").as_bytes());
+        }
+        out.extend_from_slice(&line.bytes);
+        out.push(b'\n');
+        out
+    }
+}
+
+/// Starts the writer thread; lines sent to the returned sender are written
+/// to stdout in the order received. The thread ends when every sender is
+/// dropped; join the handle to know all was written.
+pub(crate) fn writer(format: Format) -> (mpsc::Sender<Line>, std::thread::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Line>(1024);
+    let handle = std::thread::Builder::new()
+        .name("stigmer-logs".into())
+        .spawn(move || {
+            let stdout = io::stdout();
+            while let Some(line) = rx.blocking_recv() {
+                let mut out = stdout.lock();
+                let rendered = format.render(&line);
+                // A closed stdout (`stigmer server | head`) must not stop the
+                // services: drop what cannot be written.
+                let _ = out.write_all(&rendered);
+                if rx.is_empty() {
+                    let _ = out.flush();
+                }
+            }
+            let _ = stdout.lock().flush();
+        })
+        .expect("cannot start the log writer thread");
+    (tx, handle)
+}
+
+/// Cuts a byte stream into lines.
+#[derive(Default)]
+pub(crate) struct Splitter {
+    buf: Vec<u8>,
+}
+
+impl Splitter {
+    /// Takes `bytes` and returns the lines they complete.
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> Vec<Vec<u8>> {
+        let mut lines = Vec::new();
+        for &b in bytes {
+            if b == b'\n' {
+                let mut line = std::mem::take(&mut self.buf);
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                lines.push(line);
+            } else {
+                self.buf.push(b);
+                if self.buf.len() == MAX_LINE {
+                    lines.push(std::mem::take(&mut self.buf));
+                }
+            }
+        }
+        lines
+    }
+
+    /// The unfinished last line, if any, at the end of the stream.
+    pub(crate) fn finish(self) -> Option<Vec<u8>> {
+        (!self.buf.is_empty()).then_some(self.buf)
+    }
+}
+
+/// Reads `pipe` to its end, sending each line to `tx` and calling `seen`
+/// on it first (for `ready = { log = ... }`).
+pub(crate) async fn pump<R: AsyncRead + Unpin>(
+    mut pipe: R,
+    service: usize,
+    stream: Stream,
+    tx: mpsc::Sender<Line>,
+    mut seen: impl FnMut(&[u8]),
+) {
+    let mut splitter = Splitter::default();
+    let mut chunk = vec![0; 16 * 1024];
+    loop {
+        let n = match pipe.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for bytes in splitter.push(&chunk[..n]) {
+            seen(&bytes);
+            if tx.send(Line { service, stream, bytes }).await.is_err() {
+                return;
+            }
+        }
+    }
+    if let Some(bytes) = splitter.finish() {
+        seen(&bytes);
+        let _ = tx.send(Line { service, stream, bytes }).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_whole_lines_across_chunks() {
+        let mut s = Splitter::default();
+        assert!(s.push(b"hel").is_empty());
+        assert_eq!(s.push(b"lo\nwor"), vec![b"hello".to_vec()]);
+        assert_eq!(s.push(b"ld\r\n\n"), vec![b"world".to_vec(), b"".to_vec()]);
+        assert!(s.push(b"tail").is_empty());
+        assert_eq!(s.finish(), Some(b"tail".to_vec()));
+    }
+
+    #[test]
+    fn cuts_overlong_lines() {
+        let mut s = Splitter::default();
+        let lines = s.push(&vec![b'x'; MAX_LINE * 2 + 5]);
+        assert_eq!(lines.len(), 2);
+        assert!(lines.iter().all(|l| l.len() == MAX_LINE));
+        assert_eq!(s.finish().unwrap().len(), 5);
+    }
+
+    #[test]
+    fn renders_padded_names_and_json() {
+        let f = Format { names: vec!["api".into(), "runner".into()], json: false, color: false };
+        let line = Line { service: 0, stream: Stream::Stdout, bytes: b"up".to_vec() };
+        assert_eq!(f.render(&line), b"api    | up\n");
+        let f = Format { json: true, ..f };
+        let line = Line { service: 1, stream: Stream::Stderr, bytes: b"\"q\" \xff".to_vec() };
+        let v: serde_json::Value = serde_json::from_slice(&f.render(&line)).unwrap();
+        assert_eq!(v["service"], "runner");
+        assert_eq!(v["stream"], "stderr");
+        assert_eq!(v["line"], "\"q\" \u{fffd}");
+    }
+}
