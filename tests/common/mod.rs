@@ -126,3 +126,144 @@ pub const NATIVE_BACKEND: &str = if cfg!(target_os = "linux") { "memfd" } else {
 
 /// The kind of the demo payloads compiled for this platform.
 pub const NATIVE_KIND: &str = if cfg!(target_os = "macos") { "mach-o" } else { "elf" };
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `stigmer server` whose output is collected line by line.
+pub struct Server {
+    pub child: std::process::Child,
+    pub stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl TestEnv {
+    /// Writes `manifest` and starts `stigmer server --config` on it, through
+    /// `wrapper` (e.g. `unshare ...`) if one is given.
+    pub fn server(&self, manifest: &str, wrapper: &[&str], extra: &[&str]) -> Server {
+        let path = self.dir.path().join("services.toml");
+        std::fs::write(&path, manifest).unwrap();
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(stigmer_bin());
+                c
+            }
+            None => Command::new(stigmer_bin()),
+        };
+        cmd.arg("server").arg("--config").arg(&path).args(extra);
+        cmd.env("STIGMER_HOME", &self.home).env_remove("RUST_LOG").env_remove("NO_COLOR");
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let collect = |pipe: Box<dyn std::io::Read + Send>| {
+            let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let sink = std::sync::Arc::clone(&lines);
+            let handle = std::thread::spawn(move || {
+                use std::io::BufRead as _;
+                for line in std::io::BufReader::new(pipe).split(b'\n') {
+                    let Ok(line) = line else { break };
+                    sink.lock().unwrap().push(String::from_utf8_lossy(&line).into_owned());
+                }
+            });
+            (lines, handle)
+        };
+        let (stdout, a) = collect(Box::new(child.stdout.take().unwrap()));
+        let (stderr, b) = collect(Box::new(child.stderr.take().unwrap()));
+        Server { child, stdout, stderr, readers: vec![a, b] }
+    }
+}
+
+impl Server {
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Waits until a stderr line contains `text`; panics with everything
+    /// seen after `secs` seconds.
+    #[track_caller]
+    pub fn wait_stderr(&self, text: &str, secs: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while !self.stderr.lock().unwrap().iter().any(|l| l.contains(text)) {
+            if std::time::Instant::now() > deadline {
+                panic!("no {text:?} on stderr within {secs}s:\n{}", self.stderr.lock().unwrap().join("\n"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `pred` holds for the stdout lines.
+    #[track_caller]
+    pub fn wait_stdout(&self, secs: u64, pred: impl Fn(&[String]) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while !pred(&self.stdout.lock().unwrap()) {
+            if std::time::Instant::now() > deadline {
+                panic!("stdout never matched within {secs}s; stderr:\n{}", self.stderr.lock().unwrap().join("\n"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), sig).unwrap();
+    }
+
+    /// Waits for the server to exit (at most `secs`), returning its status
+    /// and its stdout and stderr lines.
+    #[track_caller]
+    pub fn finish(mut self, secs: u64) -> (std::process::ExitStatus, Vec<String>, Vec<String>) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("server still running after {secs}s:\n{}", self.stderr.lock().unwrap().join("\n"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        for r in self.readers.drain(..) {
+            r.join().unwrap();
+        }
+        let out = std::mem::take(&mut *self.stdout.lock().unwrap());
+        let err = std::mem::take(&mut *self.stderr.lock().unwrap());
+        (status, out, err)
+    }
+}
+
+/// The pids of live processes whose command line contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(marker) {
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            found.push((pid, format!("{cmdline} [{state}]")));
+        }
+    }
+    found
+}
+
+/// `(pid, state)` of every child of `ppid`.
+pub fn children_of(ppid: u32) -> Vec<(u32, char)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // "pid (comm) S ppid ...": comm may hold spaces, so split after ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        if fields.next().and_then(|p| p.parse::<u32>().ok()) == Some(ppid) {
+            found.push((pid, state));
+        }
+    }
+    found
+}
