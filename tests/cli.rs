@@ -99,7 +99,10 @@ fn unknown_payload_lists_the_names() {
     let env = TestEnv::new();
     let o = env.run(None, "nope", &[]);
     assert_eq!(o.status.code(), Some(2));
-    assert_eq!(stderr(&o), "error: no payload named \"nope\": this stigmer carries hello, probe, stigmer-server, workflow-runner\n");
+    assert_eq!(
+        stderr(&o),
+        "error: no payload named \"nope\": this stigmer carries hello, probe, stigmer-server, workflow-runner\n"
+    );
 }
 
 #[test]

@@ -32,7 +32,10 @@ fn assert_nothing_left(marker: &str) {
 }
 
 fn index_of(lines: &[String], text: &str) -> usize {
-    lines.iter().position(|l| l.contains(text)).unwrap_or_else(|| panic!("no {text:?} in:\n{}", lines.join("\n")))
+    lines
+        .iter()
+        .position(|l| l.contains(text))
+        .unwrap_or_else(|| panic!("no {text:?} in:\n{}", lines.join("\n")))
 }
 
 #[test]
@@ -62,7 +65,11 @@ ready = {{ log = "ready now", timeout = "10s" }}
     server.signal(Signal::SIGTERM);
     let (status, out, err) = server.finish(20);
     assert_eq!(status.code(), Some(0), "{}", err.join("\n"));
-    assert!(index_of(&err, "api: ready in") < index_of(&err, "runner: started"), "{}", err.join("\n"));
+    assert!(
+        index_of(&err, "api: ready in") < index_of(&err, "runner: started"),
+        "{}",
+        err.join("\n")
+    );
     assert!(index_of(&err, "logger: ready in") < index_of(&err, "all services running"));
     let api_ready: f64 = err[index_of(&err, "api: ready in")]
         .rsplit(' ')
@@ -74,7 +81,11 @@ ready = {{ log = "ready now", timeout = "10s" }}
     assert!(api_ready >= 0.7, "api cannot be ready before it listens: {api_ready}");
     assert!(out.iter().any(|l| l.starts_with("runner | runner up")), "{out:?}");
     // Reverse dependency order on the way down.
-    assert!(index_of(&err, "runner: stopped") < index_of(&err, "api: stopped"), "{}", err.join("\n"));
+    assert!(
+        index_of(&err, "runner: stopped") < index_of(&err, "api: stopped"),
+        "{}",
+        err.join("\n")
+    );
     assert_nothing_left(&m);
 }
 
@@ -122,10 +133,14 @@ fn heavy_concurrent_output_is_never_torn() {
     let body = format!(" {} end", "x".repeat(2000));
     let mut counts = std::collections::HashMap::new();
     for line in out.iter().filter(|l| l.contains("spam ")) {
-        let (prefix, rest) = line.split_once(" | ").unwrap_or_else(|| panic!("no prefix: {line:.80}"));
+        let (prefix, rest) =
+            line.split_once(" | ").unwrap_or_else(|| panic!("no prefix: {line:.80}"));
         let name = prefix.trim_end();
         assert_eq!(prefix.len(), "gamma-service".len(), "names are padded: {prefix:?}");
-        assert!(rest.starts_with("spam out ") || rest.starts_with("spam err "), "torn: {line:.120}");
+        assert!(
+            rest.starts_with("spam out ") || rest.starts_with("spam err "),
+            "torn: {line:.120}"
+        );
         assert!(rest.ends_with(&body), "torn: {line:.120}");
         *counts.entry(name.to_owned()).or_insert(0) += 1;
     }
@@ -172,13 +187,20 @@ stop_timeout = "700ms"
     let grandchildren = processes_with(orphan);
     assert_eq!(grandchildren.len(), 1, "{grandchildren:?}");
     let server_pid = server.pid().as_raw() as u32;
-    assert!(children_of(server_pid).iter().any(|(p, _)| *p == grandchildren[0].0), "not reparented to stigmer");
+    assert!(
+        children_of(server_pid).iter().any(|(p, _)| *p == grandchildren[0].0),
+        "not reparented to stigmer"
+    );
     let t = Instant::now();
     server.signal(Signal::SIGTERM);
     let (status, _, err) = server.finish(20);
     let took = t.elapsed();
     assert!(took >= Duration::from_millis(700) && took < Duration::from_secs(5), "{took:?}");
-    assert!(err.iter().any(|l| l.contains("stubborn: still running 700ms after SIGTERM: killing it")), "{}", err.join("\n"));
+    assert!(
+        err.iter().any(|l| l.contains("stubborn: still running 700ms after SIGTERM: killing it")),
+        "{}",
+        err.join("\n")
+    );
     assert!(err.iter().any(|l| l.contains("polite: stopped (killed by SIGTERM)")));
     assert_eq!(status.code(), Some(1), "a service had to be killed");
     assert!(err.last().unwrap().contains("stubborn had to be killed"));
@@ -201,7 +223,11 @@ fn a_second_sigint_kills_at_once() {
     server.signal(Signal::SIGINT);
     let (status, _, err) = server.finish(10);
     assert!(t.elapsed() < Duration::from_secs(3));
-    assert!(err.iter().any(|l| l.contains("SIGINT again: killing all services now")), "{}", err.join("\n"));
+    assert!(
+        err.iter().any(|l| l.contains("SIGINT again: killing all services now")),
+        "{}",
+        err.join("\n")
+    );
     assert_eq!(status.code(), Some(1));
     assert_nothing_left(&m);
 }
@@ -209,14 +235,18 @@ fn a_second_sigint_kills_at_once() {
 #[test]
 fn sighup_is_forwarded() {
     let env = TestEnv::new();
-    let manifest = "[services.api]\npayload = \"probe\"\nargs = [\"--quiet\", \"--sleep\", \"60000\"]\n";
+    let manifest =
+        "[services.api]\npayload = \"probe\"\nargs = [\"--quiet\", \"--sleep\", \"60000\"]\n";
     let server = env.server(manifest, &[], &[]);
     server.wait_stderr("all services running", 20);
     server.signal(Signal::SIGHUP);
     // probe does not handle SIGHUP, so it dies of it; restart = "no" ends the server.
     let (status, _, err) = server.finish(10);
     assert_eq!(status.code(), Some(1));
-    assert_eq!(err.last().unwrap(), "error: api exited (killed by SIGHUP) and its restart policy is \"no\"");
+    assert_eq!(
+        err.last().unwrap(),
+        "error: api exited (killed by SIGHUP) and its restart policy is \"no\""
+    );
 }
 
 #[test]
@@ -234,8 +264,16 @@ restart_window = "1m"
     assert_eq!(status.code(), Some(1));
     let starts = err.iter().filter(|l| l.contains("crashy: started")).count();
     assert_eq!(starts, 4, "the first run and 3 restarts:\n{}", err.join("\n"));
-    assert!(err.iter().any(|l| l.contains("restarting in 250ms (1 of 3 allowed in 1m)")), "{}", err.join("\n"));
-    assert!(err.iter().any(|l| l.contains("restarting in 1s (3 of 3 allowed in 1m)")), "{}", err.join("\n"));
+    assert!(
+        err.iter().any(|l| l.contains("restarting in 250ms (1 of 3 allowed in 1m)")),
+        "{}",
+        err.join("\n")
+    );
+    assert!(
+        err.iter().any(|l| l.contains("restarting in 1s (3 of 3 allowed in 1m)")),
+        "{}",
+        err.join("\n")
+    );
     assert_eq!(
         err.last().unwrap(),
         "error: crashy exited (exit status 3) after 3 restarts within 1m: giving up"
@@ -265,15 +303,25 @@ restart = "on-failure"
 "#;
     let (status, _, err) = env.server(manifest, &[], &[]).finish(30);
     assert_eq!(status.code(), Some(1));
-    assert!(err.iter().any(|l| l.contains("once: exited (exit status 0); not restarted (restart = \"on-failure\")")));
-    assert_eq!(err.iter().filter(|l| l.contains("always: started")).count(), 3, "{}", err.join("\n"));
+    assert!(err.iter().any(|l| {
+        l.contains("once: exited (exit status 0); not restarted (restart = \"on-failure\")")
+    }));
+    assert_eq!(
+        err.iter().filter(|l| l.contains("always: started")).count(),
+        3,
+        "{}",
+        err.join("\n")
+    );
     assert!(err.last().unwrap().contains("always exited (exit status 0) after 2 restarts"));
 
     // "no": the server stops and names the service.
     let manifest = "[services.quitter]\npayload = \"probe\"\nargs = [\"--quiet\", \"--exit\", \"4\"]\n[services.other]\npayload = \"probe\"\nargs = [\"--quiet\", \"--sleep\", \"60000\"]\n";
     let (status, _, err) = env.server(manifest, &[], &[]).finish(20);
     assert_eq!(status.code(), Some(1));
-    assert_eq!(err.last().unwrap(), "error: quitter exited (exit status 4) and its restart policy is \"no\"");
+    assert_eq!(
+        err.last().unwrap(),
+        "error: quitter exited (exit status 4) and its restart policy is \"no\""
+    );
     assert!(err.iter().any(|l| l.contains("other: stopped (killed by SIGTERM)")));
 }
 
@@ -282,10 +330,22 @@ fn manifest_errors_are_one_line_before_anything_starts() {
     let env = TestEnv::new();
     let cases = [
         ("[services.api]\npayload = \"probe\"\nport = 80\n", "service api: unknown key \"port\""),
-        ("[services.api]\npayload = \"nope\"\n", "service api: payload \"nope\" is not in this build"),
-        ("[services.a]\npayload = \"probe\"\ndepends_on = [\"b\"]\n[services.b]\npayload = \"probe\"\ndepends_on = [\"a\"]\n", "services a -> b -> a form a dependency cycle"),
-        ("[services.api]\npayload = \"probe\"\nstop_timeout = \"soon\"\n", "stop_timeout \"soon\" is not a duration"),
-        ("[services.api]\npayload = \"probe\"\nready = { tcp = \"nowhere\" }\n", "ready.tcp \"nowhere\" is not a host:port"),
+        (
+            "[services.api]\npayload = \"nope\"\n",
+            "service api: payload \"nope\" is not in this build",
+        ),
+        (
+            "[services.a]\npayload = \"probe\"\ndepends_on = [\"b\"]\n[services.b]\npayload = \"probe\"\ndepends_on = [\"a\"]\n",
+            "services a -> b -> a form a dependency cycle",
+        ),
+        (
+            "[services.api]\npayload = \"probe\"\nstop_timeout = \"soon\"\n",
+            "stop_timeout \"soon\" is not a duration",
+        ),
+        (
+            "[services.api]\npayload = \"probe\"\nready = { tcp = \"nowhere\" }\n",
+            "ready.tcp \"nowhere\" is not a host:port",
+        ),
     ];
     for (manifest, want) in cases {
         let (status, out, err) = env.server(manifest, &[], &[]).finish(10);

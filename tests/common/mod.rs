@@ -190,7 +190,10 @@ impl Server {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
         while !self.stderr.lock().unwrap().iter().any(|l| l.contains(text)) {
             if std::time::Instant::now() > deadline {
-                panic!("no {text:?} on stderr within {secs}s:\n{}", self.stderr.lock().unwrap().join("\n"));
+                panic!(
+                    "no {text:?} on stderr within {secs}s:\n{}",
+                    self.stderr.lock().unwrap().join("\n")
+                );
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
@@ -202,7 +205,10 @@ impl Server {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
         while !pred(&self.stdout.lock().unwrap()) {
             if std::time::Instant::now() > deadline {
-                panic!("stdout never matched within {secs}s; stderr:\n{}", self.stderr.lock().unwrap().join("\n"));
+                panic!(
+                    "stdout never matched within {secs}s; stderr:\n{}",
+                    self.stderr.lock().unwrap().join("\n")
+                );
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
@@ -223,7 +229,10 @@ impl Server {
             }
             if std::time::Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("server still running after {secs}s:\n{}", self.stderr.lock().unwrap().join("\n"));
+                panic!(
+                    "server still running after {secs}s:\n{}",
+                    self.stderr.lock().unwrap().join("\n")
+                );
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         };
