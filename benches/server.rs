@@ -87,7 +87,12 @@ fn healthy(port: u16) -> bool {
 fn by_hand_once(bin: &Path, port: u16) -> Duration {
     let start = Instant::now();
     let spawn = |name: &str, args: &[&str]| {
-        Command::new(bin.join(name)).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+        Command::new(bin.join(name))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
     };
     let p = port.to_string();
     let addr = format!("127.0.0.1:{port}");
