@@ -62,7 +62,7 @@ fn memfd_is_filled_with_sendfile_from_the_executable() {
     let env = TestEnv::new();
     let o = env
         .stigmer()
-        .args(["-v", "--backend", "memfd", "run", "probe", "--quiet"])
+        .args(["-vv", "--backend", "memfd", "run", "probe", "--quiet"])
         .output()
         .unwrap();
     ok(&o);
