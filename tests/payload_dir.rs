@@ -57,7 +57,12 @@ fn pyinstaller_app(work: &Path) -> PathBuf {
 }
 
 /// `cargo build` of the stigmer binary with `STIGMER_PAYLOAD_DIR=dir`.
+/// `cargo build` of the stigmer binary with `STIGMER_PAYLOAD_DIR=dir`; the
+/// binary is copied beside `dir`, so another test's build cannot replace it.
 fn build_with(dir: &Path) -> (Output, PathBuf) {
+    // Tests in this file share one target folder: one build at a time.
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let target = work_dir().join("target");
     let o = Command::new(cargo)
@@ -67,7 +72,90 @@ fn build_with(dir: &Path) -> (Output, PathBuf) {
         .env("STIGMER_PAYLOAD_DIR", dir)
         .output()
         .unwrap();
-    (o, target.join("debug/stigmer"))
+    let copy = dir.with_file_name("stigmer");
+    if o.status.success() {
+        fs::copy(target.join("debug/stigmer"), &copy).unwrap();
+    }
+    (o, copy)
+}
+
+/// The bytes of one of the demo payloads, as this build embeds them.
+fn demo_payload(name: &str) -> Vec<u8> {
+    let env = TestEnv::new();
+    ok(&env.run(Some("cache"), name, &["--quiet"]));
+    let entry = env.entries().into_iter().find(|p| p.ends_with(name)).unwrap();
+    fs::read(entry).unwrap()
+}
+
+/// `len` bytes no compressor can shrink (xorshift64).
+fn noise(len: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    (0..len / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect()
+}
+
+#[test]
+fn a_60_mb_payload_never_passes_through_the_launchers_memory() {
+    let env = TestEnv::new();
+    let payloads = env.dir.path().join("payloads");
+    fs::create_dir(&payloads).unwrap();
+    // A real program with 60 MB of data after it (the kernel loads only its
+    // segments, so it runs as the probe).
+    let mut big = demo_payload("probe");
+    big.extend_from_slice(&noise(60 << 20));
+    executable(&payloads.join("big"), &big);
+    let (o, stigmer) = build_with(&payloads);
+    ok(&o);
+
+    let config = env.dir.path().join("services.toml");
+    fs::write(&config, "[services.big]\nargs = [\"--quiet\", \"--sleep\", \"60000\"]\n").unwrap();
+    let mut server = Command::new(&stigmer)
+        .args(["--backend", "memfd", "server", "--config"])
+        .arg(&config)
+        .env("STIGMER_HOME", &env.home)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr_pipe = server.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr_pipe));
+    let started = lines.by_ref().map(Result::unwrap).find(|l| l.contains("big: started")).unwrap();
+    let pid: u32 =
+        started.split("pid ").nth(1).unwrap().split(',').next().unwrap().parse().unwrap();
+    lines.by_ref().map(Result::unwrap).find(|l| l.contains("all services running")).unwrap();
+
+    // What runs is exactly the payload: the memfd holds the built bytes.
+    let running = fs::read(format!("/proc/{pid}/exe")).unwrap();
+    assert!(
+        running == big,
+        "the memfd differs from the payload ({} bytes vs {})",
+        running.len(),
+        big.len()
+    );
+
+    // And stigmer never held it: its peak resident memory stays far below
+    // the payload's size (sendfile copies inside the kernel).
+    let status = fs::read_to_string(format!("/proc/{}/status", server.id())).unwrap();
+    let hwm_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(hwm_kb < 16 * 1024, "stigmer's peak RSS is {hwm_kb} kB with a 60 MB payload");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    for _ in lines {}
+    assert!(server.wait().unwrap().success());
 }
 
 fn executable(path: &Path, bytes: &[u8]) {
