@@ -32,6 +32,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use memfd::{FileSeal, Memfd};
 use rustix::fs::{MemfdFlags, SealFlags};
@@ -135,21 +136,38 @@ fn send(out: &File, exe: &File, mut offset: u64, len: u64) -> io::Result<bool> {
 }
 
 fn seal(memfd: Memfd, payload: &Payload) -> Result<OwnedFd> {
-    // F_SEAL_EXEC (6.3+) keeps the exec bits as they are; older kernels say
-    // EINVAL, and their memfds have no exec bit policy to protect.
+    // Sealing fails with EBUSY while something holds a writable mapping of
+    // the memfd or an extra reference to one of its pages; the kernel waits
+    // ~150 ms for pins to go, and under memory activity (compaction, LRU
+    // batches) it was seen to give up once in a benchmark run. A failed call
+    // adds no seal, so try again a little later, for about a second.
+    let mut delay = Duration::from_millis(10);
+    loop {
+        let e = match try_seal(&memfd) {
+            Ok(()) => return Ok(memfd.into_file().into()),
+            Err(e) => e,
+        };
+        if e.kind() != io::ErrorKind::ResourceBusy || delay > Duration::from_secs(1) {
+            return Err(op_err(payload, "F_ADD_SEALS")(e));
+        }
+        debug!(payload = payload.name(), "sealing: the memfd is still busy, retrying");
+        std::thread::sleep(delay);
+        delay *= 2;
+    }
+}
+
+fn try_seal(memfd: &Memfd) -> io::Result<()> {
+    // F_SEAL_EXEC (6.3+) keeps the exec bits as they are (and, on an
+    // executable memfd, implies the write seals); older kernels say EINVAL,
+    // and their memfds have no exec bit policy to protect.
     match rustix::fs::fcntl_add_seals(memfd.as_file(), SealFlags::EXEC) {
         Ok(()) | Err(rustix::io::Errno::INVAL) => {}
-        Err(e) => return Err(op_err(payload, "F_ADD_SEALS")(e.into())),
+        Err(e) => return Err(e.into()),
     }
-    memfd
-        .add_seals(&[
-            FileSeal::SealShrink,
-            FileSeal::SealGrow,
-            FileSeal::SealWrite,
-            FileSeal::SealSeal,
-        ])
-        .map_err(|e| op_err(payload, "F_ADD_SEALS")(io::Error::other(e)))?;
-    Ok(memfd.into_file().into())
+    let seals = [FileSeal::SealShrink, FileSeal::SealGrow, FileSeal::SealWrite, FileSeal::SealSeal];
+    memfd.add_seals(&seals).map_err(|e| match e {
+        memfd::Error::AddSeals(e) | memfd::Error::GetSeals(e) | memfd::Error::Create(e) => e,
+    })
 }
 
 impl Image {
@@ -358,6 +376,36 @@ mod tests {
         assert_eq!(locate(&maps, 0x2800, 0x2000), Some(0x1800), "across two mappings");
         assert_eq!(locate(&maps, 0x4800, 0x1000), None, "runs into a gap");
         assert_eq!(locate(&maps, 0x8000, 1), None, "not mapped");
+    }
+
+    #[test]
+    fn sealing_waits_out_a_busy_memfd() {
+        let payload = Payload::from_bytes("busy", vec![1u8; 4096]);
+        let memfd = fill(create(&payload).unwrap(), &payload).unwrap();
+        // A writable shared mapping makes F_SEAL_WRITE fail with EBUSY, as
+        // pinned pages do; it goes away after 50 ms.
+        // SAFETY: a fresh shared mapping of a 4 KiB memfd, unmapped once by
+        // the thread below and never dereferenced.
+        let map = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                4096,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::SHARED,
+                memfd.as_file(),
+                0,
+            )
+        }
+        .unwrap() as usize;
+        let unmap = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            // SAFETY: unmaps exactly the mapping made above, once.
+            unsafe { rustix::mm::munmap(map as *mut _, 4096) }.unwrap();
+        });
+        let fd = seal(memfd, &payload).expect("sealing succeeds once the mapping is gone");
+        unmap.join().unwrap();
+        let seals = rustix::fs::fcntl_get_seals(&fd).unwrap();
+        assert!(seals.contains(SealFlags::WRITE | SealFlags::SEAL));
     }
 
     #[test]

@@ -1,0 +1,234 @@
+//! Launch speed: stigmer's memfd launch against the alternatives, on
+//! payloads of 5 MB and 60 MB that exit at once.
+//!
+//! Run: `cargo bench --bench launch`
+//!
+//! Setup (not timed) builds a release stigmer that embeds four payloads,
+//! each the demo `probe` followed by padding: `rand-5m` and `rand-60m`
+//! (incompressible noise) and `code-5m` and `code-60m` (bytes of real
+//! executables from `/usr`, as compressible as a Go binary). Then, per
+//! payload, with a warm page cache:
+//!
+//! 1. `direct`: exec of the same file from disk (the floor);
+//! 2. `stigmer-memfd`: `stigmer run NAME --quiet`;
+//! 3. `naive-memfd`: what go-memexec and the memfd-exec crate do:
+//!    `memfd_create`, `write()` from a heap buffer, no seals, exec;
+//! 4. `extract`: write a temp file on disk, chmod, exec, unlink (PyInstaller
+//!    one-file's way);
+//! 5. `stigmer-cache-cold` / `stigmer-cache-warm`: `stigmer --backend cache
+//!    run` with an empty cache, and with a filled one (sha256 check);
+//! 6. `bare-memfd`: `memfd_create` + `sendfile` from the file + seals +
+//!    exec, written here: stigmer's own overhead is the difference.
+//!
+//! Every variant includes one fork and exec of the payload; the stigmer
+//! variants also exec stigmer itself first.
+
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
+
+use std::fs;
+use std::io::Write as _;
+use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use rustix::fs::{MemfdFlags, SealFlags};
+
+const MB: usize = 1 << 20;
+
+/// `len` bytes no compressor can shrink (xorshift64).
+fn noise(len: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    (0..len.div_ceil(8))
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .take(len)
+        .collect()
+}
+
+/// `len` bytes of real executables, the largest files of `/usr/bin` and
+/// `/usr/lib` in a fixed order, as padding that compresses like code.
+fn code(len: usize) -> Vec<u8> {
+    let mut files: Vec<(u64, PathBuf)> =
+        ["/usr/bin", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu"]
+            .iter()
+            .flat_map(|d| fs::read_dir(d).into_iter().flatten().flatten())
+            .filter_map(|e| Some((e.metadata().ok().filter(|m| m.is_file())?.len(), e.path())))
+            .collect();
+    files.sort_by(|a, b| b.cmp(a));
+    let mut out = Vec::with_capacity(len);
+    for (_, path) in files {
+        if out.len() >= len {
+            break;
+        }
+        if let Ok(bytes) = fs::read(&path) {
+            if bytes.starts_with(b"\x7fELF") {
+                out.extend_from_slice(&bytes);
+            }
+        }
+    }
+    out.resize(len, 0);
+    out
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    stigmer: PathBuf,
+    payloads: Vec<(String, PathBuf, Vec<u8>)>,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let payload_dir = dir.path().join("payloads");
+    fs::create_dir(&payload_dir).unwrap();
+    let probe = probe_bytes(dir.path());
+    let mut payloads = Vec::new();
+    for (name, padding) in [
+        ("rand-5m", noise(5 * MB)),
+        ("code-5m", code(5 * MB)),
+        ("rand-60m", noise(60 * MB)),
+        ("code-60m", code(60 * MB)),
+    ] {
+        let mut bytes = probe.clone();
+        bytes.extend_from_slice(&padding[..padding.len() - probe.len()]);
+        let path = payload_dir.join(name);
+        fs::write(&path, &bytes).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        payloads.push((name.to_owned(), path, bytes));
+    }
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-launch");
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["build", "--release", "--offline", "--bin", "stigmer", "--manifest-path"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target)
+        .env("STIGMER_PAYLOAD_DIR", &payload_dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "building stigmer with the bench payloads failed");
+    let stigmer = dir.path().join("stigmer");
+    fs::copy(target.join("release/stigmer"), &stigmer).unwrap();
+    Setup { dir, stigmer, payloads }
+}
+
+/// The demo probe, as the stigmer under bench embeds it.
+fn probe_bytes(tmp: &Path) -> Vec<u8> {
+    let home = tmp.join("probe-home");
+    let status = Command::new(env!("CARGO_BIN_EXE_stigmer"))
+        .args(["--backend", "cache", "run", "probe", "--quiet"])
+        .env("STIGMER_HOME", &home)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let dir = fs::read_dir(home.join("bin/v1")).unwrap().flatten().next().unwrap().path();
+    fs::read(dir.join("probe")).unwrap()
+}
+
+fn run(cmd: &mut Command) {
+    let status = cmd.arg("--quiet").stdout(Stdio::null()).status().unwrap();
+    assert!(status.success(), "{cmd:?}: {status}");
+}
+
+fn memfd(name: &str) -> OwnedFd {
+    rustix::fs::memfd_create(
+        name,
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING | MemfdFlags::EXEC,
+    )
+    .or_else(|_| rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING))
+    .unwrap()
+}
+
+fn exec_fd(fd: &OwnedFd) {
+    run(&mut Command::new(format!("/proc/self/fd/{}", fd.as_raw_fd())));
+}
+
+/// What go-memexec and the memfd-exec crate do.
+fn naive_memfd(bytes: &[u8]) {
+    let heap = bytes.to_vec();
+    let fd = rustix::fs::memfd_create("naive", MemfdFlags::CLOEXEC).unwrap();
+    let mut file = fs::File::from(fd);
+    file.write_all(&heap).unwrap();
+    exec_fd(&OwnedFd::from(file));
+}
+
+/// memfd_create + sendfile + seals + exec, with nothing else.
+fn bare_memfd(path: &Path, len: usize) {
+    let fd = memfd("bare");
+    let file = fs::File::open(path).unwrap();
+    let mut offset = 0u64;
+    while (offset as usize) < len {
+        let left = len - offset as usize;
+        rustix::fs::sendfile(fd.as_fd(), &file, Some(&mut offset), left).unwrap();
+    }
+    let _ = rustix::fs::fcntl_add_seals(&fd, SealFlags::EXEC);
+    rustix::fs::fcntl_add_seals(
+        &fd,
+        SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL,
+    )
+    .unwrap();
+    exec_fd(&fd);
+}
+
+fn extract(dir: &Path, bytes: &[u8]) {
+    let heap = bytes.to_vec();
+    let path = dir.join("extracted");
+    let mut file = fs::File::create(&path).unwrap();
+    file.write_all(&heap).unwrap();
+    drop(file);
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    run(&mut Command::new(&path));
+    fs::remove_file(&path).unwrap();
+}
+
+fn launch(c: &mut Criterion) {
+    let s = setup();
+    let mut group = c.benchmark_group("launch");
+    group
+        .sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(6));
+    let stigmer = |home: &Path| {
+        let mut cmd = Command::new(&s.stigmer);
+        cmd.env("STIGMER_HOME", home).env_remove("STIGMER_BACKEND");
+        cmd
+    };
+    for (name, path, bytes) in &s.payloads {
+        let id = |what: &str| BenchmarkId::new(what, name);
+        group.bench_function(id("1-direct"), |b| b.iter(|| run(&mut Command::new(path))));
+        let home = s.dir.path().join("home");
+        group.bench_function(id("2-stigmer-memfd"), |b| {
+            b.iter(|| run(stigmer(&home).args(["--backend", "memfd", "run", name])))
+        });
+        group.bench_function(id("3-naive-memfd"), |b| b.iter(|| naive_memfd(bytes)));
+        group.bench_function(id("4-extract"), |b| b.iter(|| extract(s.dir.path(), bytes)));
+        group.bench_function(id("5a-stigmer-cache-cold"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let cold = s.dir.path().join("cold");
+                    let _ = fs::remove_dir_all(&cold);
+                    let t = Instant::now();
+                    run(stigmer(&cold).args(["--backend", "cache", "run", name]));
+                    total += t.elapsed();
+                }
+                total
+            })
+        });
+        let warm = s.dir.path().join("warm");
+        run(stigmer(&warm).args(["--backend", "cache", "run", name]));
+        group.bench_function(id("5b-stigmer-cache-warm"), |b| {
+            b.iter(|| run(stigmer(&warm).args(["--backend", "cache", "run", name])))
+        });
+        group.bench_function(id("7-bare-memfd"), |b| b.iter(|| bare_memfd(path, bytes.len())));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, launch);
+criterion_main!(benches);
