@@ -4,10 +4,27 @@ use std::borrow::Cow;
 
 use rust_embed::RustEmbed;
 
+use crate::payload::Encoding;
 use crate::{Digest, Error, Kind, Payload, Result};
 
 /// The manifest's name among the embedded files.
 pub const MANIFEST: &str = "services.toml";
+
+/// A payload as a build script found it: what the binary's generated table
+/// holds for each embedded file.
+#[derive(Clone, Copy, Debug)]
+pub struct Embedded {
+    /// The payload's name, also its file name in the embedded folder.
+    pub name: &'static str,
+    /// Its kind, decided from its bytes.
+    pub kind: Kind,
+    /// Its size, uncompressed.
+    pub size: u64,
+    /// The sha256 of its uncompressed bytes: its identity.
+    pub sha256: [u8; 32],
+    /// Whether the embedded file is zstd-compressed.
+    pub zstd: bool,
+}
 
 /// The payloads one build carries, sorted by name, and the optional
 /// `services.toml` embedded beside them.
@@ -26,16 +43,16 @@ impl Catalog {
 
     /// The payloads of a rust-embed folder.
     ///
-    /// `kinds` names every payload with the kind decided at build time; a
-    /// file of the folder that is not listed there is not a payload (the
-    /// manifest, for one). The sha256 is rust-embed's, also computed at build
-    /// time. Nothing is read from disk, and no payload byte is touched.
-    pub fn from_embed<E: RustEmbed>(kinds: &[(&'static str, Kind)]) -> Catalog {
-        let payloads = kinds
+    /// `entries` describes every payload as the build found it; a file of
+    /// the folder that is not listed there is not a payload (the manifest,
+    /// for one). Nothing is read from disk, and no payload byte is touched.
+    pub fn from_embed<E: RustEmbed>(entries: &[Embedded]) -> Catalog {
+        let payloads = entries
             .iter()
-            .filter_map(|&(name, kind)| {
-                let file = E::get(name)?;
-                Some(Payload::new(name, file.data, Digest(file.metadata.sha256_hash()), kind))
+            .filter_map(|e| {
+                let file = E::get(e.name)?;
+                let encoding = if e.zstd { Encoding::Zstd } else { Encoding::Raw };
+                Some(Payload::stored(e.name, file.data, encoding, e.size, Digest(e.sha256), e.kind))
             })
             .collect();
         Catalog::new(payloads, E::get(MANIFEST).map(|f| f.data))

@@ -86,6 +86,16 @@ pub enum Error {
         actual: String,
     },
 
+    /// A compressed payload could not be decompressed.
+    #[error("cannot decompress the embedded payload {name}: {source}; reinstall stigmer")]
+    Decode {
+        /// The payload.
+        name: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+
     /// Exec from memory was refused and the cache cannot be used either.
     #[error(
         "cannot run {name}: the kernel refuses exec from memory ({memfd}) and the cache is unusable ({cache}); \

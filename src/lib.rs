@@ -42,9 +42,9 @@ pub mod supervise;
 #[allow(dead_code)]
 mod scan;
 
-pub use catalog::{Catalog, MANIFEST};
+pub use catalog::{Catalog, Embedded, MANIFEST};
 pub use error::{Error, Result};
 pub use kind::Kind;
 pub use launch::{Backend, Choice, Launch, Launcher, Plan, Prepared};
 pub use manifest::{Manifest, ManifestError};
-pub use payload::{Digest, Payload};
+pub use payload::{Digest, Encoding, Payload};

@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::io::{self, Read};
 use std::str::FromStr;
 
 use sha2::{Digest as _, Sha256};
@@ -50,6 +51,16 @@ impl FromStr for Digest {
     }
 }
 
+/// How a payload's bytes are stored in the binary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Encoding {
+    /// As they are.
+    Raw,
+    /// zstd-compressed (the `compress` feature); decompressed at launch.
+    Zstd,
+}
+
 /// An executable carried by this build, with the sha256 and kind decided
 /// when it was built.
 #[derive(Clone, Debug)]
@@ -58,6 +69,8 @@ pub struct Payload {
     data: Cow<'static, [u8]>,
     sha256: Digest,
     kind: Kind,
+    encoding: Encoding,
+    len: u64,
 }
 
 impl Payload {
@@ -71,7 +84,22 @@ impl Payload {
         sha256: Digest,
         kind: Kind,
     ) -> Payload {
-        Payload { name: name.into(), data: data.into(), sha256, kind }
+        let data = data.into();
+        let len = data.len() as u64;
+        Payload { name: name.into(), data, sha256, kind, encoding: Encoding::Raw, len }
+    }
+
+    /// A payload stored with `encoding`, whose bytes are `len` long and hash
+    /// to `sha256` once decoded (both computed at build time).
+    pub fn stored(
+        name: impl Into<Cow<'static, str>>,
+        data: impl Into<Cow<'static, [u8]>>,
+        encoding: Encoding,
+        len: u64,
+        sha256: Digest,
+        kind: Kind,
+    ) -> Payload {
+        Payload { name: name.into(), data: data.into(), sha256, kind, encoding, len }
     }
 
     /// A payload from bytes at hand, hashing them and deciding their kind
@@ -91,12 +119,33 @@ impl Payload {
         &self.name
     }
 
-    /// The executable's bytes.
+    /// The bytes as stored: the executable itself when the encoding is
+    /// [`Encoding::Raw`], compressed otherwise.
     pub fn data(&self) -> &[u8] {
         &self.data
     }
 
-    /// The build-time sha256 of [`Payload::data`].
+    /// How [`Payload::data`] is stored.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    /// The executable's bytes, decoded from `stored` (which must yield
+    /// [`Payload::data`], read from wherever it lives).
+    pub fn decode<'a>(&self, stored: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
+        match self.encoding {
+            Encoding::Raw => Ok(Box::new(stored)),
+            #[cfg(feature = "compress")]
+            Encoding::Zstd => Ok(Box::new(zstd::stream::read::Decoder::new(stored)?)),
+            #[cfg(not(feature = "compress"))]
+            Encoding::Zstd => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this payload is zstd-compressed and stigmer was built without the compress feature",
+            )),
+        }
+    }
+
+    /// The build-time sha256 of the executable's bytes.
     pub fn sha256(&self) -> Digest {
         self.sha256
     }
@@ -106,14 +155,14 @@ impl Payload {
         self.kind
     }
 
-    /// Its size in bytes.
+    /// The executable's size in bytes.
     pub fn len(&self) -> u64 {
-        self.data.len() as u64
+        self.len
     }
 
     /// Whether it has no bytes (never true of a payload `build.rs` embeds).
     pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
+        self.len == 0
     }
 }
 

@@ -34,6 +34,14 @@ fn list_json_is_data() {
     assert_eq!(probe["sha256"].as_str().unwrap().len(), 64);
     assert!(probe["size"].as_u64().unwrap() > 1000);
     assert!(!probe["why"].as_str().unwrap().is_empty());
+    let (size, stored) = (probe["size"].as_u64().unwrap(), probe["stored_size"].as_u64().unwrap());
+    if cfg!(feature = "compress") {
+        assert_eq!(probe["encoding"], "zstd");
+        assert!(stored < size * 6 / 10, "{stored} of {size}");
+    } else {
+        assert_eq!(probe["encoding"], "raw");
+        assert_eq!(stored, size);
+    }
 }
 
 #[test]

@@ -65,8 +65,13 @@ fn build_with(dir: &Path) -> (Output, PathBuf) {
     let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let target = work_dir().join("target");
+    // The custom build stores payloads the way this test build does.
+    let features: &[&str] =
+        if cfg!(feature = "compress") { &["--features", "compress"] } else { &[] };
     let o = Command::new(cargo)
-        .args(["build", "--offline", "--bin", "stigmer", "--manifest-path"])
+        .args(["build", "--offline", "--bin", "stigmer"])
+        .args(features)
+        .arg("--manifest-path")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
         .env("CARGO_TARGET_DIR", &target)
         .env("STIGMER_PAYLOAD_DIR", dir)
@@ -140,14 +145,23 @@ fn a_60_mb_payload_never_passes_through_the_launchers_memory() {
     );
 
     // And stigmer never held it: its peak resident memory stays far below
-    // the payload's size (sendfile copies inside the kernel).
+    // the payload's size (sendfile copies inside the kernel; decompression
+    // reads the executable with pread and writes 256 KiB at a time).
     let status = fs::read_to_string(format!("/proc/{}/status", server.id())).unwrap();
     let hwm_kb: u64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap();
-    assert!(hwm_kb < 16 * 1024, "stigmer's peak RSS is {hwm_kb} kB with a 60 MB payload");
+    let detail: Vec<&str> =
+        status.lines().filter(|l| l.starts_with("Rss") || l.starts_with("Vm")).collect();
+    // A copy of the payload would add 60 MB. The bound leaves room for a
+    // debug build's own code pages (~9 MB) and, with the compress feature,
+    // the decoder's 8 MiB window; benches/README.md has release numbers.
+    assert!(
+        hwm_kb < 24 * 1024,
+        "stigmer's peak RSS is {hwm_kb} kB with a 60 MB payload: {detail:?}"
+    );
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(server.id() as i32),

@@ -243,9 +243,18 @@ fn write_entry(dir: &Path, path: &Path, payload: &Payload, replace: bool) -> Res
         .tempfile_in(dir)
         .map_err(|e| cache_err("create a file in", e))?;
     let mut hasher = Sha256::new();
-    for chunk in payload.data().chunks(1 << 20) {
-        hasher.update(chunk);
-        tmp.write_all(chunk).map_err(|e| cache_err("write a file in", e))?;
+    let decode_err = |source| Error::Decode { name: payload.name().to_owned(), source };
+    let mut bytes = payload.decode(payload.data()).map_err(decode_err)?;
+    let mut buf = vec![0; 1 << 20];
+    loop {
+        let n = match bytes.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(decode_err(e)),
+        };
+        hasher.update(&buf[..n]);
+        tmp.write_all(&buf[..n]).map_err(|e| cache_err("write a file in", e))?;
     }
     let actual = Digest(hasher.finalize().into());
     if actual != payload.sha256() {

@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
 use std::fs::File;
-use std::io::{self, BufRead as _, Write as _};
+use std::io::{self, BufRead as _, Read, Write as _};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::MetadataExt as _;
@@ -38,7 +38,7 @@ use memfd::{FileSeal, Memfd};
 use rustix::fs::{MemfdFlags, SealFlags};
 use tracing::debug;
 
-use crate::{Error, Kind, Payload, Result};
+use crate::{Encoding, Error, Kind, Payload, Result};
 
 /// Creates, fills and seals one memfd per payload, and keeps it for the
 /// life of the launcher so every spawn of a payload shares one copy.
@@ -100,7 +100,32 @@ fn create(payload: &Payload) -> Result<Memfd> {
 
 fn fill(memfd: Memfd, payload: &Payload) -> Result<Memfd> {
     let file = memfd.as_file();
-    let sent = match SelfExe::get().and_then(|exe| exe.locate(payload.data())) {
+    let located = SelfExe::get().and_then(|exe| exe.locate(payload.data()));
+    if payload.encoding() != Encoding::Raw {
+        // Decode straight into the memfd, reading the stored bytes from the
+        // executable's file where they are found (so they never become
+        // resident in stigmer), in 256 KiB steps: no buffer of payload size.
+        let stored: Box<dyn Read + '_> = match located {
+            Some((exe, offset)) => {
+                Box::new(ReadAt { file: exe, offset, end: offset + payload.data().len() as u64 })
+            }
+            None => Box::new(payload.data()),
+        };
+        let decode_err = |source| Error::Decode { name: payload.name().to_owned(), source };
+        let mut decoded = payload.decode(stored).map_err(decode_err)?;
+        // A write error is the memfd's; a read error is the decoder's.
+        let written = copy(&mut decoded, file).map_err(|e| match e {
+            CopyError::Read(e) => decode_err(e),
+            CopyError::Write(e) => op_err(payload, "write")(e),
+        })?;
+        if written != payload.len() {
+            let why = format!("{written} bytes decoded, {} expected", payload.len());
+            return Err(decode_err(io::Error::other(why)));
+        }
+        debug!(payload = payload.name(), "decompressed into the memfd");
+        return Ok(memfd);
+    }
+    let sent = match located {
         Some((exe, offset)) => send(file, exe, offset, payload.len()),
         None => Ok(false),
     }
@@ -113,6 +138,44 @@ fn fill(memfd: Memfd, payload: &Payload) -> Result<Memfd> {
         file.write_all(payload.data()).map_err(op_err(payload, "write"))?;
     }
     Ok(memfd)
+}
+
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Copies `from` to `to` in 256 KiB steps; returns the bytes copied.
+fn copy(from: &mut dyn Read, mut to: &File) -> Result<u64, CopyError> {
+    let mut buf = vec![0; 256 * 1024];
+    let mut total = 0;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        to.write_all(&buf[..n]).map_err(CopyError::Write)?;
+        total += n as u64;
+    }
+}
+
+/// Reads `offset..end` of a file with `pread`, leaving the file's position
+/// alone (other threads share the descriptor).
+struct ReadAt<'a> {
+    file: &'a File,
+    offset: u64,
+    end: u64,
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf.len().min((self.end - self.offset) as usize);
+        let n = std::os::unix::fs::FileExt::read_at(self.file, &mut buf[..want], self.offset)?;
+        self.offset += n as u64;
+        Ok(n)
+    }
 }
 
 /// Copies `len` bytes at `offset` of `exe` into `out` inside the kernel.

@@ -144,6 +144,11 @@ fn list(catalog: &Catalog, choice: Choice, json: bool) -> anyhow::Result<ExitCod
                     "name": p.name(),
                     "kind": p.kind().as_str(),
                     "size": p.len(),
+                    "stored_size": p.data().len(),
+                    "encoding": match p.encoding() {
+                        stigmer::Encoding::Raw => "raw",
+                        _ => "zstd",
+                    },
                     "sha256": p.sha256().to_string(),
                     "backend": plan.backend.as_str(),
                     "why": plan.why,
