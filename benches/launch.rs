@@ -17,14 +17,21 @@
 //!    one-file's way);
 //! 5. `stigmer-cache-cold` / `stigmer-cache-warm`: `stigmer --backend cache
 //!    run` with an empty cache, and with a filled one (sha256 check);
-//! 6. `bare-memfd`: `memfd_create` + `sendfile` from the file + seals +
-//!    exec, written here: stigmer's own overhead is the difference.
+//! 6. `stigmer-memfd-zstd`: `stigmer run NAME --quiet` from a build with
+//!    the `compress` feature (decompressed into the memfd);
+//! 7. `bare-memfd`: `memfd_create` + `sendfile` from the file + seals +
+//!    exec, written here: stigmer's own overhead is the difference;
+//! 8. `sha256-only`: hashing the payload file (read once, sha2 with the
+//!    CPU's SHA extensions), the floor for the warm cache.
+//!
+//! Setup also prints the size of both stigmer binaries and of the payloads.
 //!
 //! Every variant includes one fork and exec of the payload; the stigmer
 //! variants also exec stigmer itself first.
 
-// criterion_group! generates an undocumented public function.
-#![allow(missing_docs)]
+// criterion_group! generates an undocumented public function; the sizes
+// are reported on stderr.
+#![allow(missing_docs, clippy::print_stderr)]
 
 use std::fs;
 use std::io::Write as _;
@@ -81,7 +88,24 @@ fn code(len: usize) -> Vec<u8> {
 struct Setup {
     dir: tempfile::TempDir,
     stigmer: PathBuf,
+    stigmer_zstd: PathBuf,
     payloads: Vec<(String, PathBuf, Vec<u8>)>,
+}
+
+/// A release stigmer embedding `payload_dir`, copied to `to`.
+fn build(payload_dir: &Path, features: &[&str], target: &str, to: &Path) {
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join(target);
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["build", "--release", "--offline", "--bin", "stigmer"])
+        .args(features)
+        .arg("--manifest-path")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target)
+        .env("STIGMER_PAYLOAD_DIR", payload_dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "building stigmer with the bench payloads failed");
+    fs::copy(target.join("release/stigmer"), to).unwrap();
 }
 
 fn setup() -> Setup {
@@ -103,18 +127,22 @@ fn setup() -> Setup {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
         payloads.push((name.to_owned(), path, bytes));
     }
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-launch");
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["build", "--release", "--offline", "--bin", "stigmer", "--manifest-path"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target)
-        .env("STIGMER_PAYLOAD_DIR", &payload_dir)
-        .status()
-        .unwrap();
-    assert!(status.success(), "building stigmer with the bench payloads failed");
     let stigmer = dir.path().join("stigmer");
-    fs::copy(target.join("release/stigmer"), &stigmer).unwrap();
-    Setup { dir, stigmer, payloads }
+    build(&payload_dir, &[], "bench-launch", &stigmer);
+    let stigmer_zstd = dir.path().join("stigmer-zstd");
+    build(&payload_dir, &["--features", "compress"], "bench-launch-zstd", &stigmer_zstd);
+    let size = |p: &Path| fs::metadata(p).unwrap().len();
+    let mut sum = 0;
+    for (name, path, _) in &payloads {
+        sum += size(path);
+        eprintln!("payload {name}: {} bytes", size(path));
+    }
+    eprintln!("payloads, sum: {sum} bytes");
+    for (what, bin) in [("stigmer", &stigmer), ("stigmer --features compress", &stigmer_zstd)] {
+        let n = size(bin);
+        eprintln!("{what}: {n} bytes ({:.1}% of the payload sum)", 100.0 * n as f64 / sum as f64);
+    }
+    Setup { dir, stigmer, stigmer_zstd, payloads }
 }
 
 /// The demo probe, as the stigmer under bench embeds it.
@@ -193,11 +221,12 @@ fn launch(c: &mut Criterion) {
         .sample_size(30)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(6));
-    let stigmer = |home: &Path| {
-        let mut cmd = Command::new(&s.stigmer);
+    let with = |bin: &Path, home: &Path| {
+        let mut cmd = Command::new(bin);
         cmd.env("STIGMER_HOME", home).env_remove("STIGMER_BACKEND");
         cmd
     };
+    let stigmer = |home: &Path| with(&s.stigmer, home);
     for (name, path, bytes) in &s.payloads {
         let id = |what: &str| BenchmarkId::new(what, name);
         group.bench_function(id("1-direct"), |b| b.iter(|| run(&mut Command::new(path))));
@@ -225,7 +254,19 @@ fn launch(c: &mut Criterion) {
         group.bench_function(id("5b-stigmer-cache-warm"), |b| {
             b.iter(|| run(stigmer(&warm).args(["--backend", "cache", "run", name])))
         });
+        group.bench_function(id("6-stigmer-memfd-zstd"), |b| {
+            b.iter(|| run(with(&s.stigmer_zstd, &home).args(["--backend", "memfd", "run", name])))
+        });
         group.bench_function(id("7-bare-memfd"), |b| b.iter(|| bare_memfd(path, bytes.len())));
+        group.bench_function(id("8-sha256-only"), |b| {
+            b.iter(|| {
+                use sha2::Digest as _;
+                let mut file = fs::File::open(path).unwrap();
+                let mut hasher = sha2::Sha256::new();
+                std::io::copy(&mut file, &mut hasher).unwrap();
+                hasher.finalize()
+            })
+        });
     }
     group.finish();
 }
