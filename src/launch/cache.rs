@@ -222,7 +222,7 @@ fn check(path: &Path, len: u64, sha256: Digest) -> Check {
 /// The sha256 of a file, reading each byte once.
 pub(crate) fn hash_file(mut file: File) -> io::Result<Digest> {
     let mut hasher = Sha256::new();
-    let mut buf = vec![0; 256 * 1024];
+    let mut buf = vec![0; super::IO_BUF];
     loop {
         match file.read(&mut buf) {
             Ok(0) => return Ok(Digest(hasher.finalize().into())),
@@ -245,7 +245,7 @@ fn write_entry(dir: &Path, path: &Path, payload: &Payload, replace: bool) -> Res
     let mut hasher = Sha256::new();
     let decode_err = |source| Error::Decode { name: payload.name().to_owned(), source };
     let mut bytes = payload.decode(payload.data()).map_err(decode_err)?;
-    let mut buf = vec![0; 1 << 20];
+    let mut buf = vec![0; super::IO_BUF];
     loop {
         let n = match bytes.read(&mut buf) {
             Ok(0) => break,

@@ -29,6 +29,15 @@ use crate::{Error, Kind, Payload, Result};
 mod cache;
 mod child;
 
+/// The buffer stigmer reads a payload through when it must pass through
+/// user space (hashing a cache entry, decoding, filling a cache entry).
+///
+/// 128 KiB, by measurement: hashing a warm 60 MB file took 51 ms with 32 to
+/// 128 KiB reads and 81 ms with 256 KiB reads on a 2-core EPYC, where the
+/// kernel's copy into a buffer that large no longer stays in the L2 cache
+/// beside its source (the sha256 itself takes 41 ms).
+pub(crate) const IO_BUF: usize = 128 * 1024;
+
 pub use child::exit_code;
 
 pub use cache::{CacheLauncher, Finding, prune, verify};
