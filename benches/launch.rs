@@ -24,14 +24,22 @@
 //! 8. `sha256-only`: hashing the payload file (read once, sha2 with the
 //!    CPU's SHA extensions), the floor for the warm cache.
 //!
-//! Setup also prints the size of both stigmer binaries and of the payloads.
+//! 9. `second-spawn`: spawning a payload again from the memfd a library
+//!    [`Launcher`](stigmer::Launcher) already filled (what `stigmer server`
+//!    does on a restart): the cost of the exec alone, against `direct`.
+//!
+//! Setup also prints, per payload: the size of both stigmer binaries and of
+//! the payloads; the peak RSS of a `stigmer run` process (launcher and
+//! payload together, as the kernel's `ru_maxrss` keeps the larger across the
+//! exec; the payload alone is printed beside it); and the Shmem a running
+//! payload holds (`/proc/meminfo`, while it sleeps).
 //!
 //! Every variant includes one fork and exec of the payload; the stigmer
 //! variants also exec stigmer itself first.
 
 // criterion_group! generates an undocumented public function; the sizes
-// are reported on stderr.
-#![allow(missing_docs, clippy::print_stderr)]
+// are reported on stderr, and the peak-RSS helper answers on stdout.
+#![allow(missing_docs, clippy::print_stderr, clippy::print_stdout)]
 
 use std::fs;
 use std::io::Write as _;
@@ -41,8 +49,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, criterion_group};
 use rustix::fs::{MemfdFlags, SealFlags};
+use stigmer::{Backend, Choice, Launch as _, Launcher, Payload};
 
 const MB: usize = 1 << 20;
 
@@ -142,7 +151,94 @@ fn setup() -> Setup {
         let n = size(bin);
         eprintln!("{what}: {n} bytes ({:.1}% of the payload sum)", 100.0 * n as f64 / sum as f64);
     }
-    Setup { dir, stigmer, stigmer_zstd, payloads }
+    let s = Setup { dir, stigmer, stigmer_zstd, payloads };
+    memory(&s);
+    s
+}
+
+/// Set to make this bench binary run the command after `--`, wait for it,
+/// and print its peak RSS: a fresh parent, so `RUSAGE_CHILDREN` sees that
+/// command alone.
+const MAXRSS: &str = "STIGMER_BENCH_MAXRSS";
+
+/// The peak RSS of `cmd` (and of what it execs), in KiB.
+fn max_rss_kib(cmd: &Command) -> u64 {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env(MAXRSS, "1")
+        .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .arg("--")
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().parse().unwrap()
+}
+
+/// `Shmem:` of `/proc/meminfo`, in KiB.
+fn shmem_kib() -> u64 {
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap();
+    let line = meminfo.lines().find_map(|l| l.strip_prefix("Shmem:")).unwrap();
+    line.trim().trim_end_matches("kB").trim().parse().unwrap()
+}
+
+/// How much more Shmem the system holds while `cmd` runs (median of 5).
+fn shmem_held_kib(cmd: &mut Command) -> i64 {
+    let mut deltas: Vec<i64> = (0..5)
+        .map(|_| {
+            let before = shmem_kib() as i64;
+            let mut child =
+                cmd.args(["--quiet", "--sleep", "600"]).stdout(Stdio::null()).spawn().unwrap();
+            std::thread::sleep(Duration::from_millis(400));
+            let during = shmem_kib() as i64;
+            assert!(child.wait().unwrap().success());
+            during - before
+        })
+        .collect();
+    deltas.sort();
+    deltas[2]
+}
+
+/// Prints the peak RSS and the Shmem of each way to launch each payload.
+fn memory(s: &Setup) {
+    let home = s.dir.path().join("memory-home");
+    let stigmer = |bin: &Path, backend: &str, name: &str| {
+        let mut cmd = Command::new(bin);
+        cmd.env("STIGMER_HOME", &home).args(["--backend", backend, "run", name]);
+        cmd
+    };
+    for (name, path, _) in &s.payloads {
+        // Fill the cache first, so the cache rows are warm launches.
+        run(&mut stigmer(&s.stigmer, "cache", name));
+        let rows = [
+            ("direct exec of the payload", Command::new(path)),
+            ("stigmer run (memfd)", stigmer(&s.stigmer, "memfd", name)),
+            ("stigmer run (memfd, compressed build)", stigmer(&s.stigmer_zstd, "memfd", name)),
+            ("stigmer run (cache, warm)", stigmer(&s.stigmer, "cache", name)),
+        ];
+        for (what, cmd) in rows {
+            let rss = max_rss_kib(&cmd);
+            let mut cmd = cmd;
+            let shmem = shmem_held_kib(&mut cmd);
+            eprintln!("{name}: {what}: peak RSS {rss} KiB, Shmem held while it runs {shmem} KiB");
+        }
+    }
+}
+
+/// The second and later spawns of a payload whose memfd a launcher filled.
+fn second_spawn(c: &mut Criterion, s: &Setup) {
+    let mut group = c.benchmark_group("launch");
+    group.sample_size(30).warm_up_time(Duration::from_secs(1));
+    let launcher = Launcher::new(Choice::Only(Backend::Memfd), Some(s.dir.path().join("lib")));
+    for (name, _, bytes) in &s.payloads {
+        let payload = Payload::from_bytes(name.clone(), bytes.clone());
+        launcher.prepare(&payload).unwrap();
+        group.bench_function(BenchmarkId::new("9-second-spawn", name), |b| {
+            b.iter(|| run(&mut launcher.prepare(&payload).unwrap().command()))
+        });
+    }
+    group.finish();
 }
 
 /// The demo probe, as the stigmer under bench embeds it.
@@ -216,6 +312,7 @@ fn extract(dir: &Path, bytes: &[u8]) {
 
 fn launch(c: &mut Criterion) {
     let s = setup();
+    second_spawn(c, &s);
     let mut group = c.benchmark_group("launch");
     group
         .sample_size(30)
@@ -272,4 +369,17 @@ fn launch(c: &mut Criterion) {
 }
 
 criterion_group!(benches, launch);
-criterion_main!(benches);
+
+fn main() {
+    if std::env::var_os(MAXRSS).is_some() {
+        let args: Vec<String> = std::env::args().skip_while(|a| a != "--").skip(1).collect();
+        let status =
+            Command::new(&args[0]).args(&args[1..]).stdout(Stdio::null()).status().unwrap();
+        assert!(status.success(), "{args:?}: {status}");
+        let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN);
+        println!("{}", usage.unwrap().max_rss());
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

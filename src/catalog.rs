@@ -4,15 +4,14 @@ use std::borrow::Cow;
 
 use rust_embed::RustEmbed;
 
-use crate::payload::Encoding;
-use crate::{Digest, Error, Kind, Payload, Result};
+use crate::{Digest, Encoding, Error, Kind, Payload, Result};
 
 /// The manifest's name among the embedded files.
 pub const MANIFEST: &str = "services.toml";
 
 /// A payload as a build script found it: what the binary's generated table
 /// holds for each embedded file.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Embedded {
     /// The payload's name, also its file name in the embedded folder.
     pub name: &'static str,
@@ -22,8 +21,8 @@ pub struct Embedded {
     pub size: u64,
     /// The sha256 of its uncompressed bytes: its identity.
     pub sha256: [u8; 32],
-    /// Whether the embedded file is zstd-compressed.
-    pub zstd: bool,
+    /// How the embedded file stores it.
+    pub encoding: Encoding,
 }
 
 /// The payloads one build carries, sorted by name, and the optional
@@ -51,8 +50,14 @@ impl Catalog {
             .iter()
             .filter_map(|e| {
                 let file = E::get(e.name)?;
-                let encoding = if e.zstd { Encoding::Zstd } else { Encoding::Raw };
-                Some(Payload::stored(e.name, file.data, encoding, e.size, Digest(e.sha256), e.kind))
+                Some(Payload::stored(
+                    e.name,
+                    file.data,
+                    e.encoding.clone(),
+                    e.size,
+                    Digest(e.sha256),
+                    e.kind,
+                ))
             })
             .collect();
         Catalog::new(payloads, E::get(MANIFEST).map(|f| f.data))

@@ -52,13 +52,23 @@ impl FromStr for Digest {
 }
 
 /// How a payload's bytes are stored in the binary.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Encoding {
     /// As they are.
     Raw,
     /// zstd-compressed (the `compress` feature); decompressed at launch.
-    Zstd,
+    ///
+    /// The stored bytes are a series of independent zstd frames, so that
+    /// they can be decoded in parallel: every frame but the last decodes to
+    /// `frame_len` bytes, and `frames` lists each frame's stored length in
+    /// order. With no `frames`, the stored bytes are decoded as one stream.
+    Zstd {
+        /// What each frame but the last decodes to, in bytes.
+        frame_len: u32,
+        /// The stored length of each frame, in order.
+        frames: Cow<'static, [u32]>,
+    },
 }
 
 /// An executable carried by this build, with the sha256 and kind decided
@@ -126,8 +136,8 @@ impl Payload {
     }
 
     /// How [`Payload::data`] is stored.
-    pub fn encoding(&self) -> Encoding {
-        self.encoding
+    pub fn encoding(&self) -> &Encoding {
+        &self.encoding
     }
 
     /// The executable's bytes, decoded from `stored` (which must yield
@@ -136,9 +146,9 @@ impl Payload {
         match self.encoding {
             Encoding::Raw => Ok(Box::new(stored)),
             #[cfg(feature = "compress")]
-            Encoding::Zstd => Ok(Box::new(zstd::stream::read::Decoder::new(stored)?)),
+            Encoding::Zstd { .. } => Ok(Box::new(zstd::stream::read::Decoder::new(stored)?)),
             #[cfg(not(feature = "compress"))]
-            Encoding::Zstd => Err(io::Error::new(
+            Encoding::Zstd { .. } => Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "this payload is zstd-compressed and stigmer was built without the compress feature",
             )),

@@ -28,7 +28,7 @@ use std::fs::File;
 use std::io::{self, BufRead as _, Read, Write as _};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt as _;
-use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::fs::{FileExt as _, MetadataExt as _};
 use std::os::unix::process::CommandExt as _;
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -39,6 +39,9 @@ use rustix::fs::{MemfdFlags, SealFlags};
 use tracing::debug;
 
 use crate::{Encoding, Error, Kind, Payload, Result};
+
+#[cfg(feature = "compress")]
+mod frames;
 
 /// Creates, fills and seals one memfd per payload, and keeps it for the
 /// life of the launcher so every spawn of a payload shares one copy.
@@ -101,28 +104,8 @@ fn create(payload: &Payload) -> Result<Memfd> {
 fn fill(memfd: Memfd, payload: &Payload) -> Result<Memfd> {
     let file = memfd.as_file();
     let located = SelfExe::get().and_then(|exe| exe.locate(payload.data()));
-    if payload.encoding() != Encoding::Raw {
-        // Decode straight into the memfd, reading the stored bytes from the
-        // executable's file where they are found (so they never become
-        // resident in stigmer), in 256 KiB steps: no buffer of payload size.
-        let stored: Box<dyn Read + '_> = match located {
-            Some((exe, offset)) => {
-                Box::new(ReadAt { file: exe, offset, end: offset + payload.data().len() as u64 })
-            }
-            None => Box::new(payload.data()),
-        };
-        let decode_err = |source| Error::Decode { name: payload.name().to_owned(), source };
-        let mut decoded = payload.decode(stored).map_err(decode_err)?;
-        // A write error is the memfd's; a read error is the decoder's.
-        let written = copy(&mut decoded, file).map_err(|e| match e {
-            CopyError::Read(e) => decode_err(e),
-            CopyError::Write(e) => op_err(payload, "write")(e),
-        })?;
-        if written != payload.len() {
-            let why = format!("{written} bytes decoded, {} expected", payload.len());
-            return Err(decode_err(io::Error::other(why)));
-        }
-        debug!(payload = payload.name(), "decompressed into the memfd");
+    if *payload.encoding() != Encoding::Raw {
+        decode(file, payload, located)?;
         return Ok(memfd);
     }
     let sent = match located {
@@ -140,23 +123,83 @@ fn fill(memfd: Memfd, payload: &Payload) -> Result<Memfd> {
     Ok(memfd)
 }
 
-enum CopyError {
+/// Decodes a compressed payload straight into the memfd, reading the stored
+/// bytes from the executable's file where they are found (so they never
+/// become resident in stigmer): frame by frame on every core when the build
+/// recorded its frames, as one stream otherwise. No buffer of payload size.
+fn decode(file: &File, payload: &Payload, located: Option<(&File, u64)>) -> Result<()> {
+    let decode_err = |source| Error::Decode { name: payload.name().to_owned(), source };
+    // A write error is the memfd's; a read error is the decoder's.
+    let failure = |e| match e {
+        Failure::Read(e) => decode_err(e),
+        Failure::Write(e) => op_err(payload, "write")(e),
+    };
+    #[cfg(feature = "compress")]
+    if let Encoding::Zstd { frame_len, frames } = payload.encoding() {
+        if !frames.is_empty() {
+            let stored = payload.data();
+            let read_at = |buf: &mut [u8], pos: u64| match located {
+                Some((exe, offset)) => exe.read_exact_at(buf, offset + pos),
+                None => {
+                    let from = stored
+                        .get(pos as usize..)
+                        .and_then(|s| s.get(..buf.len()))
+                        .ok_or(io::ErrorKind::UnexpectedEof)?;
+                    buf.copy_from_slice(from);
+                    Ok(())
+                }
+            };
+            let frames = frames::Frames {
+                frame_len: *frame_len as usize,
+                stored: frames,
+                len: payload.len(),
+            };
+            frames.decode_into(&read_at, file).map_err(failure)?;
+            debug!(
+                payload = payload.name(),
+                frames = frames.stored.len(),
+                "decompressed into the memfd"
+            );
+            return Ok(());
+        }
+    }
+    let stored: Box<dyn Read + '_> = match located {
+        Some((exe, offset)) => {
+            Box::new(ReadAt { file: exe, offset, end: offset + payload.data().len() as u64 })
+        }
+        None => Box::new(payload.data()),
+    };
+    let mut decoded = payload.decode(stored).map_err(decode_err)?;
+    let written = copy(&mut decoded, file).map_err(failure)?;
+    if written != payload.len() {
+        let why = format!("{written} bytes decoded, {} expected", payload.len());
+        return Err(decode_err(io::Error::other(why)));
+    }
+    debug!(payload = payload.name(), "decompressed into the memfd as one stream");
+    Ok(())
+}
+
+/// What went wrong while copying, and on which side.
+#[derive(Debug)]
+enum Failure {
+    /// Reading or decoding the stored bytes.
     Read(io::Error),
+    /// Writing into the memfd.
     Write(io::Error),
 }
 
-/// Copies `from` to `to` in 256 KiB steps; returns the bytes copied.
-fn copy(from: &mut dyn Read, mut to: &File) -> Result<u64, CopyError> {
-    let mut buf = vec![0; 256 * 1024];
+/// Copies `from` to `to` through one buffer; returns the bytes copied.
+fn copy(from: &mut dyn Read, mut to: &File) -> Result<u64, Failure> {
+    let mut buf = vec![0; crate::launch::IO_BUF];
     let mut total = 0;
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(CopyError::Read(e)),
+            Err(e) => return Err(Failure::Read(e)),
         };
-        to.write_all(&buf[..n]).map_err(CopyError::Write)?;
+        to.write_all(&buf[..n]).map_err(Failure::Write)?;
         total += n as u64;
     }
 }
@@ -172,7 +215,7 @@ struct ReadAt<'a> {
 impl Read for ReadAt<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let want = buf.len().min((self.end - self.offset) as usize);
-        let n = std::os::unix::fs::FileExt::read_at(self.file, &mut buf[..want], self.offset)?;
+        let n = self.file.read_at(&mut buf[..want], self.offset)?;
         self.offset += n as u64;
         Ok(n)
     }

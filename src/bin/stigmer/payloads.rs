@@ -26,7 +26,7 @@ mod tests {
     fn build_time_hashes_match_rust_embed() {
         for e in PAYLOADS {
             let file = <Payloads as rust_embed::RustEmbed>::get(e.name).unwrap();
-            if !e.zstd {
+            if e.encoding == stigmer::Encoding::Raw {
                 assert_eq!(file.metadata.sha256_hash(), e.sha256, "{}", e.name);
                 assert_eq!(file.data.len() as u64, e.size);
             }
