@@ -212,6 +212,21 @@ fn exe_inode(pid: u32) -> u64 {
     fs::metadata(format!("/proc/{pid}/exe")).unwrap().ino()
 }
 
+/// The command line of a just-spawned child. A memfd payload is spawned
+/// with `posix_spawn`, which returns once the child's exec has replaced its
+/// memory but maybe before the kernel has copied the arguments in: until
+/// then, the command line reads empty.
+fn cmdline(pid: u32) -> String {
+    for _ in 0..500 {
+        let line = fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+        if !line.is_empty() {
+            return line;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("process {pid} still has no command line after 5 s");
+}
+
 #[test]
 fn spawns_share_one_sealed_memfd_and_leak_none() {
     let launcher = MemfdLauncher::new();
@@ -221,7 +236,7 @@ fn spawns_share_one_sealed_memfd_and_leak_none() {
     let link = fs::read_link(format!("/proc/{}/exe", a.id())).unwrap();
     assert_eq!(link.to_str().unwrap(), "/memfd:sleep (deleted)");
     assert_eq!(exe_inode(a.id()), exe_inode(b.id()), "both spawns run the same memfd");
-    assert_eq!(fs::read_to_string(format!("/proc/{}/cmdline", a.id())).unwrap(), "sleep\x0030\x00");
+    assert_eq!(cmdline(a.id()), "sleep\x0030\x00");
     for fd in fs::read_dir(format!("/proc/{}/fd", a.id())).unwrap().flatten() {
         let target = fs::read_link(fd.path()).unwrap();
         assert!(!target.to_string_lossy().contains("memfd:"), "leaked {target:?}");

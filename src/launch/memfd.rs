@@ -38,16 +38,25 @@ use memfd::{FileSeal, Memfd};
 use rustix::fs::{MemfdFlags, SealFlags};
 use tracing::debug;
 
-use crate::{Encoding, Error, Kind, Payload, Result};
+use crate::{Digest, Encoding, Error, Kind, Payload, Result};
 
 #[cfg(feature = "compress")]
 mod frames;
 
-/// Creates, fills and seals one memfd per payload, and keeps it for the
-/// life of the launcher so every spawn of a payload shares one copy.
+/// Creates, fills and seals one memfd per payload, the first time any
+/// launcher asks for it.
+///
+/// The memfds live in one table for the whole process, keyed by sha256, and
+/// are never closed: every spawn and restart of a payload, from every
+/// launcher, shares one copy, and a [`Command`] naming `/proc/self/fd/N` can
+/// never reach a closed or reused descriptor. So that command needs no
+/// closure to keep its memfd open, and std starts it with `posix_spawn`
+/// (a vfork), whose cost does not grow with the launcher's memory; a fork
+/// copies the page tables (measured: 0.5 ms from a small process, 10 ms
+/// from one with 270 MB resident).
 #[derive(Debug, Default)]
 pub struct MemfdLauncher {
-    images: Mutex<HashMap<String, Arc<Mutex<Option<Image>>>>>,
+    _private: (),
 }
 
 /// A payload sealed in a memfd, ready to exec any number of times.
@@ -57,19 +66,23 @@ pub(crate) struct Image {
     script: bool,
 }
 
+/// One slot per payload, so payloads are prepared in parallel while two
+/// threads asking for the same payload wait for one memfd.
+type Slot = Arc<Mutex<Option<Image>>>;
+
 impl MemfdLauncher {
-    /// A launcher with no memfd yet.
+    /// A launcher; memfds already made by this process are reused.
     pub fn new() -> MemfdLauncher {
         MemfdLauncher::default()
     }
 
     /// The sealed memfd of `payload`, made on first use.
     pub(crate) fn image(&self, payload: &Payload) -> Result<Image> {
-        // One slot per payload, so payloads are prepared in parallel while
-        // two threads asking for the same payload share one memfd.
+        static IMAGES: OnceLock<Mutex<HashMap<Digest, Slot>>> = OnceLock::new();
         let slot = {
-            let mut images = self.images.lock().unwrap_or_else(|e| e.into_inner());
-            Arc::clone(images.entry(payload.name().to_owned()).or_default())
+            let mut images =
+                IMAGES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(images.entry(payload.sha256()).or_default())
         };
         let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(image) = &*slot {
@@ -281,21 +294,17 @@ impl Image {
     pub(crate) fn command(&self, name: &str) -> Command {
         let mut cmd = Command::new(format!("/proc/self/fd/{}", self.fd.as_raw_fd()));
         cmd.arg0(name);
-        // The closure owns a reference to the memfd, so the descriptor number
-        // stays valid (and is never reused by another file) while the command
-        // exists.
-        let fd = Arc::clone(&self.fd);
-        let script = self.script;
-        // SAFETY: the closure runs in the child between fork and exec and
-        // makes only one raw fcntl(2) system call, which is async-signal-safe;
-        // it allocates nothing and takes no lock.
-        unsafe {
-            cmd.pre_exec(move || {
-                if script {
+        if self.script {
+            let fd = Arc::clone(&self.fd);
+            // SAFETY: the closure runs in the child between fork and exec and
+            // makes only one raw fcntl(2) system call, which is
+            // async-signal-safe; it allocates nothing and takes no lock.
+            unsafe {
+                cmd.pre_exec(move || {
                     rustix::io::fcntl_setfd(fd.as_fd(), rustix::io::FdFlags::empty())?;
-                }
-                Ok(())
-            });
+                    Ok(())
+                });
+            }
         }
         cmd
     }

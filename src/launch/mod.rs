@@ -167,7 +167,11 @@ impl Prepared {
 
     /// A command that runs the payload as a child, with `argv[0]` set to its
     /// name. Add arguments, environment, a working folder and stdio as with
-    /// any [`Command`]. Spawning from a memfd needs `/proc` mounted.
+    /// any [`Command`]. Spawning from a memfd needs `/proc` mounted; the
+    /// memfd stays open until the process exits, so the command can be
+    /// spawned at any time, any number of times, and (but for a `#!`
+    /// script, whose descriptor must be made inheritable in the child) std
+    /// spawns it with `posix_spawn` instead of a fork.
     pub fn command(&self) -> Command {
         match &self.image {
             #[cfg(target_os = "linux")]
