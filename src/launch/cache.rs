@@ -31,6 +31,7 @@ use sha2::{Digest as _, Sha256};
 use tempfile::TempDir;
 use tracing::{debug, warn};
 
+use super::buf::AlignedBuf;
 use crate::{Digest, Error, Payload, Result};
 
 /// The version of the cache layout, part of every entry's path.
@@ -222,9 +223,10 @@ fn check(path: &Path, len: u64, sha256: Digest) -> Check {
 /// The sha256 of a file, reading each byte once.
 pub(crate) fn hash_file(mut file: File) -> io::Result<Digest> {
     let mut hasher = Sha256::new();
-    let mut buf = vec![0; super::IO_BUF];
+    let mut buf = AlignedBuf::new(super::IO_BUF);
+    let buf = buf.all();
     loop {
-        match file.read(&mut buf) {
+        match file.read(buf) {
             Ok(0) => return Ok(Digest(hasher.finalize().into())),
             Ok(n) => hasher.update(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -245,9 +247,10 @@ fn write_entry(dir: &Path, path: &Path, payload: &Payload, replace: bool) -> Res
     let mut hasher = Sha256::new();
     let decode_err = |source| Error::Decode { name: payload.name().to_owned(), source };
     let mut bytes = payload.decode(payload.data()).map_err(decode_err)?;
-    let mut buf = vec![0; super::IO_BUF];
+    let mut buf = AlignedBuf::new(super::IO_BUF);
+    let buf = buf.all();
     loop {
-        let n = match bytes.read(&mut buf) {
+        let n = match bytes.read(buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

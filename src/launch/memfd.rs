@@ -38,6 +38,7 @@ use memfd::{FileSeal, Memfd};
 use rustix::fs::{MemfdFlags, SealFlags};
 use tracing::debug;
 
+use super::buf::AlignedBuf;
 use crate::{Digest, Encoding, Error, Kind, Payload, Result};
 
 #[cfg(feature = "compress")]
@@ -203,10 +204,11 @@ enum Failure {
 
 /// Copies `from` to `to` through one buffer; returns the bytes copied.
 fn copy(from: &mut dyn Read, mut to: &File) -> Result<u64, Failure> {
-    let mut buf = vec![0; crate::launch::IO_BUF];
+    let mut buf = AlignedBuf::new(super::IO_BUF);
+    let buf = buf.all();
     let mut total = 0;
     loop {
-        let n = match from.read(&mut buf) {
+        let n = match from.read(buf) {
             Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 
 use super::Failure;
+use crate::launch::buf::AlignedBuf;
 
 /// At most this many threads decode one payload (the calling thread is one
 /// of them), so a launch holds at most `2 * MAX_THREADS` frames of buffers.
@@ -101,8 +102,9 @@ impl Frames<'_> {
         out: &File,
     ) -> Result<(), Failure> {
         let mut decoder = zstd::bulk::Decompressor::new().map_err(Failure::Read)?;
-        let mut input = Vec::new();
-        let mut output = Vec::new();
+        let largest = self.stored.iter().max().map_or(0, |&n| n as usize);
+        let mut input = AlignedBuf::new(largest);
+        let mut output = AlignedBuf::new(self.frame_len.min(self.len as usize));
         while !failed.load(Ordering::Relaxed) {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let (Some(&stored), Some(&start)) = (self.stored.get(i), starts.get(i)) else {
@@ -110,11 +112,10 @@ impl Frames<'_> {
             };
             let at = i as u64 * self.frame_len as u64;
             let want = (self.len - at).min(self.frame_len as u64) as usize;
-            input.resize(stored as usize, 0);
-            output.resize(want, 0);
-            read_at(&mut input, start).map_err(Failure::Read)?;
+            let (input, output) = (input.get(stored as usize), output.get(want));
+            read_at(input, start).map_err(Failure::Read)?;
             let n = decoder
-                .decompress_to_buffer(&input, &mut output[..])
+                .decompress_to_buffer(input, output)
                 .map_err(|e| Failure::Read(io::Error::new(e.kind(), format!("frame {i}: {e}"))))?;
             if n != want {
                 return Err(Failure::Read(io::Error::new(
@@ -122,7 +123,7 @@ impl Frames<'_> {
                     format!("frame {i} decoded to {n} bytes, not {want}"),
                 )));
             }
-            out.write_all_at(&output, at).map_err(Failure::Write)?;
+            out.write_all_at(output, at).map_err(Failure::Write)?;
         }
         Ok(())
     }
