@@ -30,6 +30,7 @@
 #![deny(missing_docs)]
 
 mod catalog;
+pub mod doctor;
 pub mod env;
 mod error;
 mod kind;

@@ -138,30 +138,6 @@ fn bwrap(env: &TestEnv) -> Command {
 
 /// Runs `stigmer ARGS` in a new pid namespace whose `vm.memfd_noexec` is
 /// `value`. The sysctl is per pid namespace: the host's is untouched.
-fn with_memfd_noexec(env: &TestEnv, value: u8, args: &[&str]) -> std::process::Output {
-    let script = format!("echo {value} > /proc/sys/vm/memfd_noexec && exec \"$0\" \"$@\"");
-    let out = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "sh", "-c", &script])
-        .arg(stigmer_bin())
-        .args(args)
-        .env("STIGMER_HOME", &env.home)
-        .env_remove("STIGMER_BACKEND")
-        .output()
-        .unwrap();
-    assert_eq!(
-        fs::read_to_string("/proc/sys/vm/memfd_noexec").unwrap().trim(),
-        "0",
-        "host sysctl changed"
-    );
-    out
-}
-
-fn can_set_memfd_noexec() -> bool {
-    is_root()
-        && have("unshare")
-        && fs::read_to_string("/proc/sys/vm/memfd_noexec").is_ok_and(|v| v.trim() == "0")
-}
-
 #[test]
 fn memfd_noexec_1_still_runs_from_memory() {
     require!(can_set_memfd_noexec(), "needs root, unshare and vm.memfd_noexec (Linux 6.3+) at 0");

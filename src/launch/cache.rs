@@ -146,6 +146,12 @@ pub(crate) fn private_dir(dir: &Path, parents: bool) -> Result<()> {
             });
         }
     }
+    trusted_dir(dir)
+}
+
+/// Refuses `dir` unless it is a real folder of ours that nobody else can
+/// write to. Creates nothing.
+pub(crate) fn trusted_dir(dir: &Path) -> Result<()> {
     let meta = fs::symlink_metadata(dir).map_err(|source| Error::Cache {
         op: "read the cache folder",
         path: dir.to_owned(),

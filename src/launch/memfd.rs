@@ -106,13 +106,39 @@ fn op_err<'a>(payload: &'a Payload, op: &'static str) -> impl FnOnce(io::Error) 
 /// `MFD_EXEC` (6.3+). Under `vm.memfd_noexec=2` this fails with `EACCES`,
 /// which the caller treats as "use the cache".
 fn create(payload: &Payload) -> Result<Memfd> {
+    memfd_create(payload.name()).map_err(op_err(payload, "memfd_create"))
+}
+
+fn memfd_create(name: &str) -> io::Result<Memfd> {
     let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
-    let fd = match rustix::fs::memfd_create(payload.name(), flags | MemfdFlags::EXEC) {
-        Err(rustix::io::Errno::INVAL) => rustix::fs::memfd_create(payload.name(), flags),
+    let fd = match rustix::fs::memfd_create(name, flags | MemfdFlags::EXEC) {
+        Err(rustix::io::Errno::INVAL) => rustix::fs::memfd_create(name, flags),
         other => other,
-    }
-    .map_err(|e| op_err(payload, "memfd_create")(e.into()))?;
+    }?;
     Ok(Memfd::try_from_fd(fd).expect("memfd_create returns a memfd"))
+}
+
+/// Runs this process's own executable from a sealed memfd made exactly as a
+/// payload's is (the same flags, `sendfile`, seals and spawn), with `env`
+/// set in its environment, and returns its exit status: the proof that this
+/// host executes a sealed memfd. The executable must exit at once when it
+/// sees `env` ([`crate::doctor::answer_probe`]). The memfd is closed after.
+pub(crate) fn run_self_sealed(env: &str) -> io::Result<std::process::ExitStatus> {
+    let exe =
+        SelfExe::get().map_or_else(|| File::open("/proc/self/exe"), |e| e.file.try_clone())?;
+    let memfd = memfd_create("stigmer-doctor")?;
+    let len = exe.metadata()?.len();
+    if !send(memfd.as_file(), &exe, 0, len)? {
+        io::copy(&mut &exe, &mut memfd.as_file())?;
+    }
+    try_seal(&memfd)?;
+    let fd = OwnedFd::from(memfd.into_file());
+    Command::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .env(env, "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
 }
 
 fn fill(memfd: Memfd, payload: &Payload) -> Result<Memfd> {

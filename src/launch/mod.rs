@@ -39,12 +39,14 @@ pub(crate) const IO_BUF: usize = 128 * 1024;
 
 pub use child::exit_code;
 
+pub(crate) use cache::trusted_dir;
 pub use cache::{CacheLauncher, Finding, prune, verify};
 
 cfg_if::cfg_if! {
     if #[cfg(target_os = "linux")] {
         mod memfd;
         pub use memfd::MemfdLauncher;
+        pub(crate) use memfd::run_self_sealed;
         /// The backend `auto` means on this platform.
         const NATIVE: Backend = Backend::Memfd;
     } else if #[cfg(unix)] {
@@ -63,7 +65,8 @@ pub trait Launch {
 }
 
 /// A backend: where a payload runs from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// A sealed memfd (Linux).
     Memfd,
@@ -225,6 +228,11 @@ impl Launcher {
             memfd: MemfdLauncher::new(),
             memfd_refused: AtomicBool::new(false),
         }
+    }
+
+    /// The backend choice it was made with.
+    pub fn choice(&self) -> Choice {
+        self.choice
     }
 
     /// The cache backend this launcher falls back to.

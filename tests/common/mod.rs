@@ -276,3 +276,31 @@ pub fn children_of(ppid: u32) -> Vec<(u32, char)> {
     }
     found
 }
+
+/// Runs stigmer with `args` in a new PID namespace whose `vm.memfd_noexec`
+/// is `value` (a child namespace can tighten it, never loosen it), and
+/// checks that the host's value was left alone.
+pub fn with_memfd_noexec(env: &TestEnv, value: u8, args: &[&str]) -> std::process::Output {
+    let script = format!("echo {value} > /proc/sys/vm/memfd_noexec && exec \"$0\" \"$@\"");
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "sh", "-c", &script])
+        .arg(stigmer_bin())
+        .args(args)
+        .env("STIGMER_HOME", &env.home)
+        .env_remove("STIGMER_BACKEND")
+        .output()
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/vm/memfd_noexec").unwrap().trim(),
+        "0",
+        "host sysctl changed"
+    );
+    out
+}
+
+/// Whether [`with_memfd_noexec`] can run here.
+pub fn can_set_memfd_noexec() -> bool {
+    is_root()
+        && have("unshare")
+        && std::fs::read_to_string("/proc/sys/vm/memfd_noexec").is_ok_and(|v| v.trim() == "0")
+}

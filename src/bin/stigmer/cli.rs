@@ -58,6 +58,12 @@ pub(crate) enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Explain what this host allows and how each payload will run here; exit 1 if one cannot
+    Doctor {
+        /// One JSON object for scripts, instead of text
+        #[arg(long)]
+        json: bool,
+    },
     /// Look after the cache under $STIGMER_HOME/bin
     Cache {
         #[command(subcommand)]

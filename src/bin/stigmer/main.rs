@@ -22,6 +22,9 @@ use tracing_subscriber::EnvFilter;
 use crate::cli::{CacheCmd, Cli, Cmd};
 
 fn main() -> ExitCode {
+    // `stigmer doctor` runs this executable from a sealed memfd to prove that
+    // the host allows it; that copy exits here.
+    stigmer::doctor::answer_probe();
     let mut args: Vec<OsString> = std::env::args_os().collect();
     let catalog = payloads::catalog();
 
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         }
         Cmd::Server { config, json_logs } => server(&catalog, choice, config.as_deref(), json_logs),
         Cmd::List { json } => list(&catalog, choice, json),
+        Cmd::Doctor { json } => doctor(&catalog, choice, json),
         Cmd::Cache { command } => cache(&catalog, choice, command),
     })
 }
@@ -155,7 +159,7 @@ fn list(catalog: &Catalog, choice: Choice, json: bool) -> anyhow::Result<ExitCod
                 })
             })
             .collect();
-        serde_json::to_writer_pretty(&mut out, &rows)?;
+        serde_json::to_writer_pretty(&mut out, &rows).map_err(io::Error::from)?;
         writeln!(out)?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -176,6 +180,88 @@ fn list(catalog: &Catalog, choice: Choice, json: bool) -> anyhow::Result<ExitCod
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn doctor(catalog: &Catalog, choice: Choice, json: bool) -> anyhow::Result<ExitCode> {
+    let launcher = Launcher::new(choice, env::home().ok());
+    let names: Vec<&str> = catalog.payloads().iter().map(|p| p.name()).collect();
+    let manifest = catalog
+        .manifest()
+        .and_then(|text| std::str::from_utf8(text).ok())
+        .and_then(|text| Manifest::parse(text, "services.toml (embedded)", &names).ok());
+    let report = stigmer::doctor::diagnose(catalog, &launcher, manifest.as_ref());
+    let code = if report.all_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    let mut out = io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &report).map_err(io::Error::from)?;
+        writeln!(out)?;
+        return Ok(code);
+    }
+    // One line per finding: "ok" or "!!" for what decides whether payloads
+    // run, blank for information.
+    let mark = |ok: bool| if ok { "ok" } else { "!!" };
+    let mut row =
+        |mark: &str, label: &str, detail: &str| writeln!(out, "{mark:2}  {label:<16} {detail}");
+    row("", "kernel", &report.kernel)?;
+    match &report.memfd {
+        Some(m) => {
+            row(mark(m.create.ok), "memfd_create", &m.create.detail)?;
+            let noexec = match m.noexec {
+                Some(0) => "0: memfds may be executable".to_owned(),
+                Some(1) => "1: memfds must ask for MFD_EXEC to be executable (stigmer does)".into(),
+                Some(n) => format!("{n}: no memfd may be executable"),
+                None => "absent (kernel before 6.3)".into(),
+            };
+            row("", "vm.memfd_noexec", &noexec)?;
+            row(mark(m.exec.ok), "exec from memfd", &m.exec.detail)?;
+        }
+        None => row("", "exec from memfd", "not on this platform: payloads run from the cache")?,
+    }
+    if let Some(seccomp) = &report.seccomp {
+        row("", "seccomp", seccomp)?;
+    }
+    let cache = &report.cache;
+    let mut line = match &cache.root {
+        Some(root) => format!("{}: {}", root.display(), cache.usable.detail),
+        None => cache.usable.detail.clone(),
+    };
+    if let Some(free) = cache.free {
+        line.push_str(&format!("; {} free", human_size(free)));
+    }
+    match cache.noexec {
+        Some(true) => line.push_str("; mounted noexec: nothing can run from it"),
+        Some(false) => line.push_str("; exec allowed"),
+        None => {}
+    }
+    row(mark(cache.usable.ok && cache.noexec != Some(true)), "cache", &line)?;
+    if let Some(shmem) = report.server_shmem {
+        let pinned = format!("stigmer server would pin {} of RAM in memfds", human_size(shmem));
+        row("", "server memory", &pinned)?;
+    }
+    writeln!(out)?;
+    let width = report.payloads.iter().map(|p| p.name.len()).max().unwrap_or(0).max(7);
+    writeln!(out, "    {:width$}  {:<11}  {:>9}  {:<6}  WHY", "PAYLOAD", "KIND", "SIZE", "FROM")?;
+    for p in &report.payloads {
+        let from = p.backend.map_or("-", |b| b.as_str());
+        writeln!(
+            out,
+            "{}  {:width$}  {:<11}  {:>9}  {:<6}  {}",
+            mark(p.ok),
+            p.name,
+            p.kind,
+            human_size(p.size),
+            from,
+            p.why
+        )?;
+    }
+    writeln!(out)?;
+    let bad = report.payloads.iter().filter(|p| !p.ok).count();
+    if bad == 0 {
+        writeln!(out, "every payload can run here")?;
+    } else {
+        writeln!(out, "{bad} payload(s) cannot run here")?;
+    }
+    Ok(code)
 }
 
 fn cache(catalog: &Catalog, choice: Choice, command: CacheCmd) -> anyhow::Result<ExitCode> {
