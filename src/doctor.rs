@@ -217,11 +217,10 @@ fn memfd_report() -> Option<MemfdReport> {
         .and_then(|v| v.trim().parse().ok());
     let start = std::time::Instant::now();
     let exec = match crate::launch::run_self_sealed(PROBE_ENV) {
-        Ok(status) if status.success() => Finding::ok(format!(
+        Ok(()) => Finding::ok(format!(
             "works: stigmer ran itself from a sealed memfd in {} ms",
             start.elapsed().as_millis()
         )),
-        Ok(status) => Finding::bad(format!("the probe from a sealed memfd failed: {status}")),
         Err(e) => Finding::bad(format!("refused: {e}")),
     };
     Some(MemfdReport { create, noexec, exec })

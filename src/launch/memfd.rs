@@ -119,11 +119,13 @@ fn memfd_create(name: &str) -> io::Result<Memfd> {
 }
 
 /// Runs this process's own executable from a sealed memfd made exactly as a
-/// payload's is (the same flags, `sendfile`, seals and spawn), with `env`
-/// set in its environment, and returns its exit status: the proof that this
-/// host executes a sealed memfd. The executable must exit at once when it
-/// sees `env` ([`crate::doctor::answer_probe`]). The memfd is closed after.
-pub(crate) fn run_self_sealed(env: &str) -> io::Result<std::process::ExitStatus> {
+/// payload's is (the same flags, `sendfile` and seals), both ways stigmer
+/// launches payloads: `execveat` on the descriptor (`stigmer run`, here in a
+/// child) and exec of `/proc/self/fd/N` (spawned services). `env` is set in
+/// its environment; the executable must exit at once with status 0 when it
+/// sees it ([`crate::doctor::answer_probe`]). The memfd is closed after.
+/// Returns the first failure, naming the way that failed.
+pub(crate) fn run_self_sealed(env: &str) -> io::Result<()> {
     let exe =
         SelfExe::get().map_or_else(|| File::open("/proc/self/exe"), |e| e.file.try_clone())?;
     let memfd = memfd_create("stigmer-doctor")?;
@@ -133,13 +135,75 @@ pub(crate) fn run_self_sealed(env: &str) -> io::Result<std::process::ExitStatus>
     }
     try_seal(&memfd)?;
     let fd = OwnedFd::from(memfd.into_file());
-    Command::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .env(env, "1")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let probe = || {
+        let mut cmd = Command::new(&path);
+        cmd.env(env, "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        cmd
+    };
+    let check = |how: &str, status: io::Result<std::process::ExitStatus>| match status {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(io::Error::other(format!("{how}: the probe {status}"))),
+        Err(e) => Err(io::Error::new(e.kind(), format!("{how}: {e}"))),
+    };
+
+    // execveat, between fork and exec, with everything it needs made first.
+    let argv = [c_string(b"stigmer-doctor".to_vec())?];
+    let envp = std::env::vars_os()
+        .filter(|(k, _)| k != env)
+        .map(|(k, v)| c_string([k.as_bytes(), b"=", v.as_bytes()].concat()))
+        .chain(std::iter::once(c_string(format!("{env}=1").into_bytes())))
+        .collect::<io::Result<Vec<_>>>()?;
+    let argv_ptrs: Vec<*const nix::libc::c_char> =
+        argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let envp_ptrs: Vec<*const nix::libc::c_char> =
+        envp.iter().map(|e| e.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let raw = fd.as_raw_fd();
+    let (argv_ptrs, envp_ptrs) = (SendPtrs(argv_ptrs), SendPtrs(envp_ptrs));
+    let mut cmd = probe();
+    // SAFETY: the closure runs in the child between fork and exec and makes
+    // one raw execveat(2) system call, which is async-signal-safe, on
+    // pointers to strings made before the fork (kept alive by `argv` and
+    // `envp` until the spawn returns); it allocates nothing and takes no
+    // lock. On success it does not return; on failure the errno is the
+    // spawn's error.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::libc::syscall(
+                nix::libc::SYS_execveat,
+                raw,
+                c"".as_ptr(),
+                argv_ptrs.as_ptr(),
+                envp_ptrs.as_ptr(),
+                nix::libc::AT_EMPTY_PATH,
+            );
+            Err(io::Error::last_os_error())
+        });
+    }
+    check("execveat", cmd.status())?;
+    check(&format!("exec {path}"), probe().status())
 }
+
+/// Pointer arrays for a `pre_exec` closure, which must be `Send + Sync`;
+/// they point into strings the spawning thread keeps alive.
+struct SendPtrs(Vec<*const nix::libc::c_char>);
+
+impl SendPtrs {
+    /// The array, for a C call. A method, so that a closure captures the
+    /// whole wrapper rather than its field.
+    fn as_ptr(&self) -> *const *const nix::libc::c_char {
+        self.0.as_ptr()
+    }
+}
+
+// SAFETY: the pointers are only read, in the forked child, while the
+// strings they point to are alive in the parent's (copied) memory.
+unsafe impl Send for SendPtrs {}
+// SAFETY: as above; nothing writes through them.
+unsafe impl Sync for SendPtrs {}
 
 fn fill(memfd: Memfd, payload: &Payload) -> Result<Memfd> {
     let file = memfd.as_file();
