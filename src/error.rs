@@ -61,7 +61,7 @@ pub enum Error {
     },
 
     /// Reading or writing the cache failed.
-    #[error("cannot {op} {}: {source}; make it writable or set STIGMER_HOME to a folder that is", path.display())]
+    #[error("cannot {op} {}: {source}; {}", path.display(), cache_fix(source))]
     Cache {
         /// What stigmer was doing.
         op: &'static str,
@@ -150,6 +150,19 @@ impl Error {
 fn is_refusal(code: i32) -> bool {
     use nix::errno::Errno;
     matches!(Errno::from_raw(code), Errno::EPERM | Errno::EACCES | Errno::ENOSYS)
+}
+
+/// How to get past a cache error, by its cause.
+fn cache_fix(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+            "free some space there, or set STIGMER_HOME to a volume with room for the payloads"
+        }
+        io::ErrorKind::ReadOnlyFilesystem => {
+            "mount a writable volume and set STIGMER_HOME to it (a read-only root needs one)"
+        }
+        _ => "make it writable, or set STIGMER_HOME to a folder that is",
+    }
 }
 
 #[cfg(test)]

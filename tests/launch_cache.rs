@@ -184,19 +184,41 @@ fn prune_removes_what_this_build_does_not_carry() {
     fs::write(foreign.join("old-service"), "x").unwrap();
     let entry = probe_entry(&env);
     let stale = entry.parent().unwrap().join(".tmp-stale");
-    let fresh = entry.parent().unwrap().join(".tmp-fresh");
-    fs::write(&stale, "partial").unwrap();
-    fs::write(&fresh, "partial").unwrap();
+    let fresh = entry.parent().unwrap().join(format!(".tmp-{}-fresh", std::process::id()));
+    let orphan = entry.parent().unwrap().join(format!(".tmp-{}-orphan", dead_pid()));
+    for f in [&stale, &fresh, &orphan] {
+        fs::write(f, "partial").unwrap();
+    }
     let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
     fs::File::options().write(true).open(&stale).unwrap().set_modified(two_hours_ago).unwrap();
 
     let out = ok(&env.stigmer().args(["cache", "prune"]).output().unwrap());
     assert!(out.contains(&format!("removed {}", foreign.display())), "{out}");
-    assert!(out.contains(".tmp-stale"), "{out}");
-    assert!(out.ends_with("pruned 2 item(s)\n"), "{out}");
-    assert!(!foreign.exists() && !stale.exists());
-    assert!(fresh.exists(), "a write that may still be in progress is left alone");
+    assert!(out.contains(".tmp-stale") && out.contains("-orphan"), "{out}");
+    assert!(out.ends_with("pruned 3 item(s)\n"), "{out}");
+    assert!(!foreign.exists() && !stale.exists() && !orphan.exists());
+    assert!(fresh.exists(), "a write whose process still runs is left alone");
     assert!(entry.exists(), "this build's entry is kept");
+}
+
+/// The pid of a process that has exited.
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+#[test]
+fn the_next_fill_removes_what_a_killed_fill_left() {
+    let env = TestEnv::new();
+    ok(&env.run(Some("cache"), "probe", &["--quiet"]));
+    let entry = probe_entry(&env);
+    let orphan = entry.parent().unwrap().join(format!(".tmp-{}-orphan", dead_pid()));
+    fs::write(&orphan, "partial").unwrap();
+    fs::remove_file(&entry).unwrap();
+    ok(&env.run(Some("cache"), "probe", &["--quiet"]));
+    assert!(entry.exists() && !orphan.exists());
 }
 
 #[test]
@@ -223,4 +245,42 @@ fn cache_commands_on_a_missing_home_do_nothing() {
     assert!(ok(&env.stigmer().args(["cache", "verify"]).output().unwrap()).contains("verified 0"));
     assert!(ok(&env.stigmer().args(["cache", "prune"]).output().unwrap()).contains("pruned 0"));
     assert!(!env.home.exists());
+}
+
+#[test]
+fn a_cache_that_fills_up_mid_write_leaves_nothing_and_the_next_run_succeeds() {
+    require!(is_root() && have("unshare"), "needs root and unshare to mount a small tmpfs");
+    let env = TestEnv::new();
+    let mount = env.dir.path().join("small");
+    fs::create_dir(&mount).unwrap();
+    // 256 KiB: less than the probe payload, so its write fails partway. Then
+    // the same tmpfs grows to 8 MiB and the same command runs again.
+    let script = r#"
+        mount -t tmpfs -o size=256k,mode=700 tmpfs "$1" || exit 99
+        export STIGMER_HOME="$1/home"
+        "$2" --backend cache run probe --quiet; echo "first exit: $?"
+        echo "left: $(ls -A "$1"/home/bin/v1/*/)"
+        mount -o remount,size=8m "$1"
+        "$2" --backend cache run probe --quiet; echo "second exit: $?"
+        echo "then: $(ls -A "$1"/home/bin/v1/*/)"
+    "#;
+    let o = std::process::Command::new("unshare")
+        .args(["--mount", "sh", "-c", script, "sh"])
+        .arg(&mount)
+        .arg(stigmer_bin())
+        .env_remove("STIGMER_BACKEND")
+        .output()
+        .unwrap();
+    let (out, err) = (stdout(&o), stderr(&o));
+    assert!(out.contains("first exit: 1"), "{out}{err}");
+    let error: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(error.len(), 1, "{err}");
+    assert!(
+        error[0].contains("No space left on device") && error[0].contains("/home/bin/v1/"),
+        "{err}"
+    );
+    assert!(error[0].contains("free some space"), "the fix fits the cause: {err}");
+    assert!(out.contains("left: \n"), "no partial entry or temporary file is left: {out}");
+    assert!(out.contains("second exit: 0"), "{out}{err}");
+    assert!(out.contains("then: probe\n"), "{out}");
 }

@@ -38,8 +38,13 @@ use crate::{Digest, Error, Payload, Result};
 const LAYOUT: &str = "v1";
 
 /// Temporary files older than this are left behind by a killed stigmer and
-/// can be removed.
+/// can be removed, whatever process wrote them.
 const STALE_AFTER: Duration = Duration::from_secs(60 * 60);
+
+/// How a temporary file in an entry's folder is named: this prefix, the
+/// writer's pid, `-`, random characters. A file whose writer is gone was
+/// left by a killed stigmer.
+const TEMP: &str = ".tmp-";
 
 /// Writes and verifies cache entries under one root folder.
 #[derive(Debug)]
@@ -110,6 +115,7 @@ impl CacheLauncher {
                     true
                 }
             };
+            remove_orphan_temps(&dir);
             write_entry(&dir, &path, payload, replace)?;
         }
         Err(Error::Cache {
@@ -246,8 +252,8 @@ pub(crate) fn hash_file(mut file: File) -> io::Result<Digest> {
 /// otherwise only if no entry appeared meanwhile.
 fn write_entry(dir: &Path, path: &Path, payload: &Payload, replace: bool) -> Result<()> {
     let cache_err = |op, source| Error::Cache { op, path: dir.to_owned(), source };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!("{TEMP}{}-", std::process::id()))
         .tempfile_in(dir)
         .map_err(|e| cache_err("create a file in", e))?;
     let mut hasher = Sha256::new();
@@ -263,7 +269,9 @@ fn write_entry(dir: &Path, path: &Path, payload: &Payload, replace: bool) -> Res
             Err(e) => return Err(decode_err(e)),
         };
         hasher.update(&buf[..n]);
-        tmp.write_all(&buf[..n]).map_err(|e| cache_err("write a file in", e))?;
+        // Through the File itself: tempfile's own Write adds the path to
+        // the error, which the message already names.
+        tmp.as_file().write_all(&buf[..n]).map_err(|e| cache_err("write a file in", e))?;
     }
     let actual = Digest(hasher.finalize().into());
     if actual != payload.sha256() {
@@ -293,20 +301,36 @@ fn write_entry(dir: &Path, path: &Path, payload: &Payload, replace: bool) -> Res
 fn remove_orphan_tmpdirs(tmp: &Path) {
     let Ok(entries) = fs::read_dir(tmp) else { return };
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) =
-            name.to_str().and_then(|n| n.split_once('-')).and_then(|(p, _)| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let gone = matches!(
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
-            Err(nix::errno::Errno::ESRCH)
-        );
-        if gone && fs::remove_dir_all(entry.path()).is_ok() {
+        if owner_gone(&entry.file_name(), "") && fs::remove_dir_all(entry.path()).is_ok() {
             debug!("removed {} (its process is gone)", entry.path().display());
         }
     }
+}
+
+/// Removes the temporary files in an entry's folder whose writer no longer
+/// runs: what a stigmer killed while it filled the cache leaves behind.
+fn remove_orphan_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        if owner_gone(&entry.file_name(), TEMP) && fs::remove_file(entry.path()).is_ok() {
+            debug!("removed {} (left by a stigmer that was killed)", entry.path().display());
+        }
+    }
+}
+
+/// Whether `name` is `{prefix}{pid}-...` and that process is gone.
+fn owner_gone(name: &std::ffi::OsStr, prefix: &str) -> bool {
+    let pid = name
+        .to_str()
+        .and_then(|n| n.strip_prefix(prefix))
+        .and_then(|n| n.split_once('-'))
+        .and_then(|(p, _)| p.parse::<i32>().ok());
+    pid.is_some_and(|pid| {
+        matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        )
+    })
 }
 
 /// What [`prune`] and [`verify`] did to one path.
@@ -342,17 +366,18 @@ pub fn prune(cache: &CacheLauncher, keep: &[&Payload]) -> Result<Vec<Finding>> {
         }
         for file in read_dir(&dir)? {
             let fname = file.file_name().unwrap_or_default().to_string_lossy().into_owned();
-            let stale = fname.starts_with(".tmp-")
-                && fs::symlink_metadata(&file).and_then(|m| m.modified()).is_ok_and(|t| {
-                    SystemTime::now().duration_since(t).unwrap_or_default() > STALE_AFTER
-                });
+            let stale = fname.starts_with(TEMP)
+                && (owner_gone(file.file_name().unwrap_or_default(), TEMP)
+                    || fs::symlink_metadata(&file).and_then(|m| m.modified()).is_ok_and(|t| {
+                        SystemTime::now().duration_since(t).unwrap_or_default() > STALE_AFTER
+                    }));
             if stale {
                 remove(&file)?;
                 removed.push(Finding {
                     path: file,
                     what: "temporary file left by an interrupted write".into(),
                 });
-            } else if !fname.starts_with(".tmp-") && !kept.contains(&fname.as_str()) {
+            } else if !fname.starts_with(TEMP) && !kept.contains(&fname.as_str()) {
                 remove(&file)?;
                 removed.push(Finding {
                     path: file,
@@ -381,7 +406,7 @@ pub fn verify(cache: &CacheLauncher) -> Result<Vec<(Finding, bool)>> {
         let expected =
             dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<Digest>().ok());
         for file in read_dir(&dir)? {
-            if file.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".tmp-")) {
+            if file.file_name().is_some_and(|n| n.to_string_lossy().starts_with(TEMP)) {
                 continue;
             }
             let verdict = match expected {
