@@ -282,3 +282,78 @@ fn pyinstaller_and_script_payloads_from_a_custom_folder() {
         "private TMPDIR left behind"
     );
 }
+
+#[test]
+fn killing_stigmer_while_it_fills_the_cache_never_leaves_a_bad_entry() {
+    let env = TestEnv::new();
+    let payloads = env.dir.path().join("payloads");
+    fs::create_dir(&payloads).unwrap();
+    // Big enough that the fill (hash, write, fsync, rename) is a good part
+    // of a run: with 16 MB, 24 of 50 kills landed mid-write and 26 after
+    // the rename; 4 MB keeps the test short.
+    let mut big = demo_payload("probe");
+    big.extend_from_slice(&noise(4 << 20));
+    executable(&payloads.join("big"), &big);
+    let (o, stigmer) = build_with(&payloads);
+    ok(&o);
+    let run = || {
+        let mut cmd = Command::new(&stigmer);
+        cmd.args(["--backend", "cache", "run", "big", "--quiet"])
+            .env("STIGMER_HOME", &env.home)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        cmd
+    };
+    // Kills are spread over the time a whole cold run takes.
+    let start = std::time::Instant::now();
+    assert!(run().status().unwrap().success());
+    let full = start.elapsed();
+    let entry = env.entries().pop().unwrap();
+    let folder = entry.parent().unwrap().to_owned();
+    let temps = || {
+        fs::read_dir(&folder)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+            .count()
+    };
+
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    let (mut before, mut midway, mut after) = (0, 0, 0);
+    for _ in 0..50 {
+        fs::remove_file(&entry).unwrap_or_default();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let delay = full.mul_f64((x % 1000) as f64 / 1000.0);
+        let mut child = run().spawn().unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        // Whatever the moment: an entry is there complete, or not at all.
+        match fs::read(&entry) {
+            Ok(bytes) => {
+                assert!(bytes == big, "a kill after {delay:?} left a bad entry ({status})");
+                after += 1;
+            }
+            Err(_) if temps() > 0 => midway += 1,
+            Err(_) => before += 1,
+        }
+    }
+    // 50 kills over the whole run: some land while the file is written.
+    assert!(midway > 0, "no kill landed mid-write: {before} before, {after} after");
+
+    // The next run cleans up what the killed ones left and runs the payload.
+    fs::remove_file(&entry).unwrap_or_default();
+    let o = Command::new(&stigmer)
+        .args(["--backend", "cache", "run", "big"])
+        .env("STIGMER_HOME", &env.home)
+        .output()
+        .unwrap();
+    assert_eq!(probe_field(&o, "argv"), r#"["big"]"#, "{}", stderr(&o));
+    assert_eq!(fs::read(&entry).unwrap(), big);
+    assert_eq!(temps(), 0, "temporary files of killed runs are removed");
+    let o =
+        Command::new(&stigmer).args(["cache", "verify"]).env("STIGMER_HOME", &env.home).output();
+    assert!(stdout(&o.unwrap()).ends_with("verified 1 entry, 0 bad\n"));
+}
