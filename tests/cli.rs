@@ -184,3 +184,44 @@ fn version_and_help() {
         assert!(out.contains(cmd), "{out}");
     }
 }
+
+#[test]
+fn payloads_get_the_callers_environment_and_nothing_of_stigmers() {
+    // What the probe has open when this test runs it directly: whatever the
+    // test itself inherited and passes on.
+    let direct = {
+        let env = TestEnv::new();
+        ok(&env.run(Some("cache"), "probe", &["--quiet"]));
+        let entry = env.entries().into_iter().find(|p| p.ends_with("probe")).unwrap();
+        probe_field(&std::process::Command::new(entry).output().unwrap(), "fds")
+    };
+    for backend in BACKENDS {
+        let env = TestEnv::new();
+        let o = env
+            .stigmer()
+            .args(["--backend", backend, "run", "probe"])
+            .args(["--env", "FOO", "--env", "STIGMER_HOME", "--env", "TMPDIR"])
+            .args(["--env", stigmer::doctor::PROBE_ENV])
+            .env("FOO", "bar")
+            .env_remove("TMPDIR")
+            .output()
+            .unwrap();
+        let out = ok(&o);
+        let vars: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("env: ")).collect();
+        // The caller's variables pass through unchanged, stigmer's own
+        // settings included (documented); stigmer adds nothing of its own.
+        let home = format!("STIGMER_HOME={}", env.home.display());
+        assert_eq!(
+            vars,
+            [
+                "FOO=bar",
+                home.as_str(),
+                "TMPDIR unset",
+                &format!("{} unset", stigmer::doctor::PROBE_ENV)
+            ],
+            "{backend}"
+        );
+        // And no descriptor of stigmer's (a memfd, the cache entry) is open.
+        assert_eq!(probe_field(&o, "fds"), direct, "{backend}");
+    }
+}
