@@ -110,6 +110,15 @@ pub enum Error {
         cache: Box<Error>,
     },
 
+    /// A payload that runs from the cache could not get a good entry.
+    #[error("{name} runs from the cache, and {source}")]
+    NeedsCache {
+        /// The payload.
+        name: String,
+        /// What went wrong with the cache.
+        source: Box<Error>,
+    },
+
     /// Starting the payload failed.
     #[error("cannot start {name}: {source}")]
     Exec {

@@ -281,6 +281,39 @@ fn pyinstaller_and_script_payloads_from_a_custom_folder() {
         0,
         "private TMPDIR left behind"
     );
+
+    // A read-only root, as in a locked-down container (bubblewrap): with a
+    // tmpfs for STIGMER_HOME the PyInstaller payload runs; with no writable
+    // place at all, the error names the payload and the volume to mount.
+    require!(have("bwrap"), "bubblewrap (bwrap) is not installed");
+    let volume = env.dir.path().join("volume");
+    fs::create_dir(&volume).unwrap();
+    let locked = |home: &Path, args: &[&str]| {
+        Command::new("bwrap")
+            .args(["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"])
+            .arg("--tmpfs")
+            .arg(&volume)
+            .args(["--unshare-pid", "--die-with-parent", "--"])
+            .arg(&stigmer)
+            .args(args)
+            .env("STIGMER_HOME", home)
+            .env_remove("STIGMER_BACKEND")
+            .output()
+            .unwrap()
+    };
+    let o = locked(&volume.join("home"), &["run", "pyapp", "3"]);
+    assert!(!stderr(&o).starts_with("bwrap:"), "bwrap was refused: {}", stderr(&o));
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let ran_from = format!("pyapp: executable {}", volume.join("home/bin/v1/").display());
+    assert!(stdout(&o).contains(&ran_from), "{}", stdout(&o));
+    let o = locked(&volume.join("home"), &["run", "greet", "ro"]);
+    assert_eq!(stdout(&o), "greet: ro\n", "{}", stderr(&o));
+
+    let o = locked(&env.dir.path().join("read-only-home"), &["run", "pyapp", "3"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("pyapp") && err.contains("mount a writable volume"), "{err}");
 }
 
 #[test]

@@ -372,7 +372,10 @@ impl Launch for Launcher {
     fn prepare(&self, payload: &Payload) -> Result<Prepared> {
         let plan = self.plan(payload);
         match plan.backend {
-            Backend::Cache => self.prepare_cache(payload),
+            Backend::Cache => self.prepare_cache(payload).map_err(|e| Error::NeedsCache {
+                name: payload.name().to_owned(),
+                source: e.into(),
+            }),
             Backend::Memfd => match self.prepare_memfd(payload) {
                 Err(e) if self.choice == Choice::Auto && e.is_exec_refused() => {
                     self.fall_back(payload, e)
