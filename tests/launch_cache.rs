@@ -133,6 +133,21 @@ fn a_hard_linked_entry_is_replaced() {
 }
 
 #[test]
+fn an_entry_of_another_user_is_replaced_not_run() {
+    require!(is_root(), "needs root to give a file to another user");
+    let env = TestEnv::new();
+    ok(&env.run(Some("cache"), "probe", &["--quiet"]));
+    let entry = probe_entry(&env);
+    // Same bytes, right size and hash: only the owner is wrong.
+    nix::unistd::chown(&entry, Some(65534.into()), Some(65534.into())).unwrap();
+    let o = env.run(Some("cache"), "probe", &[]);
+    ok(&o);
+    assert!(stderr(&o).contains("belongs to uid 65534"), "{}", stderr(&o));
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(fs::metadata(&entry).unwrap().uid(), nix::unistd::geteuid().as_raw());
+}
+
+#[test]
 fn a_symlinked_cache_root_is_refused() {
     let env = TestEnv::new();
     let real = env.dir.path().join("real");
