@@ -299,3 +299,57 @@ fn a_cache_that_fills_up_mid_write_leaves_nothing_and_the_next_run_succeeds() {
     assert!(out.contains("second exit: 0"), "{out}{err}");
     assert!(out.contains("then: probe\n"), "{out}");
 }
+
+/// What stops another user from swapping a cache entry between its check
+/// and its exec: every folder on the way is private, so the swap itself is
+/// refused by the kernel. (The same user is out of scope: see SECURITY.md.)
+#[test]
+fn another_user_cannot_swap_an_entry_between_check_and_exec() {
+    require!(is_root() && have("setpriv"), "needs root and setpriv to act as two users");
+    let env = TestEnv::new();
+    // The victim is uid 65534, the attacker uid 65533; both may reach the
+    // test folder, only the victim its cache.
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o711)).unwrap();
+    fs::create_dir(&env.home).unwrap();
+    fs::set_permissions(&env.home, fs::Permissions::from_mode(0o700)).unwrap();
+    nix::unistd::chown(&env.home, Some(65534.into()), Some(65534.into())).unwrap();
+    let as_user = |uid: u32, program: &str| {
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.args([&format!("--reuid={uid}"), &format!("--regid={uid}"), "--clear-groups"])
+            .arg(program)
+            .env("STIGMER_HOME", &env.home)
+            .env_remove("STIGMER_BACKEND");
+        cmd
+    };
+    let victim = || {
+        let mut cmd = as_user(65534, stigmer_bin().to_str().unwrap());
+        cmd.args(["--backend", "cache", "run", "probe"]);
+        cmd.output().unwrap()
+    };
+    let first = victim();
+    ok(&first);
+    let exe = probe_field(&first, "exe");
+    let entry = Path::new(&exe).to_owned();
+    assert!(entry.starts_with(&env.home), "{exe}");
+
+    // The attacker's ways to swap it: rename over it, write it, remove it,
+    // add a file beside it. Every one is refused.
+    let evil = env.dir.path().join("evil");
+    fs::write(&evil, "#!/bin/sh\necho swapped\n").unwrap();
+    fs::set_permissions(&evil, fs::Permissions::from_mode(0o755)).unwrap();
+    let attempts = [
+        format!("mv -f {} {}", evil.display(), entry.display()),
+        format!("cp {} {}", evil.display(), entry.display()),
+        format!("rm -f {}", entry.display()),
+        format!("cp {} {}.new", evil.display(), entry.display()),
+    ];
+    for attempt in &attempts {
+        let o = as_user(65533, "sh").args(["-c", attempt]).output().unwrap();
+        assert!(!o.status.success(), "{attempt} succeeded");
+        assert!(stderr(&o).contains("Permission denied"), "{attempt}: {}", stderr(&o));
+    }
+    // So the victim still runs the verified payload, from the same entry.
+    let o = victim();
+    assert_eq!(probe_field(&o, "exe"), exe);
+    assert!(!stdout(&o).contains("swapped"));
+}
