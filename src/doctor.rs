@@ -7,6 +7,7 @@
 //! payload's memfd is, with [`PROBE_ENV`] set so that it exits at once.
 //! Nothing is written: the cache folders are inspected, not created.
 
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -61,6 +62,10 @@ pub struct MemfdReport {
 pub struct CacheReport {
     /// `$STIGMER_HOME`, or `~/.stigmer`.
     pub root: Option<PathBuf>,
+    /// Its owner's uid, if it exists.
+    pub owner: Option<u32>,
+    /// Its permission bits, in octal (`700`), if it exists.
+    pub mode: Option<String>,
     /// Whether stigmer can trust (or create) it.
     pub usable: Finding,
     /// Free bytes on its file system.
@@ -237,6 +242,8 @@ fn cache_report(launcher: &Launcher) -> CacheReport {
         Err(e) => {
             return CacheReport {
                 root: None,
+                owner: None,
+                mode: None,
                 usable: Finding::bad(e.to_string()),
                 free: None,
                 noexec: None,
@@ -281,7 +288,15 @@ fn cache_report(launcher: &Launcher) -> CacheReport {
     // The two fields' types differ between platforms.
     #[allow(clippy::unnecessary_cast)]
     let free = stat.as_ref().map(|s| s.blocks_available() as u64 * s.fragment_size() as u64);
-    CacheReport { root: Some(root), usable, free, noexec: stat.as_ref().and_then(mount_noexec) }
+    let meta = std::fs::symlink_metadata(&root).ok();
+    CacheReport {
+        owner: meta.as_ref().map(|m| m.uid()),
+        mode: meta.as_ref().map(|m| format!("{:o}", m.mode() & 0o7777)),
+        root: Some(root),
+        usable,
+        free,
+        noexec: stat.as_ref().and_then(mount_noexec),
+    }
 }
 
 #[cfg(target_os = "linux")]

@@ -41,6 +41,7 @@ fn a_healthy_host_runs_every_payload_as_list_says_and_doctor_writes_nothing() {
         assert!(report["seccomp"].as_str().is_some());
     }
     assert_eq!(report["cache"]["usable"]["ok"], true);
+    assert_eq!(report["cache"]["owner"], Value::Null, "no cache folder yet");
     assert_eq!(report["cache"]["root"], env.home.to_str().unwrap());
     assert!(report["cache"]["free"].as_u64().unwrap() > 0);
 
@@ -108,7 +109,7 @@ fn an_untrusted_cache_folder_is_named_with_its_fix() {
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
     let text = stdout(&o);
     let cache = text.lines().find(|l| l.contains("cache  ")).unwrap();
-    assert!(cache.starts_with("!!"), "{text}");
+    assert!(cache.starts_with("!!") && cache.contains("mode 777"), "{text}");
     assert!(
         cache.contains("writable by group or others") && cache.contains("chmod go-w"),
         "{text}"

@@ -221,9 +221,12 @@ fn doctor(catalog: &Catalog, choice: Choice, json: bool) -> anyhow::Result<ExitC
         row("", "seccomp", seccomp)?;
     }
     let cache = &report.cache;
-    let mut line = match &cache.root {
-        Some(root) => format!("{}: {}", root.display(), cache.usable.detail),
-        None => cache.usable.detail.clone(),
+    let mut line = match (&cache.root, cache.owner, &cache.mode) {
+        (Some(root), Some(uid), Some(mode)) => {
+            format!("{} (uid {uid}, mode {mode}): {}", root.display(), cache.usable.detail)
+        }
+        (Some(root), ..) => format!("{}: {}", root.display(), cache.usable.detail),
+        (None, ..) => cache.usable.detail.clone(),
     };
     if let Some(free) = cache.free {
         line.push_str(&format!("; {} free", human_size(free)));
