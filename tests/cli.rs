@@ -178,7 +178,23 @@ fn unreadable_stigmer_home_is_one_clear_error() {
 fn version_and_help() {
     let env = TestEnv::new();
     let out = ok(&env.stigmer().arg("--version").output().unwrap());
-    assert!(out.starts_with("stigmer "), "{out}");
+    assert!(out.starts_with(&format!("stigmer {}\n", env!("CARGO_PKG_VERSION"))), "{out}");
+    // --version names every payload with its size and sha256, as list does.
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&env.stigmer().args(["list", "--json"]).output().unwrap()))
+            .unwrap();
+    for p in list.as_array().unwrap() {
+        let line = out
+            .lines()
+            .find(|l| l.split_whitespace().next() == p["name"].as_str())
+            .unwrap_or_else(|| panic!("no line for {p} in {out}"));
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(fields[1], p["size"].to_string(), "{line}");
+        assert_eq!(fields[4], p["sha256"].as_str().unwrap(), "{line}");
+    }
+    // -V stays one line.
+    let short = ok(&env.stigmer().arg("-V").output().unwrap());
+    assert_eq!(short, format!("stigmer {}\n", env!("CARGO_PKG_VERSION")));
     let out = ok(&env.stigmer().arg("--help").output().unwrap());
     for cmd in ["run", "list", "cache"] {
         assert!(out.contains(cmd), "{out}");
@@ -224,4 +240,50 @@ fn payloads_get_the_callers_environment_and_nothing_of_stigmers() {
         // And no descriptor of stigmer's (a memfd, the cache entry) is open.
         assert_eq!(probe_field(&o, "fds"), direct, "{backend}");
     }
+}
+
+#[test]
+fn completion_scripts_are_valid_for_each_shell() {
+    let env = TestEnv::new();
+    for (shell, check) in [
+        ("bash", &["bash", "-n"][..]),
+        ("zsh", &["zsh", "-n"][..]),
+        ("fish", &["fish", "--no-execute"][..]),
+    ] {
+        require!(have(check[0]), "{} is not installed", check[0]);
+        let script = ok(&env.stigmer().args(["completions", shell]).output().unwrap());
+        for word in ["run", "server", "list", "doctor", "cache", "backend"] {
+            assert!(script.contains(word), "{shell}: no {word}");
+        }
+        let file = env.dir.path().join(format!("stigmer.{shell}"));
+        std::fs::write(&file, &script).unwrap();
+        let o = std::process::Command::new(check[0]).args(&check[1..]).arg(&file).output().unwrap();
+        assert!(o.status.success(), "{shell} rejects its script: {}", stderr(&o));
+    }
+    let o = env.stigmer().args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "an unknown shell is a usage error");
+}
+
+#[test]
+fn the_man_page_is_roff_with_every_command() {
+    let env = TestEnv::new();
+    let page = ok(&env.stigmer().arg("man").output().unwrap());
+    assert!(page.contains(".TH stigmer 1"), "{page}");
+    for cmd in ["run", "server", "list", "doctor", "cache", "completions"] {
+        assert!(page.contains(cmd), "no {cmd} in the man page");
+    }
+    // man itself renders it without a warning.
+    require!(have("man"), "man is not installed");
+    let file = env.dir.path().join("stigmer.1");
+    std::fs::write(&file, &page).unwrap();
+    let o = std::process::Command::new("man")
+        .args(["--warnings", "-l"])
+        .arg(&file)
+        .env("MANPAGER", "cat")
+        .env("MAN_KEEP_FORMATTING", "0")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "", "man warns about the page");
+    assert!(stdout(&o).contains("stigmer"));
 }

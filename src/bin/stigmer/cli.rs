@@ -69,6 +69,17 @@ pub(crate) enum Cmd {
         #[command(subcommand)]
         command: CacheCmd,
     },
+    /// Print a completion script for a shell (bash, zsh, fish, ...)
+    ///
+    /// bash: `stigmer completions bash > /etc/bash_completion.d/stigmer`;
+    /// zsh: into a folder of `$fpath` as `_stigmer`; fish: into
+    /// `~/.config/fish/completions/stigmer.fish`.
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `stigmer man > stigmer.1`
+    Man,
 }
 
 /// The payload's arguments from what follows NAME: without the `--` that

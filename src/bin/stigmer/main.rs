@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::Parser as _;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use stigmer::{Catalog, Choice, Launcher, Manifest, env, supervise};
 use tracing_subscriber::EnvFilter;
 
@@ -43,7 +43,8 @@ fn main() -> ExitCode {
         return outcome(run(&catalog, choice, &name, rest));
     }
 
-    let cli = Cli::parse_from(args);
+    let command = Cli::command().long_version(long_version(&catalog));
+    let cli = Cli::from_arg_matches(&command.get_matches_from(args)).unwrap_or_else(|e| e.exit());
     // The server's progress lines ("api: ready in 0.2s") are info events.
     let serving = matches!(cli.command, Cmd::Server { .. });
     init_logging(cli.verbose + u8::from(serving), cli.quiet);
@@ -57,7 +58,31 @@ fn main() -> ExitCode {
         Cmd::List { json } => list(&catalog, choice, json),
         Cmd::Doctor { json } => doctor(&catalog, choice, json),
         Cmd::Cache { command } => cache(&catalog, choice, command),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "stigmer", &mut io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut io::stdout())
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(Into::into),
     })
+}
+
+/// What `--version` prints: stigmer's version, then the name, size and
+/// sha256 of every payload, to compare against the release notes.
+fn long_version(catalog: &Catalog) -> String {
+    let width = catalog.payloads().iter().map(|p| p.name().len()).max().unwrap_or(0);
+    let mut text = format!("{}\npayloads:", env!("CARGO_PKG_VERSION"));
+    for p in catalog.payloads() {
+        text.push_str(&format!(
+            "\n  {:width$}  {:>11} bytes  sha256 {}",
+            p.name(),
+            p.len(),
+            p.sha256()
+        ));
+    }
+    text
 }
 
 /// The payload to run when stigmer was started through a link named after
