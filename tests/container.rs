@@ -1,0 +1,128 @@
+//! The container recipe's conditions, under bubblewrap: `deploy/pod.yaml`
+//! (and the `Dockerfile`) run stigmer as a non-root user with a read-only
+//! root, no capabilities, and `STIGMER_HOME` on an emptyDir. Docker cannot
+//! run on the project's machines, so this test reads those settings from the
+//! pod spec itself and recreates them: a change to one shows in the other.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::fs;
+
+use common::*;
+
+/// The value after `key:` on the first line of `text` that has it.
+fn setting<'a>(text: &'a str, key: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("deploy/pod.yaml has no {key}"))
+        .trim()
+}
+
+#[test]
+fn the_pods_locked_down_conditions_run_the_services_from_memory() {
+    require!(is_root() && have("bwrap"), "needs root and bubblewrap to recreate the pod");
+    let pod = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/pod.yaml")).unwrap();
+    let uid = setting(&pod, "runAsUser");
+    assert_eq!(setting(&pod, "runAsGroup"), uid);
+    assert_eq!(setting(&pod, "runAsNonRoot"), "true");
+    assert_eq!(setting(&pod, "readOnlyRootFilesystem"), "true");
+    assert_eq!(setting(&pod, "allowPrivilegeEscalation"), "false");
+    assert_eq!(setting(&pod, "drop"), r#"["ALL"]"#);
+    let home = setting(&pod, "value");
+    assert_eq!(setting(&pod, "mountPath"), home, "STIGMER_HOME is the emptyDir");
+    let dockerfile =
+        fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile")).unwrap();
+    assert!(dockerfile.contains(&format!("USER {uid}:{uid}")), "the image runs as the pod's user");
+    assert!(dockerfile.contains(&format!("ENV STIGMER_HOME={home}")));
+
+    // The pod, recreated: the host's root read-only, a new user namespace
+    // where stigmer is uid `uid` with no capabilities, and an empty tmpfs
+    // (the emptyDir) at STIGMER_HOME, created inside a read-only tmpfs so
+    // that nothing of the host's is touched.
+    let parent = std::path::Path::new(home).parent().unwrap().to_str().unwrap().to_owned();
+    let wrapper = [
+        "bwrap",
+        "--unshare-user",
+        "--uid",
+        uid,
+        "--gid",
+        uid,
+        "--ro-bind",
+        "/",
+        "/",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        &parent,
+        "--dir",
+        home,
+        "--remount-ro",
+        &parent,
+        "--tmpfs",
+        home,
+        "--setenv",
+        "STIGMER_HOME",
+        home,
+        "--cap-drop",
+        "ALL",
+        "--unshare-pid",
+        "--die-with-parent",
+        "--",
+    ];
+    let env = TestEnv::new();
+    let port = free_port();
+    let manifest = format!(
+        r#"
+[services.stigmer-server]
+args = ["--port", "{port}"]
+ready = {{ http = "http://127.0.0.1:{port}/healthz", timeout = "20s" }}
+
+[services.workflow-runner]
+depends_on = ["stigmer-server"]
+args = ["--server", "http://127.0.0.1:{port}"]
+"#
+    );
+    let server = env.server(&manifest, &wrapper, &[]);
+    server.wait_stderr("all services running", 30);
+    assert!(
+        !server.stderr.lock().unwrap().iter().any(|l| l.contains("WARN")),
+        "no fallback, no warning: {:?}",
+        server.stderr.lock().unwrap()
+    );
+
+    // The services answer, and run from sealed memory: the cache on the
+    // emptyDir is never needed.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), "nothing on {port}");
+    let services = processes_with(&format!("http://127.0.0.1:{port}"))
+        .into_iter()
+        .chain(processes_with(&format!("--port {port}")))
+        .collect::<Vec<_>>();
+    let from_memory = services
+        .iter()
+        .filter_map(|(pid, _)| fs::read_link(format!("/proc/{pid}/exe")).ok())
+        .filter(|exe| exe.to_string_lossy().starts_with("/memfd:"))
+        .count();
+    assert_eq!(from_memory, 2, "both services from memfds: {services:?}");
+
+    // SIGTERM reaches stigmer (as the container runtime sends it to the
+    // container's first process; here bwrap is in between), and everything
+    // stops cleanly.
+    let config = env.dir.path().join("services.toml");
+    let stigmer = processes_with(&format!("server --config {}", config.display()))
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .filter(|&pid| pid != server.child.id())
+        .filter(|&pid| fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == stigmer_bin()))
+        .collect::<Vec<_>>();
+    assert_eq!(stigmer.len(), 1, "{stigmer:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(stigmer[0] as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let (status, _, stderr) = server.finish(30);
+    assert!(status.success(), "{status}: {stderr:?}");
+}
