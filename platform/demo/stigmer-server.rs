@@ -45,8 +45,15 @@ fn main() {
         let Ok(conn) = conn else { continue };
         let stats = Arc::clone(&stats);
         std::thread::spawn(move || {
-            if let Err(e) = serve(conn, &stats) {
-                eprintln!("connection error: {e}");
+            match serve(conn, &stats) {
+                // A client that hangs up once it has the status line (a
+                // health check) is not an error.
+                Err(e) if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ) => {}
+                Err(e) => eprintln!("connection error: {e}"),
+                Ok(_) => {}
             }
         });
     }
