@@ -171,6 +171,29 @@ fn a_60_mb_payload_never_passes_through_the_launchers_memory() {
     .unwrap();
     for _ in lines {}
     assert!(server.wait().unwrap().success());
+
+    // Filling the cache with 60 MB takes long enough to notice: on a
+    // terminal (a pty from script(1)) stigmer shows a progress bar, and
+    // clears it before the payload runs; on a pipe it prints nothing.
+    require!(have("script"), "script (util-linux) is not installed");
+    let fresh = env.dir.path().join("fresh-home");
+    let command = format!("{} --backend cache run big --quiet", stigmer.display());
+    let o = Command::new("script")
+        .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+        .env("STIGMER_HOME", &fresh)
+        .output()
+        .unwrap();
+    let terminal = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{terminal}");
+    assert!(terminal.contains("filling the cache: big"), "no progress bar: {terminal:?}");
+    fs::remove_dir_all(&fresh).unwrap();
+    let o = Command::new(&stigmer)
+        .args(["--backend", "cache", "run", "big", "--quiet"])
+        .env("STIGMER_HOME", &fresh)
+        .output()
+        .unwrap();
+    ok(&o);
+    assert_eq!(stderr(&o), "", "nothing but the payload's output on a pipe");
 }
 
 fn executable(path: &Path, bytes: &[u8]) {

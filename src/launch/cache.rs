@@ -50,6 +50,22 @@ const TEMP: &str = ".tmp-";
 #[derive(Debug)]
 pub struct CacheLauncher {
     home: Result<PathBuf, ()>,
+    progress: Option<Arc<dyn FillProgress>>,
+}
+
+/// Told about cache fills as they go, to show progress: a first run on
+/// macOS fills an entry per payload, which takes a while for large ones.
+/// The `stigmer` binary draws a bar on a terminal.
+pub trait FillProgress: Send + Sync + std::fmt::Debug {
+    /// A fill of `len` bytes for payload `name` starts; the returned ticker
+    /// is told every step and dropped when the fill ends, however it ends.
+    fn start(&self, name: &str, len: u64) -> Box<dyn FillTicker>;
+}
+
+/// One fill in progress: see [`FillProgress`].
+pub trait FillTicker {
+    /// `bytes` more were written.
+    fn advance(&mut self, bytes: u64);
 }
 
 /// A verified cache entry, ready to exec.
@@ -73,7 +89,13 @@ impl CacheLauncher {
     /// A cache rooted at `home` (see [`crate::env::home`]). `None` means no
     /// home could be found; the error comes when the cache is first used.
     pub fn new(home: Option<PathBuf>) -> CacheLauncher {
-        CacheLauncher { home: home.ok_or(()) }
+        CacheLauncher { home: home.ok_or(()), progress: None }
+    }
+
+    /// Reports every fill to `progress`.
+    pub fn with_progress(mut self, progress: Arc<dyn FillProgress>) -> CacheLauncher {
+        self.progress = Some(progress);
+        self
     }
 
     /// The cache root.
@@ -116,7 +138,8 @@ impl CacheLauncher {
                 }
             };
             remove_orphan_temps(&dir);
-            write_entry(&dir, &path, payload, replace)?;
+            let ticker = self.progress.as_ref().map(|p| p.start(payload.name(), payload.len()));
+            write_entry(&dir, &path, payload, replace, ticker)?;
         }
         Err(Error::Cache {
             op: "settle the cache entry",
@@ -250,7 +273,13 @@ pub(crate) fn hash_file(mut file: File) -> io::Result<Digest> {
 /// Writes the payload to a temporary file beside `path`, checking its hash
 /// as it goes, and renames it into place: over a bad entry when `replace`,
 /// otherwise only if no entry appeared meanwhile.
-fn write_entry(dir: &Path, path: &Path, payload: &Payload, replace: bool) -> Result<()> {
+fn write_entry(
+    dir: &Path,
+    path: &Path,
+    payload: &Payload,
+    replace: bool,
+    mut ticker: Option<Box<dyn FillTicker>>,
+) -> Result<()> {
     let cache_err = |op, source| Error::Cache { op, path: dir.to_owned(), source };
     let tmp = tempfile::Builder::new()
         .prefix(&format!("{TEMP}{}-", std::process::id()))
@@ -272,6 +301,9 @@ fn write_entry(dir: &Path, path: &Path, payload: &Payload, replace: bool) -> Res
         // Through the File itself: tempfile's own Write adds the path to
         // the error, which the message already names.
         tmp.as_file().write_all(&buf[..n]).map_err(|e| cache_err("write a file in", e))?;
+        if let Some(ticker) = &mut ticker {
+            ticker.advance(n as u64);
+        }
     }
     let actual = Digest(hasher.finalize().into());
     if actual != payload.sha256() {

@@ -40,7 +40,7 @@ pub(crate) const IO_BUF: usize = 128 * 1024;
 pub use child::exit_code;
 
 pub(crate) use cache::trusted_dir;
-pub use cache::{CacheLauncher, Finding, prune, verify};
+pub use cache::{CacheLauncher, FillProgress, FillTicker, Finding, prune, verify};
 
 cfg_if::cfg_if! {
     if #[cfg(target_os = "linux")] {
@@ -228,6 +228,12 @@ impl Launcher {
             memfd: MemfdLauncher::new(),
             memfd_refused: AtomicBool::new(false),
         }
+    }
+
+    /// Reports every cache fill to `progress` (see [`FillProgress`]).
+    pub fn with_progress(mut self, progress: std::sync::Arc<dyn FillProgress>) -> Launcher {
+        self.cache = self.cache.with_progress(progress);
+        self
     }
 
     /// The backend choice it was made with.

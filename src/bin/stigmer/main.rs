@@ -7,6 +7,7 @@
 
 mod cli;
 mod payloads;
+mod progress;
 
 use std::ffi::{OsStr, OsString};
 use std::io::{self, IsTerminal as _, Write as _};
@@ -40,7 +41,7 @@ fn main() -> ExitCode {
             _ => Choice::Auto,
         };
         let rest = args.split_off(1);
-        return outcome(run(&catalog, choice, &name, rest));
+        return outcome(run(&catalog, choice, false, &name, rest));
     }
 
     let command = Cli::command().long_version(long_version(&catalog));
@@ -52,9 +53,11 @@ fn main() -> ExitCode {
     outcome(match cli.command {
         Cmd::Run { mut argv } => {
             let args = cli::payload_args(argv.split_off(1));
-            run(&catalog, choice, &argv[0].to_string_lossy(), args)
+            run(&catalog, choice, cli.quiet, &argv[0].to_string_lossy(), args)
         }
-        Cmd::Server { config, json_logs } => server(&catalog, choice, config.as_deref(), json_logs),
+        Cmd::Server { config, json_logs } => {
+            server(&catalog, choice, cli.quiet, config.as_deref(), json_logs)
+        }
         Cmd::List { json } => list(&catalog, choice, json),
         Cmd::Doctor { json } => doctor(&catalog, choice, json),
         Cmd::Cache { command } => cache(&catalog, choice, command),
@@ -112,14 +115,25 @@ fn init_logging(verbose: u8, quiet: bool) {
         .init();
 }
 
+/// The launcher for commands that launch payloads: with a progress bar for
+/// slow cache fills on a terminal, unless `--quiet`.
+fn launcher(choice: Choice, quiet: bool) -> Launcher {
+    let launcher = Launcher::new(choice, env::home().ok());
+    match quiet {
+        true => launcher,
+        false => launcher.with_progress(Arc::new(progress::Bars::stderr())),
+    }
+}
+
 fn run(
     catalog: &Catalog,
     choice: Choice,
+    quiet: bool,
     name: &str,
     args: Vec<OsString>,
 ) -> anyhow::Result<ExitCode> {
     let payload = catalog.get(name)?;
-    let launcher = Launcher::new(choice, env::home().ok());
+    let launcher = launcher(choice, quiet);
     let status = launcher.run(payload, args)?;
     Ok(stigmer::launch::exit_code(status))
 }
@@ -127,6 +141,7 @@ fn run(
 fn server(
     catalog: &Catalog,
     choice: Choice,
+    quiet: bool,
     config: Option<&Path>,
     json_logs: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -148,7 +163,7 @@ fn server(
     };
     let color =
         io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let launcher = Arc::new(Launcher::new(choice, env::home().ok()));
+    let launcher = Arc::new(launcher(choice, quiet));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let options = supervise::Options { json_logs, color };
     match runtime.block_on(supervise::serve(manifest, catalog, launcher, options))? {
