@@ -18,7 +18,7 @@ use crate::{Backend, Catalog, Choice, Launcher, Manifest};
 /// Set in the environment of the executable that [`diagnose`] runs from a
 /// memfd. A program embedding stigmer calls [`answer_probe`] first in
 /// `main`, so that the probe costs one exec and nothing else.
-pub const PROBE_ENV: &str = "STIGMER_DOCTOR_PROBE";
+pub const PROBE_ENV: &str = crate::env::STIGMER_DOCTOR_PROBE;
 
 /// Exits at once, with status 0, when this process is `doctor`'s probe.
 pub fn answer_probe() {

@@ -18,6 +18,11 @@ pub const STIGMER_BACKEND: &str = "STIGMER_BACKEND";
 /// time.
 pub const STIGMER_PAYLOAD_DIR: &str = "STIGMER_PAYLOAD_DIR";
 
+/// Internal: set by `stigmer doctor` in the environment of the copy of
+/// stigmer it runs from a sealed memfd, which then exits at once
+/// ([`crate::doctor::answer_probe`]). Never set for a payload.
+pub const STIGMER_DOCTOR_PROBE: &str = "STIGMER_DOCTOR_PROBE";
+
 /// The cache root: `$STIGMER_HOME`, else `$HOME/.stigmer`.
 pub fn home() -> Result<PathBuf> {
     home_from(std::env::var_os(STIGMER_HOME), std::env::var_os("HOME"))
