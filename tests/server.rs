@@ -382,3 +382,53 @@ fn the_demo_system_runs_and_stops_cleanly() {
     assert!(stderr(&o).contains("all services running"), "{}", stderr(&o));
     assert!(o.status.signal().is_none());
 }
+
+#[test]
+fn closed_stdout_and_stderr_do_not_orphan_the_services() {
+    // `stigmer server 2>&1 | head`: the reader goes away, then a SIGINT
+    // comes. stigmer must still stop everything, though it cannot say so.
+    let env = TestEnv::new();
+    let m = marker("closed");
+    let config = env.dir.path().join("services.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[services.quiet]
+payload = "probe"
+args = ["--quiet", "--say", "{m}", "--sleep", "60000"]
+
+[services.other]
+payload = "probe"
+args = ["--quiet", "--say", "{m}", "--sleep", "60000"]
+"#
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(stigmer_bin())
+        .args(["server", "--config"])
+        .arg(&config)
+        .env("STIGMER_HOME", &env.home)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut lines = std::io::BufRead::lines(stderr);
+    assert!(lines.any(|l| l.unwrap().contains("all services running")));
+    drop(lines);
+    drop(child.stdout.take());
+    assert_eq!(processes_with(&m).len(), 2, "both services run");
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "stigmer did not exit after SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    assert_nothing_left(&m);
+}

@@ -108,6 +108,10 @@ fn init_logging(verbose: u8, quiet: bool) {
         io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_writer(io::stderr)
+        // On a failed write it would report with eprintln!, which panics
+        // when stderr is closed (`stigmer server 2>&1 | head`): a panic in
+        // the supervisor would leave the services running unsupervised.
+        .log_internal_errors(false)
         .with_ansi(color)
         .with_env_filter(filter)
         .without_time()
