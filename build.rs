@@ -121,6 +121,9 @@ fn run() -> Result<(), String> {
     );
     write_if_changed(&out.join("payloads.rs"), generated.as_bytes())?;
     println!("cargo::rustc-env=STIGMER_EMBED_DIR={}", staging.display());
+    // For `--version`, and for tests that build stigmer again for the
+    // target they were built for.
+    println!("cargo::rustc-env=STIGMER_TARGET={}", env::var("TARGET").unwrap());
     Ok(())
 }
 

@@ -178,7 +178,12 @@ fn unreadable_stigmer_home_is_one_clear_error() {
 fn version_and_help() {
     let env = TestEnv::new();
     let out = ok(&env.stigmer().arg("--version").output().unwrap());
-    assert!(out.starts_with(&format!("stigmer {}\n", env!("CARGO_PKG_VERSION"))), "{out}");
+    // The first line names the target, as the release archive's name does.
+    let target = env!("STIGMER_TARGET");
+    assert!(target.starts_with(std::env::consts::ARCH), "{target}");
+    assert!(target.contains(std::env::consts::OS), "{target}");
+    let first = format!("stigmer {} ({target})\n", env!("CARGO_PKG_VERSION"));
+    assert!(out.starts_with(&first), "{out}");
     // --version names every payload with its size and sha256, as list does.
     let list: serde_json::Value =
         serde_json::from_str(&ok(&env.stigmer().args(["list", "--json"]).output().unwrap()))

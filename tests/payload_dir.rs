@@ -56,7 +56,6 @@ fn pyinstaller_app(work: &Path) -> PathBuf {
     exe
 }
 
-/// `cargo build` of the stigmer binary with `STIGMER_PAYLOAD_DIR=dir`.
 /// `cargo build` of the stigmer binary with `STIGMER_PAYLOAD_DIR=dir`; the
 /// binary is copied beside `dir`, so another test's build cannot replace it.
 fn build_with(dir: &Path) -> (Output, PathBuf) {
@@ -68,8 +67,10 @@ fn build_with(dir: &Path) -> (Output, PathBuf) {
     // The custom build stores payloads the way this test build does.
     let features: &[&str] =
         if cfg!(feature = "compress") { &["--features", "compress"] } else { &[] };
+    // For the target this test was built for (a musl test run builds musl).
+    let triple = env!("STIGMER_TARGET");
     let o = Command::new(cargo)
-        .args(["build", "--offline", "--bin", "stigmer"])
+        .args(["build", "--offline", "--bin", "stigmer", "--target", triple])
         .args(features)
         .arg("--manifest-path")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
@@ -79,7 +80,7 @@ fn build_with(dir: &Path) -> (Output, PathBuf) {
         .unwrap();
     let copy = dir.with_file_name("stigmer");
     if o.status.success() {
-        fs::copy(target.join("debug/stigmer"), &copy).unwrap();
+        fs::copy(target.join(triple).join("debug/stigmer"), &copy).unwrap();
     }
     (o, copy)
 }

@@ -72,11 +72,12 @@ fn main() -> ExitCode {
     })
 }
 
-/// What `--version` prints: stigmer's version, then the name, size and
-/// sha256 of every payload, to compare against the release notes.
+/// What `--version` prints: stigmer's version and target (as in the release
+/// archive's name), then the name, size and sha256 of every payload, to
+/// compare against the release notes.
 fn long_version(catalog: &Catalog) -> String {
     let width = catalog.payloads().iter().map(|p| p.name().len()).max().unwrap_or(0);
-    let mut text = format!("{}\npayloads:", env!("CARGO_PKG_VERSION"));
+    let mut text = format!("{} ({})\npayloads:", env!("CARGO_PKG_VERSION"), env!("STIGMER_TARGET"));
     for p in catalog.payloads() {
         text.push_str(&format!(
             "\n  {:width$}  {:>11} bytes  sha256 {}",
