@@ -67,6 +67,9 @@ pub struct Service {
     pub stop_signal: Signal,
     /// How long it gets to stop before SIGKILL.
     pub stop_timeout: Duration,
+    /// The signal it gets when stigmer is asked to reload (SIGUSR1);
+    /// `None`: it gets nothing.
+    pub reload_signal: Option<Signal>,
 }
 
 /// A readiness check, with its timeout.
@@ -131,6 +134,7 @@ const KEYS: &[&str] = &[
     "restart_window",
     "stop_signal",
     "stop_timeout",
+    "reload_signal",
 ];
 const READY_KEYS: &[&str] = &["http", "tcp", "log", "timeout"];
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -152,6 +156,7 @@ struct RawService {
     restart_window: Option<String>,
     stop_signal: Option<String>,
     stop_timeout: Option<String>,
+    reload_signal: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -253,13 +258,14 @@ fn check_service(name: &str, raw: RawService, payloads: &[&str]) -> Result<Servi
     };
     let stop_signal = match raw.stop_signal {
         None => Signal::SIGTERM,
-        Some(s) => {
-            let full = if s.starts_with("SIG") { s.clone() } else { format!("SIG{s}") };
-            Signal::from_str(&full.to_ascii_uppercase()).map_err(|_| {
-                format!("stop_signal {s:?} is not a signal: write e.g. \"SIGTERM\" or \"SIGINT\"")
-            })?
-        }
+        Some(s) => signal("stop_signal", &s)?,
     };
+    let reload_signal = raw.reload_signal.map(|s| signal("reload_signal", &s)).transpose()?;
+    if matches!(reload_signal, Some(Signal::SIGKILL | Signal::SIGSTOP)) {
+        return Err(
+            "reload_signal cannot be SIGKILL or SIGSTOP: use e.g. \"SIGHUP\" or \"SIGUSR1\"".into(),
+        );
+    }
     if stop_signal == Signal::SIGKILL || stop_signal == Signal::SIGSTOP {
         return Err(format!(
             "stop_signal {stop_signal} cannot be a stop request: use SIGTERM, SIGINT, SIGQUIT or SIGHUP"
@@ -280,7 +286,16 @@ fn check_service(name: &str, raw: RawService, payloads: &[&str]) -> Result<Servi
         restart_window,
         stop_signal,
         stop_timeout,
+        reload_signal,
     })
+}
+
+/// A signal written `"SIGTERM"`, `"TERM"` or `"sigterm"`.
+fn signal(key: &str, s: &str) -> Result<Signal, String> {
+    let upper = s.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    Signal::from_str(&full)
+        .map_err(|_| format!("{key} {s:?} is not a signal: write e.g. \"SIGTERM\" or \"SIGHUP\""))
 }
 
 fn duration(key: &str, value: Option<String>, default: Duration) -> Result<Duration, String> {
