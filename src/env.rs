@@ -23,6 +23,12 @@ pub const STIGMER_PAYLOAD_DIR: &str = "STIGMER_PAYLOAD_DIR";
 /// ([`crate::doctor::answer_probe`]). Never set for a payload.
 pub const STIGMER_DOCTOR_PROBE: &str = "STIGMER_DOCTOR_PROBE";
 
+/// Test-only, and honoured only by debug builds (a release build ignores
+/// it): when set and not empty, `stigmer server` panics in a task once
+/// every service runs, so a test can prove that a panic stops every
+/// service before the process ends.
+pub const STIGMER_TEST_PANIC: &str = "STIGMER_TEST_PANIC";
+
 /// The cache root: `$STIGMER_HOME`, else `$HOME/.stigmer`.
 pub fn home() -> Result<PathBuf> {
     home_from(std::env::var_os(STIGMER_HOME), std::env::var_os("HOME"))

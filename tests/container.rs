@@ -117,6 +117,12 @@ args = ["--server", "http://127.0.0.1:{port}"]
         .filter(|&pid| pid != server.child.id())
         .filter(|&pid| fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == stigmer_bin()))
         .collect::<Vec<_>>();
+    // The guard and the supervisor (its child); the signal goes to the guard.
+    let stigmer: Vec<u32> = stigmer
+        .iter()
+        .copied()
+        .filter(|pid| parent_of(*pid).is_none_or(|parent| !stigmer.contains(&parent)))
+        .collect();
     assert_eq!(stigmer.len(), 1, "{stigmer:?}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(stigmer[0] as i32),

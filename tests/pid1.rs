@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use nix::sys::signal::Signal;
 
@@ -38,18 +36,35 @@ args = ["--quiet", "--orphan", "1501", "--sleep", "60000", "--say", "{m}"]
     let stigmer = children_of(unshare).first().expect("unshare forked stigmer").0;
     assert_eq!(ns_pid(stigmer), Some(1), "stigmer is PID 1 in its namespace");
 
-    std::thread::sleep(Duration::from_millis(500));
-    let orphans: Vec<_> =
-        processes_with("/proc/self/exe --quiet --sleep 150").into_iter().map(|p| p.0).collect();
-    assert_eq!(orphans.len(), 2, "two grandchildren left behind by their parents");
-    let children: Vec<u32> = children_of(stigmer).into_iter().map(|c| c.0).collect();
-    assert!(orphans.iter().all(|o| children.contains(o)), "orphans belong to PID 1");
+    // stigmer (PID 1) is the guard; its one child, the supervisor, is the
+    // services' parent and a child subreaper.
+    let kids = children_of(stigmer);
+    assert_eq!(kids.len(), 1, "the guard has one child, the supervisor: {kids:?}");
+    let supervisor = kids[0].0;
+    let orphans: Vec<_> = wait_processes("/proc/self/exe --quiet --sleep 150", 2, 10)
+        .into_iter()
+        .map(|p| p.0)
+        .collect();
+    wait_until(
+        5,
+        || format!("orphans {orphans:?} not reparented to the supervisor"),
+        || orphans.iter().all(|o| parent_of(*o) == Some(supervisor)),
+    );
 
-    // They exit at 1.5s; PID 1 must reap them.
-    std::thread::sleep(Duration::from_millis(1800));
-    let zombies: Vec<_> = children_of(stigmer).into_iter().filter(|c| c.1 == 'Z').collect();
-    assert!(zombies.is_empty(), "zombies under PID 1: {zombies:?}");
-    assert!(processes_with("/proc/self/exe --quiet --sleep 150").is_empty());
+    // They exit at 1.5s; they must be reaped, leaving no zombie.
+    wait_until(
+        10,
+        || format!("{:?}", processes_with("/proc/self/exe --quiet --sleep 150")),
+        || processes_with("/proc/self/exe --quiet --sleep 150").is_empty(),
+    );
+    let zombies = || -> Vec<_> {
+        [stigmer, supervisor]
+            .into_iter()
+            .flat_map(children_of)
+            .filter(|c| c.1 == 'Z' && orphans.contains(&c.0))
+            .collect()
+    };
+    wait_until(5, || format!("orphans left as zombies: {:?}", zombies()), || zombies().is_empty());
 
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(stigmer as i32), Signal::SIGTERM).unwrap();
     let (status, _, err) = server.finish(20);

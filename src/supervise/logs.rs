@@ -5,12 +5,15 @@
 //! into lines (a line longer than [`MAX_LINE`] is cut into pieces) and sends
 //! each to a bounded channel; one blocking thread writes them. When stdout is
 //! slow the channel fills, the readers wait, and the services block on their
-//! own writes: back-pressure, not unbounded memory.
+//! own writes: back-pressure, not unbounded memory. When stdout is never
+//! read at all, only that thread waits forever; the supervisor does not
+//! wait for it past `WRITER_GRACE`.
 
 use std::io::{self, Write as _};
+use std::os::fd::AsFd as _;
 
 use tokio::io::{AsyncRead, AsyncReadExt as _};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// The longest line passed on whole; longer ones are cut.
 pub(crate) const MAX_LINE: usize = 64 * 1024;
@@ -77,15 +80,21 @@ impl Format {
 
 /// Starts the writer thread; lines sent to the returned sender are written
 /// to stdout in the order received. The thread ends when every sender is
-/// dropped; join the handle to know all was written.
-pub(crate) fn writer(format: Format) -> (mpsc::Sender<Line>, std::thread::JoinHandle<()>) {
+/// dropped, and then says so through the returned receiver. It writes to
+/// its own copy of the stdout descriptor, never through `std::io::stdout`,
+/// so that a stdout nobody reads blocks this thread only: not the
+/// supervisor, and not std's flush of stdout at exit.
+pub(crate) fn writer(format: Format) -> (mpsc::Sender<Line>, oneshot::Receiver<()>) {
     let (tx, mut rx) = mpsc::channel::<Line>(1024);
-    let handle = std::thread::Builder::new()
+    let (done, written) = oneshot::channel();
+    // A closed stdout (no descriptor 1): lines are dropped.
+    let out = io::stdout().as_fd().try_clone_to_owned().map(std::fs::File::from).ok();
+    std::thread::Builder::new()
         .name("stigmer-logs".into())
         .spawn(move || {
-            let stdout = io::stdout();
+            let mut out = out.map(|f| io::BufWriter::with_capacity(64 * 1024, f));
             while let Some(line) = rx.blocking_recv() {
-                let mut out = stdout.lock();
+                let Some(out) = &mut out else { continue };
                 let rendered = format.render(&line);
                 // A closed stdout (`stigmer server | head`) must not stop the
                 // services: drop what cannot be written.
@@ -94,10 +103,13 @@ pub(crate) fn writer(format: Format) -> (mpsc::Sender<Line>, std::thread::JoinHa
                     let _ = out.flush();
                 }
             }
-            let _ = stdout.lock().flush();
+            if let Some(out) = &mut out {
+                let _ = out.flush();
+            }
+            let _ = done.send(());
         })
         .expect("cannot start the log writer thread");
-    (tx, handle)
+    (tx, written)
 }
 
 /// Cuts a byte stream into lines.

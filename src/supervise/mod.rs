@@ -1,38 +1,67 @@
 //! `stigmer server`: start every service of the manifest, in dependency
-//! order with readiness checks, stream their output, forward signals,
+//! order with readiness checks, stream their output, pass signals on,
 //! restart by policy, and stop them all cleanly.
 //!
-//! One task owns all the state. Everything that happens (a signal, a child
-//! that ended, a readiness verdict, a timer) reaches it as an event, so the
-//! rules can be read in one place:
+//! `stigmer server` is two processes. The one the user started is the
+//! [`guard`]: tiny, single-threaded, it forks the supervisor before any
+//! thread exists, passes signals on to it, and when the supervisor ends by
+//! any means (SIGKILL, abort, the OOM killer) kills whatever is left. The
+//! supervisor runs [`serve`]; when the guard dies, it kills every service
+//! at once and exits. Nothing outlives stigmer.
+//!
+//! In the supervisor one task owns all the state. Everything that happens
+//! (a signal, a child that ended, a readiness verdict, a timer) reaches it
+//! as an event, so the rules can be read in one place:
 //!
 //! - A service starts once every service it depends on is ready. The
-//!   payloads are prepared in parallel before anything starts.
+//!   payloads are prepared in parallel before anything starts. A service
+//!   whose readiness check is `tcp` or `http` does not start while someone
+//!   already answers on that address: the server fails, naming the address
+//!   and, where it can tell, the process that holds it.
 //! - Each service is the leader of its own process group; signals go to the
-//!   group, so nothing it started is left behind.
-//! - SIGINT or SIGTERM starts a shutdown: a service is sent its stop signal
-//!   once nothing that depends on it still runs, and SIGKILL after its
-//!   `stop_timeout`. A second SIGINT or SIGTERM kills everything at once.
-//!   SIGHUP is passed on to every service.
+//!   group, so nothing it started is left behind. On Linux each service
+//!   also gets SIGKILL if the supervisor dies (`PR_SET_PDEATHSIG`), so it
+//!   is spawned from the supervisor's own thread only.
+//! - SIGINT, SIGTERM, SIGQUIT (Ctrl-\\) and SIGHUP (the terminal closed)
+//!   start a shutdown: a service is sent its stop signal once nothing that
+//!   depends on it still runs, and SIGKILL after its `stop_timeout`. A
+//!   second one kills everything at once, at any point of the shutdown.
+//! - SIGUSR1 is a reload: each running service whose manifest sets
+//!   `reload_signal` gets that signal (to its group); the others get
+//!   nothing.
 //! - A service that exits on its own is restarted by its policy, from the
 //!   same prepared payload (the same sealed memfd); `restart = "no"`, or too
 //!   many restarts, shuts the server down with an error naming it.
+//! - Once every service has stopped, any descendant that left its process
+//!   group (`setsid`, a double fork) and was reparented to the supervisor
+//!   (a child subreaper on Linux) gets SIGTERM, then SIGKILL after
+//!   [`ESCAPEE_GRACE`]; the supervisor waits until it has no child left.
 //! - Reaping: see [`reap`]; stigmer behaves as a proper PID 1.
+//! - A panic anywhere kills every service group, then aborts: see [`crash`].
+//! - Nothing here blocks on output: service lines go through one writer
+//!   thread, which the supervisor waits for at most [`WRITER_GRACE`] at the
+//!   end (stdout may be a pipe nobody reads).
 
+mod crash;
+pub mod guard;
 mod logs;
 mod readiness;
 mod reap;
 mod restart;
+mod sys;
 
 use std::collections::HashMap;
+use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt as _;
-use std::process::Stdio;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Instant;
+use std::thread::ThreadId;
+use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
+use tokio::io::AsyncReadExt as _;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
@@ -43,6 +72,19 @@ use crate::{Catalog, Error, Launch as _, Launcher, Prepared, Result};
 use self::logs::{Format, Line, Stream};
 use self::reap::Exit;
 use self::restart::{Decision, History};
+
+pub use self::guard::Guard;
+
+/// How long descendants that escaped their service's process group get
+/// between SIGTERM and SIGKILL on the way out.
+pub const ESCAPEE_GRACE: Duration = Duration::from_secs(2);
+
+/// How long the supervisor waits, at the very end, for the last service
+/// lines to be written before it exits without them.
+pub const WRITER_GRACE: Duration = Duration::from_secs(1);
+
+/// How long the check that a service's address is free may take.
+const ADDRESS_CHECK: Duration = Duration::from_millis(250);
 
 /// How `stigmer server` writes.
 #[derive(Clone, Copy, Debug, Default)]
@@ -63,24 +105,32 @@ pub enum Outcome {
 }
 
 /// Runs the services of `manifest` until they are stopped. Must be called
-/// inside a tokio runtime with I/O, time and signals enabled.
+/// inside a tokio runtime with I/O, time and signals enabled, from
+/// `block_on` on a thread that lives as long as the supervisor: services
+/// are spawned from that thread (their death signal is tied to it). `guard` is
+/// the supervisor's end of [`guard::split`], if there is a guard.
 pub async fn serve(
     manifest: Manifest,
     catalog: &Catalog,
     launcher: Arc<Launcher>,
     options: Options,
+    guard: Option<Guard>,
 ) -> Result<Outcome> {
     let t0 = Instant::now();
-    reap::become_subreaper();
+    crash::install_hook();
+    sys::become_subreaper();
     // Listen before anything starts, so no signal is missed.
     let mut signals =
         Signals::new().map_err(|source| Error::Exec { name: "stigmer server".into(), source })?;
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    if let Some(guard) = guard {
+        watch_guard(guard.gone, events_tx.clone());
+    }
 
     let prepared = prepare_all(&manifest, catalog, &launcher).await?;
     let names: Vec<String> = manifest.services.iter().map(|s| s.name.clone()).collect();
-    let (lines, writer) =
+    let (lines, written) =
         logs::writer(Format { names, json: options.json_logs, color: options.color });
-    let (events_tx, mut events) = mpsc::unbounded_channel();
     let services = manifest
         .services
         .into_iter()
@@ -89,8 +139,16 @@ pub async fn serve(
             Svc { spec, prepared, state: State::Waiting, run: 0, history: History::default() }
         })
         .collect();
-    let mut sup =
-        Supervisor { services, events: events_tx, lines, shutdown: None, t0, all_ready: false };
+    let mut sup = Supervisor {
+        services,
+        events: events_tx,
+        lines,
+        shutdown: None,
+        t0,
+        all_ready: false,
+        hurry: false,
+        home: std::thread::current().id(),
+    };
 
     loop {
         sup.start_what_can_start();
@@ -100,17 +158,47 @@ pub async fn serve(
         }
         tokio::select! {
             Some(event) = events.recv() => sup.on_event(event),
-            _ = signals.child.recv() => sup.on_child(),
-            _ = signals.interrupt.recv() => sup.on_stop_request(Signal::SIGINT),
-            _ = signals.terminate.recv() => sup.on_stop_request(Signal::SIGTERM),
-            _ = signals.hangup.recv() => sup.forward(Signal::SIGHUP),
+            sig = signals.recv() => match sig {
+                Sig::Child => sup.on_child(),
+                Sig::Stop(sig) => sup.on_stop_request(sig),
+                Sig::Reload => sup.reload(),
+            },
         }
     }
+    sup.stop_escapees(&mut signals, &mut events).await;
     let outcome = sup.outcome();
+    let hurry = sup.hurry;
     drop(sup);
-    // Every reader has ended with its service; wait for the last lines.
-    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    // Every reader has ended with its service; wait a little for the last
+    // lines, unless stdout is stuck (a pipe nobody reads) or we must go.
+    if !hurry {
+        tokio::select! {
+            _ = written => {}
+            () = tokio::time::sleep(WRITER_GRACE) => {
+                warn!("service output not written within {}: stdout is not being read",
+                    humantime::format_duration(WRITER_GRACE));
+            }
+            _ = signals.stop() => {}
+            Some(Event::GuardGone) = events.recv() => {}
+        }
+    }
     Ok(outcome)
+}
+
+/// Sends [`Event::GuardGone`] once the guard's end of the pipe is closed.
+fn watch_guard(gone: OwnedFd, events: mpsc::UnboundedSender<Event>) {
+    let mut pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(gone) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!("cannot watch the guard process: {e}");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        let mut buf = [0u8; 16];
+        while let Ok(1..) = pipe.read(&mut buf).await {}
+        let _ = events.send(Event::GuardGone);
+    });
 }
 
 struct Signals {
@@ -118,6 +206,18 @@ struct Signals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
     hangup: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+    user1: tokio::signal::unix::Signal,
+}
+
+/// A signal the supervisor acts on.
+enum Sig {
+    /// SIGCHLD: reap.
+    Child,
+    /// SIGINT, SIGTERM, SIGHUP or SIGQUIT: stop.
+    Stop(Signal),
+    /// SIGUSR1: reload.
+    Reload,
 }
 
 impl Signals {
@@ -127,7 +227,30 @@ impl Signals {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
             hangup: signal(SignalKind::hangup())?,
+            quit: signal(SignalKind::quit())?,
+            user1: signal(SignalKind::user_defined1())?,
         })
+    }
+
+    /// The next signal. Cancel-safe.
+    async fn recv(&mut self) -> Sig {
+        tokio::select! {
+            _ = self.child.recv() => Sig::Child,
+            _ = self.interrupt.recv() => Sig::Stop(Signal::SIGINT),
+            _ = self.terminate.recv() => Sig::Stop(Signal::SIGTERM),
+            _ = self.hangup.recv() => Sig::Stop(Signal::SIGHUP),
+            _ = self.quit.recv() => Sig::Stop(Signal::SIGQUIT),
+            _ = self.user1.recv() => Sig::Reload,
+        }
+    }
+
+    /// The next stop signal (others are dropped). Cancel-safe.
+    async fn stop(&mut self) -> Signal {
+        loop {
+            if let Sig::Stop(sig) = self.recv().await {
+                return sig;
+            }
+        }
     }
 }
 
@@ -166,6 +289,11 @@ struct Supervisor {
     shutdown: Option<Shutdown>,
     t0: Instant,
     all_ready: bool,
+    /// Set when there is no time for grace any more: a second stop signal,
+    /// or the guard is gone.
+    hurry: bool,
+    /// The thread that runs the supervisor, the only one that spawns.
+    home: ThreadId,
 }
 
 struct Svc {
@@ -193,16 +321,33 @@ enum State {
 
 #[derive(Debug)]
 enum Event {
-    Ready { svc: usize, run: u64 },
-    NotReady { svc: usize, run: u64, why: String },
-    RestartDue { svc: usize, run: u64 },
-    StopDeadline { svc: usize, run: u64 },
+    Ready {
+        svc: usize,
+        run: u64,
+    },
+    NotReady {
+        svc: usize,
+        run: u64,
+        why: String,
+    },
+    RestartDue {
+        svc: usize,
+        run: u64,
+    },
+    StopDeadline {
+        svc: usize,
+        run: u64,
+    },
+    /// The guard process ended (its end of the pipe closed).
+    GuardGone,
 }
 
 #[derive(Clone, Debug)]
 enum Shutdown {
     Requested(Signal),
     Failed(String),
+    /// The guard process ended (already logged).
+    GuardGone,
 }
 
 impl Supervisor {
@@ -229,6 +374,14 @@ impl Supervisor {
     }
 
     fn spawn(&mut self, i: usize) {
+        if let Some(taken) = address_taken(&self.services[i].spec) {
+            let svc = &mut self.services[i];
+            svc.state = State::Done { clean: false };
+            let msg = format!("cannot start {}: {taken}", svc.spec.name);
+            self.begin_shutdown(Shutdown::Failed(msg));
+            return;
+        }
+        let home = self.home;
         let svc = &mut self.services[i];
         svc.run += 1;
         let run = svc.run;
@@ -242,7 +395,7 @@ impl Supervisor {
         if let Some(cwd) = &svc.spec.cwd {
             cmd.current_dir(cwd);
         }
-        let mut child = match cmd.spawn() {
+        let mut child = match spawn_service(home, &svc.prepared, &mut cmd) {
             Ok(c) => c,
             Err(e) => {
                 svc.state = State::Done { clean: false };
@@ -253,6 +406,7 @@ impl Supervisor {
         };
         // The child is never waited for through std: see `reap`.
         let pid = Pid::from_raw(child.id() as i32);
+        crash::record(i, Some(pid));
         svc.state = State::Running { pid, ready: false, since: Instant::now() };
         info!("{}: started (pid {pid}, {})", svc.spec.name, svc.prepared.backend());
 
@@ -333,6 +487,7 @@ impl Supervisor {
                 if all && !self.all_ready && self.shutdown.is_none() {
                     self.all_ready = true;
                     info!("all services running ({:.2}s)", self.t0.elapsed().as_secs_f64());
+                    test_panic();
                 }
             }
             Event::NotReady { svc, run, why } => {
@@ -366,6 +521,11 @@ impl Supervisor {
                     s.state = State::Stopping { pid, killed: true };
                 }
             }
+            Event::GuardGone => {
+                error!("the guard process is gone: killing all services now");
+                self.begin_shutdown(Shutdown::GuardGone);
+                self.kill_all();
+            }
         }
     }
 
@@ -385,6 +545,7 @@ impl Supervisor {
     }
 
     fn on_exit(&mut self, i: usize, exit: Exit) {
+        crash::record(i, None);
         let s = &mut self.services[i];
         match s.state {
             State::Stopping { killed, .. } => {
@@ -459,6 +620,12 @@ impl Supervisor {
             return;
         }
         warn!("{sig} again: killing all services now");
+        self.kill_all();
+    }
+
+    /// SIGKILLs every service group at once, and gives up all grace.
+    fn kill_all(&mut self) {
+        self.hurry = true;
         for s in &mut self.services {
             if let State::Running { pid, .. } | State::Stopping { pid, .. } = s.state {
                 let _ = killpg(pid, Signal::SIGKILL);
@@ -467,11 +634,67 @@ impl Supervisor {
         }
     }
 
-    fn forward(&self, sig: Signal) {
+    /// SIGUSR1: each running service with a `reload_signal` gets it.
+    fn reload(&self) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        let mut none = true;
         for s in &self.services {
-            if let State::Running { pid, .. } = s.state {
-                debug!("{}: forwarding {sig}", s.spec.name);
+            if let (State::Running { pid, .. }, Some(sig)) = (s.state, s.spec.reload_signal) {
+                info!("{}: reload ({sig})", s.spec.name);
                 let _ = killpg(pid, sig);
+                none = false;
+            }
+        }
+        if none {
+            info!("SIGUSR1: no running service has a reload_signal");
+        }
+    }
+
+    /// After the services: sends SIGTERM to every child left (a descendant
+    /// that left its service's process group and was reparented here),
+    /// SIGKILL after [`ESCAPEE_GRACE`] (at once in a hurry), and returns
+    /// once no child is left.
+    async fn stop_escapees(
+        &mut self,
+        signals: &mut Signals,
+        events: &mut mpsc::UnboundedReceiver<Event>,
+    ) {
+        let me = nix::unistd::getpid();
+        let mut told: Vec<Pid> = Vec::new();
+        let deadline = tokio::time::Instant::now() + ESCAPEE_GRACE;
+        loop {
+            let (ended, none_left) = reap::reap_all();
+            for (pid, exit) in ended {
+                debug!("reaped {pid} ({exit})");
+            }
+            if none_left {
+                return;
+            }
+            for pid in sys::children(me) {
+                if self.hurry {
+                    let _ = kill(pid, Signal::SIGKILL);
+                } else if !told.contains(&pid) {
+                    let name = sys::name(pid).unwrap_or_default();
+                    info!("pid {pid} ({name}) left its service's process group: sending SIGTERM");
+                    let _ = kill(pid, Signal::SIGTERM);
+                    told.push(pid);
+                }
+            }
+            tokio::select! {
+                _ = signals.recv() => {}
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                () = tokio::time::sleep_until(deadline), if !self.hurry => {
+                    warn!("processes still running {} after SIGTERM: killing them",
+                        humantime::format_duration(ESCAPEE_GRACE));
+                    self.hurry = true;
+                }
+                Some(event) = events.recv() => {
+                    if matches!(event, Event::GuardGone) {
+                        self.hurry = true;
+                    }
+                }
             }
         }
     }
@@ -522,6 +745,7 @@ impl Supervisor {
     fn outcome(&self) -> Outcome {
         match &self.shutdown {
             Some(Shutdown::Failed(msg)) => Outcome::Failed(msg.clone()),
+            Some(Shutdown::GuardGone) => Outcome::Failed("the guard process ended".into()),
             Some(Shutdown::Requested(sig)) => {
                 let killed: Vec<&str> = self
                     .services
@@ -538,6 +762,47 @@ impl Supervisor {
             }
             None => Outcome::Failed("every service exited on its own".into()),
         }
+    }
+}
+
+/// Spawns a service. The one place that does; call it only from the
+/// supervisor's own thread, `home` (the one in `block_on`, which lives as
+/// long as the supervisor): on Linux the service's death signal is tied to
+/// the thread that spawns it, and a tokio worker or blocking-pool thread
+/// may end at any time.
+fn spawn_service(home: ThreadId, prepared: &Prepared, cmd: &mut Command) -> io::Result<Child> {
+    assert_eq!(
+        std::thread::current().id(),
+        home,
+        "services are spawned from the supervisor's thread only"
+    );
+    // Before anything `prepared` adds: its own last step execs the payload.
+    sys::tie_to_parent(cmd);
+    debug!("{}: spawning ({})", prepared.name(), prepared.backend());
+    cmd.spawn()
+}
+
+/// Why service `spec` cannot start now, if something already answers on
+/// the address of its `tcp` or `http` readiness check: that answer would
+/// pass the check, and the service could not listen anyway.
+fn address_taken(spec: &Service) -> Option<String> {
+    let addr = match &spec.ready.as_ref()?.check {
+        Check::Tcp(addr) | Check::Http { addr, .. } => *addr,
+        Check::Log(_) => return None,
+    };
+    std::net::TcpStream::connect_timeout(&addr, ADDRESS_CHECK).ok()?;
+    Some(match sys::who_listens(addr) {
+        Some(who) => format!("{addr} is already in use, by {who}"),
+        None => format!("{addr} is already in use"),
+    })
+}
+
+/// Test-only (debug builds): with `STIGMER_TEST_PANIC` set, a task panics
+/// once every service runs, to prove the panic hook stops them all.
+fn test_panic() {
+    #[cfg(debug_assertions)]
+    if std::env::var_os(crate::env::STIGMER_TEST_PANIC).is_some_and(|v| !v.is_empty()) {
+        tokio::spawn(async { panic!("{} is set: panicking", crate::env::STIGMER_TEST_PANIC) });
     }
 }
 

@@ -8,8 +8,10 @@
 //! supervisor calls `waitpid(-1, WNOHANG)` until nothing is left and hands
 //! each status to the service with that pid. A pid it does not know is an
 //! orphan that was reparented to stigmer, because stigmer is PID 1 in a
-//! container or (on Linux) a child subreaper, and reaping it is all there is
-//! to do: no zombie is left behind, as tini and dumb-init do.
+//! container or (on Linux) a child subreaper. While services run, reaping it
+//! is all there is to do: no zombie is left behind, as tini and dumb-init
+//! do. On the way out, those still running are stopped (see the module
+//! docs of `supervise`).
 
 use std::fmt;
 
@@ -45,33 +47,24 @@ impl fmt::Display for Exit {
 
 /// Reaps every child that has ended, without blocking.
 pub(crate) fn reap() -> Vec<(Pid, Exit)> {
+    reap_all().0
+}
+
+/// Reaps every child that has ended, without blocking, and tells whether
+/// no child at all is left (`waitpid` said `ECHILD`).
+pub(crate) fn reap_all() -> (Vec<(Pid, Exit)>, bool) {
     let mut ended = Vec::new();
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, code)) => ended.push((pid, Exit::Code(code))),
             Ok(WaitStatus::Signaled(pid, sig, _)) => ended.push((pid, Exit::Signal(sig))),
-            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return ended,
+            Ok(WaitStatus::StillAlive) => return (ended, false),
+            Err(Errno::ECHILD) => return (ended, true),
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => {
                 tracing::warn!("waitpid failed: {e}");
-                return ended;
+                return (ended, false);
             }
         }
-    }
-}
-
-cfg_if::cfg_if! {
-    if #[cfg(target_os = "linux")] {
-        /// Makes orphaned descendants of the services children of stigmer
-        /// (Linux's child subreaper), so they are reaped and stopped with
-        /// the rest even when stigmer is not PID 1.
-        pub(crate) fn become_subreaper() {
-            if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-                tracing::debug!("cannot become a child subreaper: {e}");
-            }
-        }
-    } else {
-        /// Elsewhere there is no subreaper; orphans go to PID 1.
-        pub(crate) fn become_subreaper() {}
     }
 }

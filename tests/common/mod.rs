@@ -132,9 +132,174 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A running `stigmer server` whose output is collected line by line.
+/// A child process that is killed, with every descendant it has, when
+/// this is dropped before it was waited for: a test that fails (panics)
+/// leaves nothing running.
+pub struct ChildGuard(pub std::process::Child);
+
+impl ChildGuard {
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl std::ops::Deref for ChildGuard {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            kill_tree(self.0.id());
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// SIGKILLs `root` and all its descendants, found through `/proc`, again
+/// until none is left (each round is collected before anything is killed,
+/// so nothing escapes by being reparented).
+pub fn kill_tree(root: u32) {
+    for _ in 0..100 {
+        let tree = descendants(root);
+        let alive: Vec<u32> = std::iter::once(root)
+            .chain(tree)
+            .filter(|p| state_of(*p).is_some_and(|s| s != 'Z'))
+            .collect();
+        if alive.is_empty() {
+            return;
+        }
+        for pid in alive {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Every descendant of `root`, from the parent links in `/proc`.
+pub fn descendants(root: u32) -> Vec<u32> {
+    let all = all_processes();
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(all.iter().filter(|p| p.1 == parent).map(|p| p.0));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// `(pid, ppid, state)` of every process.
+pub fn all_processes() -> Vec<(u32, u32, char)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // "pid (comm) S ppid ...": comm may hold spaces, so split after ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let Some(ppid) = fields.next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        found.push((pid, ppid, state));
+    }
+    found
+}
+
+/// The state letter of `pid`, if it exists.
+pub fn state_of(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+}
+
+/// The parent of `pid`, if it exists.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Live processes whose environment holds `STIGMER_HOME=home`: everything
+/// a test's stigmer started, wherever it was reparented.
+pub fn processes_of_home(home: &Path) -> Vec<u32> {
+    let needle = format!("STIGMER_HOME={}", home.display());
+    let me = std::process::id();
+    all_processes()
+        .into_iter()
+        .filter(|p| p.0 != me && p.2 != 'Z')
+        .filter(|p| {
+            std::fs::read(format!("/proc/{}/environ", p.0))
+                .is_ok_and(|e| e.split(|b| *b == 0).any(|v| v == needle.as_bytes()))
+        })
+        .map(|p| p.0)
+        .collect()
+}
+
+impl Drop for TestEnv {
+    /// Whatever a test started and left running (it failed, or leaked),
+    /// found by its `STIGMER_HOME`, is killed, so no test leaves a process
+    /// behind. Tests check for leaks themselves before this runs.
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            let left = processes_of_home(&self.home);
+            if left.is_empty() {
+                return;
+            }
+            for pid in left {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+/// Waits until `pred` holds, polling; panics with `what` after `secs`.
+#[track_caller]
+pub fn wait_until(secs: u64, what: impl Fn() -> String, mut pred: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !pred() {
+        if std::time::Instant::now() > deadline {
+            panic!("not within {secs}s: {}", what());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Waits until exactly `n` live processes have `marker` in their command
+/// line (a process just spawned shows its new command line only once its
+/// exec is complete), and returns them.
+#[track_caller]
+pub fn wait_processes(marker: &str, n: usize, secs: u64) -> Vec<(u32, String)> {
+    let live = || -> Vec<(u32, String)> {
+        processes_with(marker).into_iter().filter(|p| state_of(p.0) != Some('Z')).collect()
+    };
+    wait_until(
+        secs,
+        || format!("{n} processes with {marker:?}: {:#?}", live()),
+        || live().len() == n,
+    );
+    live()
+}
+
+/// A running `stigmer server` whose output is collected line by line. The
+/// pid is the guard's, the process the user starts; its one child is the
+/// supervisor, parent of the services.
 pub struct Server {
-    pub child: std::process::Child,
+    pub child: ChildGuard,
     pub stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     pub stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     readers: Vec<std::thread::JoinHandle<()>>,
@@ -156,10 +321,18 @@ impl TestEnv {
         };
         cmd.arg("server").arg("--config").arg(&path).args(extra);
         cmd.env("STIGMER_HOME", &self.home).env_remove("RUST_LOG").env_remove("NO_COLOR");
+        Server::spawn(cmd)
+    }
+}
+
+impl Server {
+    /// Starts `cmd` (a `stigmer server`, maybe wrapped) with its stdout and
+    /// stderr collected.
+    pub fn spawn(mut cmd: Command) -> Server {
         cmd.stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
+        let mut child = ChildGuard(cmd.spawn().unwrap());
         let collect = |pipe: Box<dyn std::io::Read + Send>| {
             let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
             let sink = std::sync::Arc::clone(&lines);
@@ -176,9 +349,7 @@ impl TestEnv {
         let (stderr, b) = collect(Box::new(child.stderr.take().unwrap()));
         Server { child, stdout, stderr, readers: vec![a, b] }
     }
-}
 
-impl Server {
     pub fn pid(&self) -> nix::unistd::Pid {
         nix::unistd::Pid::from_raw(self.child.id() as i32)
     }
@@ -218,24 +389,39 @@ impl Server {
         nix::sys::signal::kill(self.pid(), sig).unwrap();
     }
 
-    /// Waits for the server to exit (at most `secs`), returning its status
-    /// and its stdout and stderr lines.
+    /// The supervisor: the guard's one child.
     #[track_caller]
-    pub fn finish(mut self, secs: u64) -> (std::process::ExitStatus, Vec<String>, Vec<String>) {
+    pub fn supervisor(&self) -> u32 {
+        let guard = self.child.id();
+        let what = || format!("the guard {guard} has one child: {:?}", children_of(guard));
+        wait_until(5, what, || children_of(guard).len() == 1);
+        children_of(guard)[0].0
+    }
+
+    /// Waits for the server to exit (at most `secs`), returning its status;
+    /// its output stays readable.
+    #[track_caller]
+    pub fn wait_exit(&mut self, secs: u64) -> std::process::ExitStatus {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-        let status = loop {
+        loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
+                return status;
             }
             if std::time::Instant::now() > deadline {
-                let _ = self.child.kill();
                 panic!(
                     "server still running after {secs}s:\n{}",
                     self.stderr.lock().unwrap().join("\n")
                 );
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
-        };
+        }
+    }
+
+    /// Waits for the server to exit (at most `secs`), returning its status
+    /// and its stdout and stderr lines.
+    #[track_caller]
+    pub fn finish(mut self, secs: u64) -> (std::process::ExitStatus, Vec<String>, Vec<String>) {
+        let status = self.wait_exit(secs);
         for r in self.readers.drain(..) {
             r.join().unwrap();
         }
@@ -262,19 +448,7 @@ pub fn processes_with(marker: &str) -> Vec<(u32, String)> {
 
 /// `(pid, state)` of every child of `ppid`.
 pub fn children_of(ppid: u32) -> Vec<(u32, char)> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        // "pid (comm) S ppid ...": comm may hold spaces, so split after ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
-        if fields.next().and_then(|p| p.parse::<u32>().ok()) == Some(ppid) {
-            found.push((pid, state));
-        }
-    }
-    found
+    all_processes().into_iter().filter(|p| p.1 == ppid).map(|p| (p.0, p.2)).collect()
 }
 
 /// Runs stigmer with `args` in a new PID namespace whose `vm.memfd_noexec`

@@ -8,12 +8,14 @@
 mod cli;
 mod payloads;
 mod progress;
+mod stderr;
 
 use std::ffi::{OsStr, OsString};
 use std::io::{self, IsTerminal as _, Write as _};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, FromArgMatches as _};
@@ -32,7 +34,7 @@ fn main() -> ExitCode {
     // Multi-call: `ln -s stigmer workflow-runner; ./workflow-runner --help`
     // runs the payload with every argument.
     if let Some(name) = args.first().and_then(|a| multicall_name(a, &catalog)) {
-        init_logging(0, false);
+        init_logging(0, false, false);
         let choice = match std::env::var(env::STIGMER_BACKEND) {
             Ok(v) if !v.is_empty() => match v.parse::<Choice>() {
                 Ok(c) => c,
@@ -46,9 +48,22 @@ fn main() -> ExitCode {
 
     let command = Cli::command().long_version(long_version(&catalog));
     let cli = Cli::from_arg_matches(&command.get_matches_from(args)).unwrap_or_else(|e| e.exit());
+    // The server is two processes (see `supervise::guard`), split before
+    // logging starts its writer thread: a fork must come before any thread.
+    let mut guard = None;
+    if let Cmd::Server { .. } = cli.command {
+        match supervise::guard::split() {
+            Ok(supervise::guard::Side::Guard(code)) => return ExitCode::from(code),
+            Ok(supervise::guard::Side::Supervisor(g)) => guard = Some(g),
+            Err(e) => {
+                return fail(&anyhow::Error::new(e).context("cannot start the supervisor"));
+            }
+        }
+        stderr::start();
+    }
     // The server's progress lines ("api: ready in 0.2s") are info events.
-    let serving = matches!(cli.command, Cmd::Server { .. });
-    init_logging(cli.verbose + u8::from(serving), cli.quiet);
+    let serving = guard.is_some();
+    init_logging(cli.verbose + u8::from(serving), cli.quiet, serving);
     let choice = Choice::from(cli.backend);
     outcome(match cli.command {
         Cmd::Run { mut argv } => {
@@ -56,7 +71,11 @@ fn main() -> ExitCode {
             run(&catalog, choice, cli.quiet, &argv[0].to_string_lossy(), args)
         }
         Cmd::Server { config, json_logs } => {
-            server(&catalog, choice, cli.quiet, config.as_deref(), json_logs)
+            let result = server(&catalog, choice, cli.quiet, config.as_deref(), json_logs, guard);
+            let code = outcome(result);
+            // The last words, if stderr takes them soon; then exit anyway.
+            stderr::flush(Duration::from_millis(500));
+            return code;
         }
         Cmd::List { json } => list(&catalog, choice, json),
         Cmd::Doctor { json } => doctor(&catalog, choice, json),
@@ -96,7 +115,7 @@ fn multicall_name(argv0: &OsStr, catalog: &Catalog) -> Option<String> {
     catalog.find(name).map(|p| p.name().to_owned())
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
+fn init_logging(verbose: u8, quiet: bool, serving: bool) {
     let level = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
@@ -107,11 +126,19 @@ fn init_logging(verbose: u8, quiet: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let color =
         io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    // The server's messages go through a lossy queue (see `stderr`); the
+    // other commands write directly, so nothing is lost before an exec.
+    let writer = move || -> Box<dyn io::Write> {
+        match serving {
+            true => Box::new(stderr::Lossy),
+            false => Box::new(io::stderr()),
+        }
+    };
     tracing_subscriber::fmt()
-        .with_writer(io::stderr)
+        .with_writer(writer)
         // On a failed write it would report with eprintln!, which panics
-        // when stderr is closed (`stigmer server 2>&1 | head`): a panic in
-        // the supervisor would leave the services running unsupervised.
+        // when stderr is closed (`stigmer server 2>&1 | head`) and blocks
+        // when stderr is a pipe nobody reads.
         .log_internal_errors(false)
         .with_ansi(color)
         .with_env_filter(filter)
@@ -149,6 +176,7 @@ fn server(
     quiet: bool,
     config: Option<&Path>,
     json_logs: bool,
+    guard: Option<supervise::Guard>,
 ) -> anyhow::Result<ExitCode> {
     let names: Vec<&str> = catalog.payloads().iter().map(|p| p.name()).collect();
     let manifest = match config {
@@ -171,10 +199,15 @@ fn server(
     let launcher = Arc::new(launcher(choice, quiet));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let options = supervise::Options { json_logs, color };
-    match runtime.block_on(supervise::serve(manifest, catalog, launcher, options))? {
+    // On this thread: services are spawned from it, and their death signal
+    // is tied to it (see `supervise::serve`).
+    let outcome = runtime.block_on(supervise::serve(manifest, catalog, launcher, options, guard));
+    // A task stuck on a pipe nobody reads must not hold the exit.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match outcome? {
         supervise::Outcome::Clean => Ok(ExitCode::SUCCESS),
         supervise::Outcome::Failed(why) => {
-            let _ = writeln!(io::stderr(), "error: {why}");
+            stderr::write(format!("error: {why}\n").as_bytes());
             Ok(ExitCode::FAILURE)
         }
     }
@@ -371,7 +404,7 @@ fn fail(err: &anyhow::Error) -> ExitCode {
         None if err.downcast_ref::<stigmer::ManifestError>().is_some() => (err.to_string(), 2),
         None => (format!("{err:#}"), 1),
     };
-    let _ = writeln!(io::stderr(), "error: {message}");
+    stderr::write(format!("error: {message}\n").as_bytes());
     ExitCode::from(code)
 }
 
