@@ -8,6 +8,8 @@
 //! `--env NAME` prints a variable, `--ignore N` ignores signal N, `--say
 //! TEXT` prints a line, `--listen PORT` accepts TCP connections on
 //! 127.0.0.1:PORT, `--orphan MS` leaves behind a grandchild that lives MS
+//! milliseconds, `--daemon MS` leaves behind a grandchild that calls
+//! `setsid` (a daemon that escaped the process group) and lives MS
 //! milliseconds, `--spam N` writes N long lines to stdout and stderr,
 //! `--sleep MS` sleeps, `--signal N` kills itself with signal N, `--exit N`
 //! exits with N. std-only, so `build.rs` compiles it with rustc.
@@ -24,6 +26,7 @@ fn main() -> ExitCode {
     let mut quiet = false;
     let mut envs = Vec::new();
     let (mut ignore, mut say, mut listen, mut orphan, mut detach) = (vec![], vec![], None, None, None);
+    let (mut daemon, mut setsid) = (None, false);
     let (mut spam, mut sleep, mut delay) = (0u64, 0u64, 0u64);
     let mut rest = args.iter().skip(1);
     while let Some(arg) = rest.next() {
@@ -39,15 +42,26 @@ fn main() -> ExitCode {
             "--listen" => listen = value().parse::<u16>().ok(),
             "--orphan" => orphan = value().parse::<u64>().ok(),
             "--detach" => detach = value().parse::<u64>().ok(),
+            "--daemon" => daemon = value().parse::<u64>().ok(),
+            "--setsid" => setsid = true,
             "--spam" => spam = value().parse().unwrap_or(0),
             "--delay" => delay = value().parse().unwrap_or(0),
             _ => {}
         }
     }
     std::thread::sleep(Duration::from_millis(delay));
+    if setsid {
+        // The grandchild of --daemon: a session and process group of its own.
+        sys::setsid();
+    }
     if let Some(ms) = detach {
-        // The middle of --orphan: start the grandchild and leave it behind.
-        let _ = self_command().args(["--quiet", "--sleep", &ms.to_string()]).spawn();
+        // The middle of --orphan and --daemon: start the grandchild and
+        // leave it behind.
+        let mut grandchild = self_command();
+        if args.iter().any(|a| a == "--daemon-middle") {
+            grandchild.arg("--setsid");
+        }
+        let _ = grandchild.args(["--quiet", "--sleep", &ms.to_string()]).spawn();
         return ExitCode::SUCCESS;
     }
     if !quiet {
@@ -74,6 +88,11 @@ fn main() -> ExitCode {
     if let Some(ms) = orphan {
         let status = self_command().args(["--detach", &ms.to_string()]).status();
         println!("orphaned a grandchild for {ms}ms ({status:?})");
+    }
+    if let Some(ms) = daemon {
+        let status =
+            self_command().args(["--daemon-middle", "--detach", &ms.to_string()]).status();
+        println!("left a daemon for {ms}ms ({status:?})");
     }
     if spam > 0 {
         let line = "x".repeat(2000);
@@ -155,6 +174,8 @@ fn open_fds() -> String {
 mod sys {
     unsafe extern "C" {
         fn raise(sig: i32) -> i32;
+        #[link_name = "setsid"]
+        fn c_setsid() -> i32;
         fn signal(sig: i32, handler: usize) -> usize;
         #[cfg(target_os = "linux")]
         fn fcntl(fd: i32, cmd: i32, ...) -> i32;
@@ -164,6 +185,11 @@ mod sys {
         const SIG_IGN: usize = 1;
         // SAFETY: SIG_IGN installs no handler code; signal(3) is safe to call.
         unsafe { signal(sig, SIG_IGN) };
+    }
+
+    pub fn setsid() {
+        // SAFETY: setsid(2) has no memory-safety preconditions.
+        unsafe { c_setsid() };
     }
 
     pub fn raise_signal(signal: i32) {
