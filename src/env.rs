@@ -24,9 +24,9 @@ pub const STIGMER_PAYLOAD_DIR: &str = "STIGMER_PAYLOAD_DIR";
 pub const STIGMER_DOCTOR_PROBE: &str = "STIGMER_DOCTOR_PROBE";
 
 /// Test-only, and honoured only by debug builds (a release build ignores
-/// it): when set and not empty, `stigmer server` panics in a task once
-/// every service runs, so a test can prove that a panic stops every
-/// service before the process ends.
+/// it): when set and not empty, `stigmer server` panics in a task at a
+/// reload (SIGUSR1), so a test can prove that a panic stops every service
+/// before the process ends.
 pub const STIGMER_TEST_PANIC: &str = "STIGMER_TEST_PANIC";
 
 /// The cache root: `$STIGMER_HOME`, else `$HOME/.stigmer`.

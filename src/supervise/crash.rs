@@ -5,9 +5,10 @@
 //! The supervisor records each running service's process group in
 //! [`GROUPS`], a fixed array of atomics: the panic hook reads it without a
 //! lock, so it can never block, whatever the panicking thread held. The
-//! hook SIGKILLs every group, lets the previous hook print the message, and
-//! aborts. The guard then sees the supervisor die and kills whatever is
-//! left (escaped daemons).
+//! hook SIGKILLs every group, prints one line (the message and where; no
+//! backtrace, which can take seconds while the other threads go on, and
+//! only if stderr takes it at once), and aborts. The guard then sees the
+//! supervisor die and kills whatever is left (escaped daemons).
 
 use std::sync::Once;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -34,10 +35,16 @@ pub(crate) fn record(i: usize, pid: Option<Pid>) {
 pub(crate) fn install_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
+        std::panic::set_hook(Box::new(|info| {
             kill_all();
-            previous(info);
+            let what = info
+                .payload()
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("a panic");
+            let place = info.location().map(|l| format!(" at {l}")).unwrap_or_default();
+            say(&format!("stigmer: the supervisor panicked{place}: {what}; all services killed\n"));
             std::process::abort();
         }));
     });
@@ -50,5 +57,19 @@ fn kill_all() {
         if pgid > 1 {
             let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         }
+    }
+}
+
+/// Writes `line` to stderr only if it can be written at once: a pipe that
+/// polls writable has room for `PIPE_BUF` bytes, so a write of at most that
+/// many does not block.
+fn say(line: &str) {
+    use nix::poll::{PollFd, PollFlags, poll};
+    use std::os::fd::AsFd as _;
+    let stderr = std::io::stderr();
+    let mut fds = [PollFd::new(stderr.as_fd(), PollFlags::POLLOUT)];
+    if poll(&mut fds, 0u8).is_ok_and(|n| n == 1) {
+        let bytes = &line.as_bytes()[..line.len().min(512)];
+        let _ = nix::unistd::write(stderr.as_fd(), bytes);
     }
 }

@@ -487,7 +487,6 @@ impl Supervisor {
                 if all && !self.all_ready && self.shutdown.is_none() {
                     self.all_ready = true;
                     info!("all services running ({:.2}s)", self.t0.elapsed().as_secs_f64());
-                    test_panic();
                 }
             }
             Event::NotReady { svc, run, why } => {
@@ -636,6 +635,7 @@ impl Supervisor {
 
     /// SIGUSR1: each running service with a `reload_signal` gets it.
     fn reload(&self) {
+        test_panic();
         if self.shutdown.is_some() {
             return;
         }
@@ -798,7 +798,9 @@ fn address_taken(spec: &Service) -> Option<String> {
 }
 
 /// Test-only (debug builds): with `STIGMER_TEST_PANIC` set, a task panics
-/// once every service runs, to prove the panic hook stops them all.
+/// at a reload (SIGUSR1), to prove the panic hook stops every service. A
+/// task on a worker thread, because there, in a debug build, a panic would
+/// otherwise end only that task.
 fn test_panic() {
     #[cfg(debug_assertions)]
     if std::env::var_os(crate::env::STIGMER_TEST_PANIC).is_some_and(|v| !v.is_empty()) {
