@@ -274,6 +274,41 @@ stop_signal = "SIGINT"
 }
 
 #[test]
+fn a_second_stop_signal_cuts_the_grace_of_escaped_daemons_short() {
+    for (k, backend) in BACKENDS.iter().enumerate() {
+        let env = TestEnv::new();
+        let m = marker("escapee-twice", backend);
+        let deaf = unique_ms(16 + k as u32);
+        let manifest = format!(
+            r#"
+[services.deaf]
+payload = "probe"
+args = ["--quiet", "--ignore", "15", "--daemon", "{deaf}", "--sleep", "600000", "--say", "{m}"]
+stop_signal = "SIGINT"
+"#
+        );
+        let mut server = env.server(&manifest, &[], &["--backend", backend]);
+        server.wait_stderr("all services running", 20);
+        wait_processes(&m, 1, 10);
+        wait_processes(&daemon(deaf), 1, 10);
+        server.signal(Signal::SIGTERM);
+        server.wait_stderr("left its service's process group: sending SIGTERM", 10);
+        let t = Instant::now();
+        server.signal(Signal::SIGTERM);
+        let status = server.wait_exit(10);
+        assert!(t.elapsed() < Duration::from_millis(1500), "{backend}: {:?}", t.elapsed());
+        assert_none_left(&[&m, &daemon(deaf)]);
+        assert_eq!(status.code(), Some(0), "{backend}: the service itself stopped cleanly");
+        let (_, _, err) = server.finish(10);
+        assert!(
+            err.iter().any(|l| l.contains("SIGTERM again: killing what is left now")),
+            "{backend}: {}",
+            err.join("\n")
+        );
+    }
+}
+
+#[test]
 fn a_panic_in_the_supervisor_kills_every_service_group_itself() {
     for (k, backend) in BACKENDS.iter().enumerate() {
         let env = TestEnv::new();

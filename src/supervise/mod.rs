@@ -683,7 +683,12 @@ impl Supervisor {
                 }
             }
             tokio::select! {
-                _ = signals.recv() => {}
+                sig = signals.recv() => {
+                    if let Sig::Stop(sig) = sig {
+                        warn!("{sig} again: killing what is left now");
+                        self.hurry = true;
+                    }
+                }
                 () = tokio::time::sleep(Duration::from_millis(20)) => {}
                 () = tokio::time::sleep_until(deadline), if !self.hurry => {
                     warn!("processes still running {} after SIGTERM: killing them",
