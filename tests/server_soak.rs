@@ -60,7 +60,9 @@ payload = "probe"
 args = ["--quiet", "--sleep", "60000"]
 "#;
     let server = env.server(manifest, &[], &["--backend", "memfd"]);
-    let pid = server.pid().as_raw();
+    // The supervisor holds the memfds and the pipes (the guard, the pid
+    // started, only waits).
+    let pid = server.supervisor();
     let fds = || -> Vec<String> {
         let mut links: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
             .unwrap()
