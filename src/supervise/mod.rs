@@ -36,8 +36,9 @@
 //!   group (`setsid`, a double fork) and was reparented to the supervisor
 //!   (a child subreaper on Linux) gets SIGTERM, then SIGKILL after
 //!   [`ESCAPEE_GRACE`]; the supervisor waits until it has no child left.
-//! - Reaping: see [`reap`]; stigmer behaves as a proper PID 1.
-//! - A panic anywhere kills every service group, then aborts: see [`crash`].
+//! - Reaping: see the `reap` module; stigmer behaves as a proper PID 1.
+//! - A panic anywhere kills every service group, then aborts: see the `crash`
+//!   module.
 //! - Nothing here blocks on output: service lines go through one writer
 //!   thread, which the supervisor waits for at most [`WRITER_GRACE`] at the
 //!   end (stdout may be a pipe nobody reads).
