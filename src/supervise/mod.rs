@@ -110,6 +110,9 @@ pub enum Outcome {
 /// `block_on` on a thread that lives as long as the supervisor: services
 /// are spawned from that thread (their death signal is tied to it). `guard` is
 /// the supervisor's end of [`guard::split`], if there is a guard.
+///
+/// It installs a panic hook for the whole process: a panic on any thread
+/// SIGKILLs every service group, then aborts.
 pub async fn serve(
     manifest: Manifest,
     catalog: &Catalog,
@@ -152,6 +155,11 @@ pub async fn serve(
     };
 
     loop {
+        // First what already happened (the guard may have died while the
+        // payloads were prepared): nothing starts after that.
+        while let Ok(event) = events.try_recv() {
+            sup.on_event(event);
+        }
         sup.start_what_can_start();
         sup.stop_what_can_stop();
         if sup.services.iter().all(|s| matches!(s.state, State::Done { .. })) {
