@@ -242,11 +242,13 @@ impl Supervisor {
         if let Some(cwd) = &svc.spec.cwd {
             cmd.current_dir(cwd);
         }
-        let mut child = match cmd.spawn() {
+        // Verifies a cache entry again (refilling it if it is missing or
+        // bad) and execs the very descriptor it checked.
+        let mut child = match svc.prepared.spawn(&mut cmd) {
             Ok(c) => c,
             Err(e) => {
                 svc.state = State::Done { clean: false };
-                let msg = format!("cannot start {}: {e}", svc.spec.name);
+                let msg = format!("{}: {e}", svc.spec.name);
                 self.begin_shutdown(Shutdown::Failed(msg));
                 return;
             }
