@@ -156,6 +156,14 @@ impl TestEnv {
         };
         cmd.arg("server").arg("--config").arg(&path).args(extra);
         cmd.env("STIGMER_HOME", &self.home).env_remove("RUST_LOG").env_remove("NO_COLOR");
+        Server::spawn(&mut cmd)
+    }
+}
+
+impl Server {
+    /// Starts `cmd` (a `stigmer server` command line), collecting its
+    /// stdout and stderr line by line.
+    pub fn spawn(cmd: &mut Command) -> Server {
         cmd.stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
@@ -176,9 +184,6 @@ impl TestEnv {
         let (stderr, b) = collect(Box::new(child.stderr.take().unwrap()));
         Server { child, stdout, stderr, readers: vec![a, b] }
     }
-}
-
-impl Server {
     pub fn pid(&self) -> nix::unistd::Pid {
         nix::unistd::Pid::from_raw(self.child.id() as i32)
     }
