@@ -72,3 +72,25 @@ fn services_are_named_after_their_payload_and_pgrep_finds_them() {
         );
     }
 }
+
+/// A `#!` script is exec'd by descriptor too, and the kernel then names the
+/// process after the interpreter it runs (`/bin/sh` → `dash` on Debian):
+/// the one exception, documented in the README.
+#[test]
+fn a_script_is_named_by_its_interpreter_exec() {
+    use stigmer::{Launch as _, Payload};
+    let script = Payload::from_bytes("greet", &b"#!/bin/sh\ncat /proc/$$/comm\n"[..]);
+    for backend in BACKENDS {
+        let env = TestEnv::new();
+        let launcher =
+            stigmer::Launcher::new(format!("{backend}").parse().unwrap(), Some(env.home.clone()));
+        let prepared = launcher.prepare(&script).unwrap();
+        let mut cmd = prepared.command();
+        cmd.stdout(std::process::Stdio::piped());
+        let out = prepared.spawn(&mut cmd).unwrap().wait_with_output().unwrap();
+        let comm = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let sh = std::fs::canonicalize("/bin/sh").unwrap();
+        let interpreter = sh.file_name().unwrap().to_str().unwrap();
+        assert_eq!(comm, interpreter.chars().take(15).collect::<String>(), "{backend}");
+    }
+}
