@@ -82,8 +82,7 @@ fn a_script_is_named_by_its_interpreter_exec() {
     let script = Payload::from_bytes("greet", &b"#!/bin/sh\ncat /proc/$$/comm\n"[..]);
     for backend in BACKENDS {
         let env = TestEnv::new();
-        let launcher =
-            stigmer::Launcher::new(format!("{backend}").parse().unwrap(), Some(env.home.clone()));
+        let launcher = stigmer::Launcher::new(backend.parse().unwrap(), Some(env.home.clone()));
         let prepared = launcher.prepare(&script).unwrap();
         let mut cmd = prepared.command();
         cmd.stdout(std::process::Stdio::piped());
