@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::launch::trusted_dir;
+use crate::launch::{trusted_ancestors, trusted_dir};
 use crate::{Backend, Catalog, Choice, Launcher, Manifest};
 
 /// Set in the environment of the executable that [`diagnose`] runs from a
@@ -253,9 +253,10 @@ fn cache_report(launcher: &Launcher) -> CacheReport {
     // The folders stigmer would use, down to the first that is missing;
     // the rest would be created, private, inside the last that exists.
     let chain = [root.clone(), root.join("bin"), root.join("bin").join("v1")];
-    let mut usable = None;
+    let mut usable = trusted_ancestors(&root).err().map(|e| Finding::bad(e.to_string()));
     let mut existing = None;
-    for dir in &chain {
+    // The folders above it first, as every launch checks them.
+    for dir in chain.iter().filter(|_| usable.is_none()) {
         if std::fs::symlink_metadata(dir).is_err() {
             break;
         }

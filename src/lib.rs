@@ -16,7 +16,8 @@
 //!
 //! let catalog = Catalog::new(vec![Payload::from_bytes("true", std::fs::read("/bin/true")?)], None);
 //! let launcher = Launcher::new(Choice::Auto, stigmer::env::home().ok());
-//! let status = launcher.prepare(catalog.get("true")?)?.command().status()?;
+//! let prepared = launcher.prepare(catalog.get("true")?)?;
+//! let status = prepared.spawn(&mut prepared.command())?.wait()?;
 //! assert!(status.success());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```

@@ -189,31 +189,125 @@ fn a_folder_of_another_user_is_refused() {
     assert!(stderr(&o).contains("belongs to uid 65534"), "{}", stderr(&o));
 }
 
+/// Sets a folder's (or file's) last-modified time `age` in the past.
+fn age(path: &Path, age: Duration) {
+    fs::File::open(path).unwrap().set_modified(SystemTime::now() - age).unwrap();
+}
+
+/// Holds a lock on `path` in another process, as a running stigmer (of any
+/// build) or an unfinished write does: `flock -s|-x PATH sleep`, killed with
+/// its group on drop.
+struct Holder(std::process::Child, std::path::PathBuf);
+
+impl Holder {
+    fn new(path: &Path, shared: bool, wrapper: &[&str]) -> Holder {
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = std::process::Command::new(first);
+                c.args(rest).arg("flock");
+                c
+            }
+            None => std::process::Command::new("flock"),
+        };
+        let mode = if shared { "-s" } else { "-x" };
+        let ready = std::env::temp_dir().join(format!(
+            "stigmer-held-{}-{}",
+            std::process::id(),
+            path.file_name().unwrap().to_string_lossy()
+        ));
+        let _ = fs::remove_file(&ready);
+        let script = format!("touch {}; exec sleep 60", ready.display());
+        cmd.args([mode, "-n"]).arg(path).args(["sh", "-c", &script]);
+        use std::os::unix::process::CommandExt as _;
+        cmd.process_group(0);
+        let child = cmd.spawn().unwrap();
+        let holder = Holder(child, ready.clone());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !ready.exists() {
+            assert!(std::time::Instant::now() < deadline, "flock never took {path:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        holder
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let pgid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.0.wait();
+        let _ = fs::remove_file(&self.1);
+    }
+}
+
 #[test]
-fn prune_removes_what_this_build_does_not_carry() {
+fn prune_removes_only_what_no_stigmer_uses_and_nobody_used_for_a_week() {
+    require!(have("flock"), "needs flock(1) to hold a lock as another stigmer would");
     let env = TestEnv::new();
     ok(&env.run(Some("cache"), "probe", &["--quiet"]));
     let v1 = env.home.join("bin/v1");
-    let foreign = v1.join("0".repeat(64));
-    fs::create_dir(&foreign).unwrap();
-    fs::write(foreign.join("old-service"), "x").unwrap();
     let entry = probe_entry(&env);
-    let stale = entry.parent().unwrap().join(".tmp-stale");
-    let fresh = entry.parent().unwrap().join(format!(".tmp-{}-fresh", std::process::id()));
-    let orphan = entry.parent().unwrap().join(format!(".tmp-{}-orphan", dead_pid()));
-    for f in [&stale, &fresh, &orphan] {
+    // Three entries of other builds: one used a minute ago, one unused for
+    // eight days, one unused for eight days but held by a running stigmer.
+    let foreign = |name: &str| {
+        let dir = v1.join(name.repeat(64));
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("old-service"), "x").unwrap();
+        dir
+    };
+    let recent = foreign("1");
+    let old = foreign("2");
+    let held = foreign("3");
+    for dir in [&old, &held] {
+        age(dir, Duration::from_secs(8 * 24 * 3600));
+    }
+    let _running = Holder::new(&held, true, &[]);
+    // Temporary files of fills: two whose writer is gone (nobody holds
+    // them), one whose writer still writes (holds it).
+    let dir = entry.parent().unwrap();
+    let stale = dir.join(".tmp-stale");
+    let orphan = dir.join(format!(".tmp-{}-orphan", dead_pid()));
+    let writing = dir.join(".tmp-1-writing");
+    for f in [&stale, &orphan, &writing] {
         fs::write(f, "partial").unwrap();
     }
-    let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
-    fs::File::options().write(true).open(&stale).unwrap().set_modified(two_hours_ago).unwrap();
+    let _writer = Holder::new(&writing, false, &[]);
 
     let out = ok(&env.stigmer().args(["cache", "prune"]).output().unwrap());
-    assert!(out.contains(&format!("removed {}", foreign.display())), "{out}");
+    assert!(out.contains(&format!("removed {} (entry of a payload", old.display())), "{out}");
     assert!(out.contains(".tmp-stale") && out.contains("-orphan"), "{out}");
     assert!(out.ends_with("pruned 3 item(s)\n"), "{out}");
-    assert!(!foreign.exists() && !stale.exists() && !orphan.exists());
-    assert!(fresh.exists(), "a write whose process still runs is left alone");
+    assert!(!old.exists() && !stale.exists() && !orphan.exists());
+    assert!(out.contains("kept: a running stigmer uses it"), "{out}");
+    assert!(out.contains("kept: last used"), "{out}");
+    assert!(recent.join("old-service").exists(), "used recently: it ages out later");
+    assert!(held.join("old-service").exists(), "a running stigmer may exec it");
+    assert!(writing.exists(), "a write still going on is left alone");
     assert!(entry.exists(), "this build's entry is kept");
+}
+
+/// Locks cross namespaces where pids do not: an entry held by a stigmer in
+/// another user and pid namespace is never pruned, however old.
+#[test]
+fn prune_respects_a_stigmer_in_another_namespace() {
+    require!(
+        is_root() && have("unshare") && have("flock"),
+        "needs root, unshare and flock(1) to hold a lock from another namespace"
+    );
+    let env = TestEnv::new();
+    ok(&env.run(Some("cache"), "probe", &["--quiet"]));
+    let held = env.home.join("bin/v1").join("4".repeat(64));
+    fs::create_dir(&held).unwrap();
+    fs::write(held.join("old-service"), "x").unwrap();
+    age(&held, Duration::from_secs(30 * 24 * 3600));
+    let _other = Holder::new(
+        &held,
+        true,
+        &["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc"],
+    );
+    let out = ok(&env.stigmer().args(["cache", "prune"]).output().unwrap());
+    assert!(out.contains("kept: a running stigmer uses it"), "{out}");
+    assert!(held.join("old-service").exists());
 }
 
 /// The pid of a process that has exited.

@@ -306,6 +306,61 @@ fn pyinstaller_and_script_payloads_from_a_custom_folder() {
         "private TMPDIR left behind"
     );
 
+    // A private TMPDIR is never removed while its payload runs: not after
+    // its stigmer was killed, not by a stigmer in another pid namespace
+    // (pids do not cross namespaces: the payload holds a lock on it).
+    let child = {
+        use std::os::unix::process::CommandExt as _;
+        Command::new(&stigmer)
+            .args(["run", "pyapp", "sleep"])
+            .env("STIGMER_HOME", &env.home)
+            .stdout(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    };
+    let group = KillGroup(nix::unistd::Pid::from_raw(child.id() as i32), child);
+    let tmpdir = loop {
+        let unpacked = fs::read_dir(env.home.join("tmp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| fs::read_dir(p).is_ok_and(|mut d| d.next().is_some()));
+        if let Some(dir) = unpacked {
+            break dir;
+        }
+        assert!(std::time::Instant::now() < deadline, "pyapp never unpacked");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    nix::sys::signal::kill(group.0, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let prune = |wrapper: &[&str]| {
+        let mut cmd = Command::new(wrapper.first().copied().unwrap_or(stigmer.to_str().unwrap()));
+        if !wrapper.is_empty() {
+            cmd.args(&wrapper[1..]).arg(&stigmer);
+        }
+        ok(&cmd.args(["cache", "prune"]).env("STIGMER_HOME", &env.home).output().unwrap())
+    };
+    // Old enough that only the lock can keep it.
+    fs::File::open(&tmpdir)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(600))
+        .unwrap();
+    prune(&[]);
+    assert!(tmpdir.exists(), "removed while its payload runs, after its stigmer was killed");
+    if is_root() && have("unshare") {
+        prune(&["unshare", "--pid", "--fork", "--mount-proc"]);
+        assert!(tmpdir.exists(), "removed by a stigmer in another pid namespace");
+    }
+    // Once the payload is gone too, the next prune removes it.
+    drop(group);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while tmpdir.exists() {
+        assert!(std::time::Instant::now() < deadline, "never removed once unused");
+        prune(&[]);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // A read-only root, as in a locked-down container (bubblewrap): with a
     // tmpfs for STIGMER_HOME the PyInstaller payload runs; with no writable
     // place at all, the error names the payload and the volume to mount.
@@ -413,4 +468,15 @@ fn killing_stigmer_while_it_fills_the_cache_never_leaves_a_bad_entry() {
     let o =
         Command::new(&stigmer).args(["cache", "verify"]).env("STIGMER_HOME", &env.home).output();
     assert!(stdout(&o.unwrap()).ends_with("verified 1 entry, 0 bad\n"));
+}
+
+/// Kills a process group when dropped, and reaps its leader: nothing a test
+/// starts outlives it, even when it fails.
+struct KillGroup(nix::unistd::Pid, std::process::Child);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(self.0, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.1.wait();
+    }
 }

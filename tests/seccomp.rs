@@ -98,3 +98,44 @@ fn execveat_denied_runs_payloads_from_the_cache_with_one_warning() {
         assert_eq!(p["ok"], true, "{p}");
     }
 }
+
+/// A profile that refuses `fcntl(F_GET_SEALS)` (the memfd crate checks a
+/// new memfd with it) is a refusal like the others: a fallback, never a
+/// panic, in `stigmer run` and in `stigmer doctor`.
+#[test]
+fn get_seals_denied_falls_back_instead_of_crashing() {
+    use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
+    let get_seals = SeccompCondition::new(
+        1,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        nix::libc::F_GET_SEALS as u64,
+    )
+    .unwrap();
+    let filter = || -> BpfProgram {
+        let rule = SeccompRule::new(vec![get_seals.clone()]).unwrap();
+        let rules = [(nix::libc::SYS_fcntl, vec![rule])].into_iter().collect();
+        let arch = std::env::consts::ARCH.try_into().unwrap();
+        SeccompFilter::new(
+            rules,
+            SeccompAction::Allow,
+            SeccompAction::Errno(nix::libc::EPERM as u32),
+            arch,
+        )
+        .unwrap()
+        .try_into()
+        .unwrap()
+    };
+    let env = TestEnv::new();
+    let o = under(filter(), env.stigmer().args(["run", "probe"]));
+    ok(&o);
+    assert!(probe_field(&o, "exe").starts_with(env.home.to_str().unwrap()), "{}", stdout(&o));
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    assert_eq!(warnings(&o).len(), 1, "{}", stderr(&o));
+
+    let o = under(filter(), env.stigmer().args(["doctor", "--json"]));
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(report["memfd"]["exec"]["ok"], false, "{report}");
+}

@@ -351,7 +351,7 @@ fn the_demo_system_runs_and_stops_cleanly() {
     require!(std::net::TcpListener::bind("127.0.0.1:7234").is_ok(), "port 7234 is in use");
     let mut cmd = env.stigmer();
     cmd.arg("server");
-    let server = Server::spawn(cmd);
+    let server = Server::spawn(&mut cmd);
     // Run until each runner has done its work once.
     let wanted = [
         "stigmer-server  | listening on http://127.0.0.1:7234",

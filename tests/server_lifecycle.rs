@@ -319,7 +319,7 @@ fn a_panic_in_the_supervisor_kills_every_service_group_itself() {
         let mut cmd = env.stigmer();
         cmd.args(["--backend", backend, "server", "--config"]).arg(&path);
         cmd.env("STIGMER_TEST_PANIC", "1");
-        let mut server = Server::spawn(cmd);
+        let mut server = Server::spawn(&mut cmd);
         server.wait_stderr("all services running", 20);
         wait_processes(&m, 2, 10);
         let orphan_pid = wait_processes(&orphan(o), 1, 10)[0].0;

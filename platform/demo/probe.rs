@@ -134,6 +134,8 @@ fn report(args: &[String], envs: &[String]) {
         let id = fs::metadata("/proc/self/exe").or_else(|_| fs::metadata(env::current_exe().unwrap_or_default()));
         println!("exe-id: {}", id.map(|m| format!("{}:{}", m.dev(), m.ino())).unwrap_or_else(|e| format!("unknown ({e})")));
     }
+    let comm = fs::read_to_string("/proc/self/comm").map(|c| c.trim_end().to_owned());
+    println!("comm: {}", comm.unwrap_or_else(|e| format!("unknown ({e})")));
     println!("seals: {}", sys::seals());
     let write = fs::OpenOptions::new().write(true).open("/proc/self/exe");
     println!(

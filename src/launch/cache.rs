@@ -4,29 +4,54 @@
 //! Layout: `$STIGMER_HOME/bin/v1/<sha256>/<name>`. The `v1` is the layout's
 //! version: a new layout gets a new folder and never reads an old one.
 //!
-//! Every folder stigmer uses must be a real folder (not a symlink) owned by
-//! this user and not writable by group or others; otherwise it is refused,
-//! because someone else could swap an entry between its check and its exec.
+//! **Who can touch it.** `STIGMER_HOME` is made absolute once (its parent
+//! resolved with `realpath`). Every folder above it, up to `/`, must be
+//! owned by root or by this user and not writable by group or others,
+//! unless it is a sticky folder owned by root (`/tmp`): the rule OpenSSH
+//! applies to the folders above `authorized_keys`. Every folder stigmer uses
+//! below it must be a real folder (not a symlink) of this user that nobody
+//! else can write to. Anything else is refused before anything runs: a user
+//! who can rename a folder on the way could swap an entry between its check
+//! and its exec. These checks run before every launch, on every platform.
 //!
-//! An entry is written to a temporary file in its own folder, hashed while it
-//! is written, fsynced, made read-only (`0500`) and renamed into place: a new
-//! inode every time, never rewritten in place (macOS kills a signed binary
-//! rewritten in place). Before every launch the entry is opened without
-//! following links and checked: a regular file, ours, not writable by
-//! others, one link, the right size, the right sha256. An entry that fails is
-//! logged and atomically replaced, never executed. Many processes filling the
-//! same entry at once all succeed: the first rename wins and the others find
-//! a good entry.
+//! **What runs is what was hashed.** Before every launch (every spawn and
+//! every restart of a service too) the entry is opened without following
+//! links and checked: a regular file, ours, not writable by others, one
+//! link, the right size, the right sha256. On Linux that very descriptor is
+//! exec'd (`execveat`, see [`super::spawn`]), so no rename or swap of any
+//! path after the check changes what runs. On macOS (no exec by descriptor)
+//! the path is exec'd right after the check; the folder rules above keep
+//! other users from swapping it. A missing or bad entry is refilled from
+//! the embedded bytes, never executed.
+//!
+//! **Writes.** An entry is written to a temporary file in its own folder
+//! (locked by its writer while it writes), hashed while it is written,
+//! fsynced, made read-only (`0500`) and renamed into place: a new inode
+//! every time, never rewritten in place (macOS kills a signed binary
+//! rewritten in place). Many processes filling the same entry at once all
+//! succeed: the first rename wins and the others find a good entry.
+//!
+//! **Liveness is a lock, never a pid** (pids do not cross pid namespaces).
+//! A stigmer that may exec an entry holds a shared `flock` on the entry's
+//! folder for as long as it may (a server: its whole life); `cache prune`
+//! removes an entry of another build only when it can take that lock
+//! exclusively *and* the folder was last used more than [`UNUSED_FOR`] ago.
+//! A fill holds a lock on its temporary file; a PyInstaller payload's
+//! private `TMPDIR` is locked by the payload itself (the locked descriptor
+//! is inherited), so it is never removed while the payload runs, even after
+//! its stigmer was killed.
 
 use std::fs::{self, DirBuilder, File};
 use std::io::{self, Read as _, Write as _};
+use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::{
     DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
 };
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest as _, Sha256};
 use tempfile::TempDir;
 use tracing::{debug, warn};
@@ -37,20 +62,37 @@ use crate::{Digest, Error, Payload, Result};
 /// The version of the cache layout, part of every entry's path.
 const LAYOUT: &str = "v1";
 
-/// Temporary files older than this are left behind by a killed stigmer and
-/// can be removed, whatever process wrote them.
-const STALE_AFTER: Duration = Duration::from_secs(60 * 60);
+/// How long an entry of a payload this build does not carry must have gone
+/// unused (by any stigmer) before `stigmer cache prune` removes it.
+pub const UNUSED_FOR: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 /// How a temporary file in an entry's folder is named: this prefix, the
-/// writer's pid, `-`, random characters. A file whose writer is gone was
-/// left by a killed stigmer.
+/// writer's pid, `-`, random characters. Its writer holds a lock on it.
 const TEMP: &str = ".tmp-";
 
+/// Where a folder being removed goes first, so that no stigmer finds it
+/// half-removed under its real name.
+const TRASH: &str = ".trash-";
+
+/// How a private `TMPDIR` is named under `$STIGMER_HOME/tmp/`.
+const RUN: &str = "run-";
+
+/// A private `TMPDIR` that nobody holds a lock on is removed only once it is
+/// this old, so that one just made (not yet locked) is never taken.
+const TMPDIR_GRACE: Duration = Duration::from_secs(60);
+
 /// Writes and verifies cache entries under one root folder.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct CacheLauncher {
-    home: Result<PathBuf, ()>,
+    /// The absolute root, or why there is none.
+    home: std::result::Result<PathBuf, HomeError>,
     progress: Option<Arc<dyn FillProgress>>,
+}
+
+#[derive(Clone, Debug)]
+enum HomeError {
+    Missing,
+    Unresolved(PathBuf, Arc<io::Error>),
 }
 
 /// Told about cache fills as they go, to show progress: a first run on
@@ -68,28 +110,53 @@ pub trait FillTicker {
     fn advance(&mut self, bytes: u64);
 }
 
-/// A verified cache entry, ready to exec.
+/// A payload's cache entry, ready to be verified and exec'd any number of
+/// times: cloning it is cheap, and its folder stays locked (so no `cache
+/// prune` removes it) until the last clone is dropped.
 #[derive(Clone, Debug)]
-pub(crate) struct Entry {
-    pub(crate) path: PathBuf,
+pub(crate) struct Entry(Arc<EntryInner>);
+
+#[derive(Debug)]
+struct EntryInner {
+    cache: CacheLauncher,
+    payload: Payload,
+    dir: PathBuf,
+    path: PathBuf,
+    /// A shared lock on `dir`: this stigmer may exec the entry.
+    lock: Flock<File>,
     /// A private, exec-capable `TMPDIR` for payloads that unpack themselves
-    /// (PyInstaller), removed when the last [`Prepared`](crate::Prepared)
-    /// using it is dropped.
-    pub(crate) tmpdir: Option<Arc<TempDir>>,
+    /// (PyInstaller), removed when the entry is dropped.
+    tmpdir: Option<PrivateTmp>,
+}
+
+/// A private temporary folder, locked for as long as a payload may use it.
+#[derive(Debug)]
+pub(crate) struct PrivateTmp {
+    // Declared first, so it is removed before the lock goes.
+    dir: TempDir,
+    lock: Flock<File>,
 }
 
 /// What checking an entry found.
 enum Check {
-    Good,
+    Good(File),
     Missing,
     Bad(String),
 }
 
 impl CacheLauncher {
-    /// A cache rooted at `home` (see [`crate::env::home`]). `None` means no
-    /// home could be found; the error comes when the cache is first used.
+    /// A cache rooted at `home` (see [`crate::env::home`]), made absolute
+    /// now, once: a relative path is taken from the current folder, and
+    /// the folder that holds `home` is resolved with `realpath`, so no later
+    /// change of folder or of a symlink on the way changes which files run.
+    /// `None` means no home could be found; the error comes when the cache
+    /// is first used.
     pub fn new(home: Option<PathBuf>) -> CacheLauncher {
-        CacheLauncher { home: home.ok_or(()), progress: None }
+        let home = match home {
+            None => Err(HomeError::Missing),
+            Some(path) => resolve_home(&path).map_err(|e| HomeError::Unresolved(path, Arc::new(e))),
+        };
+        CacheLauncher { home, progress: None }
     }
 
     /// Reports every fill to `progress`.
@@ -98,16 +165,26 @@ impl CacheLauncher {
         self
     }
 
-    /// The cache root.
+    /// The cache root, absolute.
     pub fn home(&self) -> Result<&Path> {
-        self.home.as_deref().map_err(|()| Error::NoHome)
+        match &self.home {
+            Ok(home) => Ok(home),
+            Err(HomeError::Missing) => Err(Error::NoHome),
+            Err(HomeError::Unresolved(path, e)) => Err(Error::Cache {
+                op: "resolve the cache folder",
+                path: path.clone(),
+                source: io::Error::new(e.kind(), e.to_string()),
+            }),
+        }
     }
 
     /// The folder that holds this layout's entries, created private if it is
-    /// missing and refused if it cannot be trusted.
+    /// missing and refused if it, or any folder above it, cannot be trusted.
     pub fn bin_dir(&self) -> Result<PathBuf> {
         let home = self.home()?;
+        trusted_ancestors(home)?;
         private_dir(home, true)?;
+        trusted_ancestors(home)?;
         let bin = home.join("bin");
         private_dir(&bin, false)?;
         let layout = bin.join(LAYOUT);
@@ -115,50 +192,200 @@ impl CacheLauncher {
         Ok(layout)
     }
 
-    /// Makes sure a good entry for `payload` exists, and returns it.
+    /// Makes sure a good entry for `payload` exists, locks its folder for as
+    /// long as the returned [`Entry`] lives, and returns it.
     pub(crate) fn entry(&self, payload: &Payload) -> Result<Entry> {
         let dir = self.bin_dir()?.join(payload.sha256().to_string());
-        private_dir(&dir, false)?;
+        let lock = lock_entry_dir(&dir)?;
+        let tmpdir = match payload.kind().needs_real_path() {
+            true => Some(self.tmpdir()?),
+            false => None,
+        };
         let path = dir.join(payload.name());
+        let entry = Entry(Arc::new(EntryInner {
+            cache: self.clone(),
+            payload: payload.clone(),
+            dir,
+            path,
+            lock,
+            tmpdir,
+        }));
+        // Fill it now, so that a first launch fails early and plainly.
+        drop(entry.open()?);
+        Ok(entry)
+    }
+
+    /// A new private temporary folder under `$STIGMER_HOME/tmp/`, locked
+    /// by this process (and by the payload that inherits the lock). Folders
+    /// that nobody holds are removed first.
+    fn tmpdir(&self) -> Result<PrivateTmp> {
+        let tmp = self.home()?.join("tmp");
+        private_dir(&tmp, false)?;
+        remove_unlocked_tmpdirs(&tmp);
+        let err = |source| Error::Cache { op: "create a folder in", path: tmp.clone(), source };
+        let dir = tempfile::Builder::new().prefix(RUN).tempdir_in(&tmp).map_err(err)?;
+        let file = open_dir(dir.path()).map_err(err)?;
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| err(io::Error::from(e)))?;
+        Ok(PrivateTmp { dir, lock })
+    }
+}
+
+impl Entry {
+    /// The entry's path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.0.path
+    }
+
+    /// The private `TMPDIR`, for payloads that need one.
+    pub(crate) fn tmpdir(&self) -> Option<&Path> {
+        self.0.tmpdir.as_ref().map(|t| t.dir.path())
+    }
+
+    /// The descriptors the payload keeps open: the locks on its private
+    /// `TMPDIR` and on its entry's folder, so that neither is removed while
+    /// it runs, even if its stigmer is gone. None for other payloads.
+    pub(crate) fn inherited(&self) -> Vec<std::os::fd::RawFd> {
+        match &self.0.tmpdir {
+            Some(tmp) => vec![tmp.lock.as_raw_fd(), self.0.lock.as_raw_fd()],
+            None => Vec::new(),
+        }
+    }
+
+    /// Opens the entry, checked now: the folders on the way are trusted, and
+    /// the file is a regular file of ours, read-only to others, with one
+    /// link, the right size and the right sha256. A missing or bad entry is
+    /// replaced from the embedded bytes first, never returned. Exec the
+    /// returned descriptor (Linux), or the path while nothing else happens
+    /// (macOS).
+    pub(crate) fn open(&self) -> Result<File> {
+        let inner = &*self.0;
+        let payload = &inner.payload;
+        // The folders above, and the entry's folder itself, again: this runs
+        // before every launch, long after the entry was first made.
+        inner.cache.bin_dir()?;
+        private_dir(&inner.dir, false)?;
         // Three rounds: a concurrent writer can win a rename between our
         // check and ours, after which its entry is checked like any other.
         for _ in 0..3 {
-            let replace = match check(&path, payload.len(), payload.sha256()) {
-                Check::Good => {
-                    let tmpdir = match payload.kind().needs_real_path() {
-                        true => Some(Arc::new(self.tmpdir()?)),
-                        false => None,
-                    };
-                    return Ok(Entry { path, tmpdir });
-                }
+            let replace = match check(&inner.path, payload.len(), payload.sha256()) {
+                Check::Good(file) => return Ok(file),
                 Check::Missing => false,
                 Check::Bad(why) => {
-                    warn!("cache entry {} {why}: replacing it", path.display());
+                    warn!("cache entry {} {why}: replacing it", inner.path.display());
                     true
                 }
             };
-            remove_orphan_temps(&dir);
-            let ticker = self.progress.as_ref().map(|p| p.start(payload.name(), payload.len()));
-            write_entry(&dir, &path, payload, replace, ticker)?;
+            remove_unlocked_temps(&inner.dir);
+            let ticker =
+                inner.cache.progress.as_ref().map(|p| p.start(payload.name(), payload.len()));
+            write_entry(&inner.dir, &inner.path, payload, replace, ticker)?;
         }
         Err(Error::Cache {
             op: "settle the cache entry",
-            path,
+            path: inner.path.clone(),
             source: io::Error::other("it kept changing while stigmer wrote it"),
         })
     }
+}
 
-    /// A new private temporary folder under `$STIGMER_HOME/tmp/`, named after
-    /// this process. Folders of processes that are gone are removed first.
-    fn tmpdir(&self) -> Result<TempDir> {
-        let tmp = self.home()?.join("tmp");
-        private_dir(&tmp, false)?;
-        remove_orphan_tmpdirs(&tmp);
-        tempfile::Builder::new()
-            .prefix(&format!("{}-", std::process::id()))
-            .tempdir_in(&tmp)
-            .map_err(|source| Error::Cache { op: "create a folder in", path: tmp, source })
+/// `path` made absolute: taken from the current folder if relative, and
+/// with the folder that holds it resolved by `realpath` (the last part is
+/// kept as written, so that a symlink there is seen and refused).
+fn resolve_home(path: &Path) -> io::Result<PathBuf> {
+    let absolute = std::path::absolute(path)?;
+    let (parent, name) = match (absolute.parent(), absolute.components().next_back()) {
+        (Some(parent), Some(Component::Normal(name))) => (parent, name),
+        // "/", or a path ending in ".." or ".": it must exist.
+        _ => return fs::canonicalize(&absolute),
+    };
+    // The parent may not exist yet: resolve what does, keep the rest.
+    let mut existing = parent;
+    let mut rest = Vec::new();
+    let resolved = loop {
+        match fs::canonicalize(existing) {
+            Ok(resolved) => break resolved,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                match (existing.parent(), existing.file_name()) {
+                    (Some(up), Some(last)) => {
+                        rest.push(last);
+                        existing = up;
+                    }
+                    _ => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let mut out = resolved;
+    for part in rest.into_iter().rev() {
+        if part == ".." {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "it goes up (\"..\") through a folder that does not exist",
+            ));
+        }
+        out.push(part);
     }
+    out.push(name);
+    Ok(out)
+}
+
+/// Refuses `home` unless every folder above it that exists, up to `/`, is
+/// owned by root or by this user and not writable by group or others (a
+/// sticky folder owned by root, such as `/tmp`, may be): otherwise someone
+/// else could rename the cache away and put their own in its place.
+pub(crate) fn trusted_ancestors(home: &Path) -> Result<()> {
+    let uid = nix::unistd::geteuid().as_raw();
+    let mut above: Vec<&Path> = home.ancestors().skip(1).collect();
+    above.reverse();
+    for dir in above {
+        let meta = match fs::symlink_metadata(dir) {
+            Ok(m) => m,
+            // The rest will be created by stigmer, private.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(Error::Cache {
+                    op: "read the folder above the cache",
+                    path: dir.to_owned(),
+                    source,
+                });
+            }
+        };
+        let refuse = |reason: String, fix: String| Error::UntrustedCache {
+            path: dir.to_owned(),
+            reason: format!("{reason}, above the cache"),
+            fix,
+        };
+        let elsewhere =
+            "or set STIGMER_HOME to a folder whose parents only you and root can change";
+        if meta.file_type().is_symlink() {
+            return Err(refuse(
+                "it is a symlink (it was resolved when stigmer started: someone replaced it)"
+                    .into(),
+                format!("find out who did, {elsewhere}"),
+            ));
+        }
+        if !meta.is_dir() {
+            return Err(refuse("it is not a folder".into(), format!("remove it, {elsewhere}")));
+        }
+        if meta.uid() != 0 && meta.uid() != uid {
+            return Err(refuse(
+                format!("it belongs to uid {}, who could swap everything below it", meta.uid()),
+                format!(
+                    "set STIGMER_HOME to a folder whose parents belong to you or root ({elsewhere})"
+                ),
+            ));
+        }
+        let sticky_root = meta.uid() == 0 && meta.mode() & 0o1000 != 0;
+        if meta.mode() & 0o022 != 0 && !sticky_root {
+            return Err(refuse(
+                format!("it is writable by group or others (mode {:o})", meta.mode() & 0o7777),
+                format!("run \"chmod go-w {}\", {elsewhere}", dir.display()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Creates `dir` with mode 0700 if it is missing, then refuses it unless it
@@ -216,8 +443,43 @@ pub(crate) fn trusted_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Opens a folder itself (for a lock or a timestamp), never through a link.
+fn open_dir(dir: &Path) -> io::Result<File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+        .open(dir)
+}
+
+/// Creates (private) and share-locks an entry's folder, and marks it used
+/// now. If the folder was removed between our open and our lock (a prune
+/// holding it exclusively), the new one is locked instead.
+fn lock_entry_dir(dir: &Path) -> Result<Flock<File>> {
+    let err = |op, source| Error::Cache { op, path: dir.to_owned(), source };
+    for _ in 0..3 {
+        private_dir(dir, false)?;
+        let file = open_dir(dir).map_err(|e| err("open the cache folder", e))?;
+        let lock = Flock::lock(file, FlockArg::LockShared)
+            .map_err(|(_, e)| err("lock the cache folder", e.into()))?;
+        let held = lock.metadata().map_err(|e| err("read the cache folder", e))?;
+        match fs::symlink_metadata(dir) {
+            Ok(now) if (now.dev(), now.ino()) == (held.dev(), held.ino()) => {
+                let now = nix::sys::time::TimeSpec::UTIME_NOW;
+                // The last use, which `cache prune` ages entries by.
+                if let Err(e) = nix::sys::stat::futimens(&*lock, &now, &now) {
+                    debug!("cannot mark {} used: {e}", dir.display());
+                }
+                return Ok(lock);
+            }
+            _ => continue,
+        }
+    }
+    Err(err("lock the cache folder", io::Error::other("it kept being removed")))
+}
+
 /// Checks the entry at `path` the way it will be trusted: opened without
-/// following a link, then its owner, mode, link count, size and sha256.
+/// following a link, then its owner, mode, link count, size and sha256,
+/// all read through the one descriptor that is returned.
 fn check(path: &Path, len: u64, sha256: Digest) -> Check {
     let file =
         match fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(path) {
@@ -248,31 +510,37 @@ fn check(path: &Path, len: u64, sha256: Digest) -> Check {
     if meta.len() != len {
         return Check::Bad(format!("has {} bytes, not {len}", meta.len()));
     }
-    match hash_file(file) {
-        Ok(actual) if actual == sha256 => Check::Good,
+    match hash_file(&file) {
+        Ok(actual) if actual == sha256 => Check::Good(file),
         Ok(actual) => Check::Bad(format!("is corrupt (sha256 {actual}, expected {sha256})")),
         Err(e) => Check::Bad(format!("cannot be read ({e})")),
     }
 }
 
-/// The sha256 of a file, reading each byte once.
-pub(crate) fn hash_file(mut file: File) -> io::Result<Digest> {
+/// The sha256 of a file, reading each byte once from its start.
+pub(crate) fn hash_file(file: &File) -> io::Result<Digest> {
+    use std::os::unix::fs::FileExt as _;
     let mut hasher = Sha256::new();
     let mut buf = AlignedBuf::new(super::IO_BUF);
     let buf = buf.all();
+    let mut offset = 0;
     loop {
-        match file.read(buf) {
+        match file.read_at(buf, offset) {
             Ok(0) => return Ok(Digest(hasher.finalize().into())),
-            Ok(n) => hasher.update(&buf[..n]),
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                offset += n as u64;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
 }
 
-/// Writes the payload to a temporary file beside `path`, checking its hash
-/// as it goes, and renames it into place: over a bad entry when `replace`,
-/// otherwise only if no entry appeared meanwhile.
+/// Writes the payload to a temporary file beside `path` (locked while it
+/// is written), checking its hash as it goes, and renames it into place:
+/// over a bad entry when `replace`, otherwise only if no entry appeared
+/// meanwhile.
 fn write_entry(
     dir: &Path,
     path: &Path,
@@ -285,6 +553,11 @@ fn write_entry(
         .prefix(&format!("{TEMP}{}-", std::process::id()))
         .tempfile_in(dir)
         .map_err(|e| cache_err("create a file in", e))?;
+    // Held until the rename: a cleaner that can take it knows the writer is
+    // gone. (Another descriptor of the same file: the lock is on the file.)
+    let held = tmp.reopen().map_err(|e| cache_err("create a file in", e))?;
+    let _lock = Flock::lock(held, FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| cache_err("lock a file in", e.into()))?;
     let mut hasher = Sha256::new();
     let decode_err = |source| Error::Decode { name: payload.name().to_owned(), source };
     let mut bytes = payload.decode(payload.data()).map_err(decode_err)?;
@@ -325,44 +598,60 @@ fn write_entry(
         }
         // Another stigmer won the race; its entry is checked next round.
         Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        // A cleaner took our file before we locked it: go round again.
+        Err(e) if e.error.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(cache_err("rename a file in", e.error)),
     }
 }
 
-/// Removes the private temporary folders of processes that no longer run.
-fn remove_orphan_tmpdirs(tmp: &Path) {
-    let Ok(entries) = fs::read_dir(tmp) else { return };
-    for entry in entries.flatten() {
-        if owner_gone(&entry.file_name(), "") && fs::remove_dir_all(entry.path()).is_ok() {
-            debug!("removed {} (its process is gone)", entry.path().display());
-        }
-    }
+/// Whether nobody holds a lock on `path` (a file or folder): its writer or
+/// user is gone. A path that cannot be opened is not ours to judge.
+fn unlocked(path: &Path) -> bool {
+    let Ok(file) = fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(path)
+    else {
+        return false;
+    };
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).is_ok()
 }
 
-/// Removes the temporary files in an entry's folder whose writer no longer
-/// runs: what a stigmer killed while it filled the cache leaves behind.
-fn remove_orphan_temps(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        if owner_gone(&entry.file_name(), TEMP) && fs::remove_file(entry.path()).is_ok() {
-            debug!("removed {} (left by a stigmer that was killed)", entry.path().display());
-        }
-    }
+fn older_than(meta: &fs::Metadata, age: Duration) -> bool {
+    meta.modified()
+        .is_ok_and(|t| SystemTime::now().duration_since(t).is_ok_and(|elapsed| elapsed > age))
 }
 
-/// Whether `name` is `{prefix}{pid}-...` and that process is gone.
-fn owner_gone(name: &std::ffi::OsStr, prefix: &str) -> bool {
-    let pid = name
-        .to_str()
-        .and_then(|n| n.strip_prefix(prefix))
-        .and_then(|n| n.split_once('-'))
-        .and_then(|(p, _)| p.parse::<i32>().ok());
-    pid.is_some_and(|pid| {
-        matches!(
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
-            Err(nix::errno::Errno::ESRCH)
-        )
-    })
+/// Removes the private temporary folders that no running payload or
+/// stigmer holds. Returns what it removed.
+fn remove_unlocked_tmpdirs(tmp: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir(tmp) else { return removed };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+        if !meta.is_dir() || !older_than(&meta, TMPDIR_GRACE) || !unlocked(&path) {
+            continue;
+        }
+        if fs::remove_dir_all(&path).is_ok() {
+            debug!("removed {} (nothing uses it)", path.display());
+            removed.push(path);
+        }
+    }
+    removed
+}
+
+/// Removes the temporary files in an entry's folder that no writer holds:
+/// what a stigmer killed while it filled the cache leaves behind.
+fn remove_unlocked_temps(dir: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else { return removed };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_temp = entry.file_name().to_str().is_some_and(|n| n.starts_with(TEMP));
+        if is_temp && unlocked(&path) && fs::remove_file(&path).is_ok() {
+            debug!("removed {} (left by a stigmer that was killed)", path.display());
+            removed.push(path);
+        }
+    }
+    removed
 }
 
 /// What [`prune`] and [`verify`] did to one path.
@@ -374,56 +663,120 @@ pub struct Finding {
     pub what: String,
 }
 
-/// Removes what the cache holds that this build does not need: entries of
-/// payloads it does not carry, temporary files left by a killed stigmer, and
-/// private temporary folders of processes that are gone.
-pub fn prune(cache: &CacheLauncher, keep: &[&Payload]) -> Result<Vec<Finding>> {
-    let mut removed = Vec::new();
+/// Removes what the cache holds that no stigmer needs, and lists what it
+/// kept and why:
+///
+/// - an entry of a payload this build does not carry, once no running
+///   stigmer (of any build, in any namespace) holds its folder and nobody
+///   used it for [`UNUSED_FOR`];
+/// - temporary files of fills whose writer is gone (nobody holds them);
+/// - private temporary folders that no payload holds.
+///
+/// Returns `(removed, kept)`.
+pub fn prune(cache: &CacheLauncher, keep: &[&Payload]) -> Result<(Vec<Finding>, Vec<Finding>)> {
+    let (mut removed, mut kept) = (Vec::new(), Vec::new());
     let home = cache.home()?;
     if !home.exists() {
-        return Ok(removed);
+        return Ok((removed, kept));
     }
     let bin = cache.bin_dir()?;
     for dir in read_dir(&bin)? {
         let name = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        let kept: Vec<&str> =
-            keep.iter().filter(|p| p.sha256().to_string() == name).map(|p| p.name()).collect();
-        if kept.is_empty() {
-            remove(&dir)?;
-            removed.push(Finding {
-                path: dir,
-                what: "entry of a payload this build does not carry".into(),
-            });
+        if name.starts_with(TRASH) {
+            // A prune was killed while it removed this.
+            if unlocked(&dir) {
+                remove(&dir)?;
+                removed.push(Finding { path: dir, what: "left by an interrupted prune".into() });
+            }
             continue;
         }
-        for file in read_dir(&dir)? {
-            let fname = file.file_name().unwrap_or_default().to_string_lossy().into_owned();
-            let stale = fname.starts_with(TEMP)
-                && (owner_gone(file.file_name().unwrap_or_default(), TEMP)
-                    || fs::symlink_metadata(&file).and_then(|m| m.modified()).is_ok_and(|t| {
-                        SystemTime::now().duration_since(t).unwrap_or_default() > STALE_AFTER
-                    }));
-            if stale {
-                remove(&file)?;
-                removed.push(Finding {
-                    path: file,
-                    what: "temporary file left by an interrupted write".into(),
-                });
-            } else if !fname.starts_with(TEMP) && !kept.contains(&fname.as_str()) {
-                remove(&file)?;
-                removed.push(Finding {
-                    path: file,
-                    what: "entry of a payload this build does not carry".into(),
+        if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            remove(&dir)?;
+            removed.push(Finding { path: dir, what: "not an entry folder".into() });
+            continue;
+        }
+        for path in remove_unlocked_temps(&dir) {
+            removed
+                .push(Finding { path, what: "temporary file left by an interrupted write".into() });
+        }
+        let carried: Vec<&str> =
+            keep.iter().filter(|p| p.sha256().to_string() == name).map(|p| p.name()).collect();
+        let foreign: Vec<PathBuf> = read_dir(&dir)?
+            .into_iter()
+            .filter(|f| {
+                let n = f.file_name().unwrap_or_default().to_string_lossy();
+                !n.starts_with(TEMP) && !carried.contains(&n.as_ref())
+            })
+            .collect();
+        if foreign.is_empty() {
+            continue;
+        }
+        let whole = carried.is_empty();
+        let what = "entry of a payload this build does not carry";
+        // Taken exclusively, or some stigmer may still exec it.
+        let Ok(lock) = open_dir(&dir).map(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock))
+        else {
+            continue;
+        };
+        let Ok(lock) = lock else {
+            for path in foreign {
+                kept.push(Finding {
+                    path,
+                    what: format!("{what}, kept: a running stigmer uses it"),
                 });
             }
+            continue;
+        };
+        let meta = lock.metadata().map_err(|source| Error::Cache {
+            op: "read the cache folder",
+            path: dir.clone(),
+            source,
+        })?;
+        if !older_than(&meta, UNUSED_FOR) {
+            let used = meta
+                .modified()
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .map(|d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string())
+                .unwrap_or_else(|| "just now".into());
+            for path in foreign {
+                kept.push(Finding {
+                    path,
+                    what: format!(
+                        "{what}, kept: last used {used} ago; removed once unused for {}",
+                        humantime::format_duration(UNUSED_FOR)
+                    ),
+                });
+            }
+            continue;
         }
+        if whole {
+            // Out of the way first, under the lock: a stigmer that locks
+            // the name next finds a new folder, never a half-removed one.
+            let trash = bin.join(format!("{TRASH}{name}-{}", std::process::id()));
+            fs::rename(&dir, &trash).map_err(|source| Error::Cache {
+                op: "remove",
+                path: dir.clone(),
+                source,
+            })?;
+            remove(&trash)?;
+            removed.push(Finding { path: dir, what: what.into() });
+        } else {
+            for path in foreign {
+                remove(&path)?;
+                removed.push(Finding { path, what: what.into() });
+            }
+        }
+        drop(lock);
     }
     let tmp = home.join("tmp");
     if tmp.is_dir() {
         private_dir(&tmp, false)?;
-        remove_orphan_tmpdirs(&tmp);
+        for path in remove_unlocked_tmpdirs(&tmp) {
+            removed.push(Finding { path, what: "private TMPDIR that nothing uses".into() });
+        }
     }
-    Ok(removed)
+    Ok((removed, kept))
 }
 
 /// Re-hashes every entry in the cache against the sha256 that names its
@@ -437,6 +790,9 @@ pub fn verify(cache: &CacheLauncher) -> Result<Vec<(Finding, bool)>> {
     for dir in read_dir(&cache.bin_dir()?)? {
         let expected =
             dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<Digest>().ok());
+        if dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with(TRASH)) {
+            continue;
+        }
         for file in read_dir(&dir)? {
             if file.file_name().is_some_and(|n| n.to_string_lossy().starts_with(TEMP)) {
                 continue;
@@ -449,7 +805,7 @@ pub fn verify(cache: &CacheLauncher) -> Result<Vec<(Finding, bool)>> {
                 }
             };
             let (what, good) = match verdict {
-                Check::Good => ("ok".to_owned(), true),
+                Check::Good(_) => ("ok".to_owned(), true),
                 Check::Missing => continue,
                 Check::Bad(why) => {
                     remove(&file)?;

@@ -14,7 +14,7 @@
 use std::io;
 use std::os::fd::AsFd as _;
 use std::os::unix::process::CommandExt as _;
-use std::process::{Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus};
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill};
 use nix::unistd::Pid;
@@ -33,16 +33,19 @@ const FORWARDED: [Signal; 8] = [
     Signal::SIGCONT,
 ];
 
-/// Spawns `cmd`, forwards signals to it until it exits, and returns its
-/// status. Call it from a single-threaded process: the signal mask it sets
-/// is the calling thread's.
-pub(crate) fn run(cmd: &mut Command) -> io::Result<ExitStatus> {
+/// Spawns `cmd` with `spawn`, forwards signals to it until it exits, and
+/// returns its status. Call it from a single-threaded process: the signal
+/// mask it sets is the calling thread's.
+pub(crate) fn run(
+    cmd: &mut Command,
+    spawn: impl FnOnce(&mut Command) -> crate::Result<Child>,
+) -> crate::Result<ExitStatus> {
     let mut set = SigSet::empty();
     for sig in FORWARDED {
         set.add(sig);
     }
     set.add(Signal::SIGCHLD);
-    let old = set.thread_swap_mask(SigmaskHow::SIG_BLOCK)?;
+    let old = set.thread_swap_mask(SigmaskHow::SIG_BLOCK).map_err(io_err)?;
     // SAFETY: runs in the child between fork and exec; pthread_sigmask(3) is
     // async-signal-safe, and `old` is a plain value copied into the closure,
     // so nothing is allocated or locked.
@@ -50,13 +53,16 @@ pub(crate) fn run(cmd: &mut Command) -> io::Result<ExitStatus> {
     unsafe {
         cmd.pre_exec(move || old.thread_set_mask().map_err(io::Error::from));
     }
-    let result = wait_forwarding(cmd, &set);
-    old.thread_set_mask()?;
+    let result = spawn(cmd).and_then(|child| wait_forwarding(child, &set).map_err(io_err));
+    old.thread_set_mask().map_err(io_err)?;
     result
 }
 
-fn wait_forwarding(cmd: &mut Command, set: &SigSet) -> io::Result<ExitStatus> {
-    let mut child = cmd.spawn()?;
+fn io_err(e: impl Into<io::Error>) -> crate::Error {
+    crate::Error::Exec { name: "stigmer run".into(), source: e.into() }
+}
+
+fn wait_forwarding(mut child: Child, set: &SigSet) -> io::Result<ExitStatus> {
     let pid = Pid::from_raw(child.id() as i32);
     loop {
         if let Some(status) = child.try_wait()? {

@@ -8,9 +8,9 @@
 //! `F_SEAL_EXEC` where the kernel knows it and `F_SEAL_SHRINK | F_SEAL_GROW |
 //! F_SEAL_WRITE | F_SEAL_SEAL`. Nothing touches a file system.
 //!
-//! Exec in place is `execveat(fd, "", argv, envp, AT_EMPTY_PATH)`. A spawned
-//! child execs `/proc/self/fd/N`: the child resolves that path before its
-//! close-on-exec descriptors close, so the payload inherits no memfd.
+//! Exec, in place or in a spawned child, is `execveat(fd, "", argv, envp,
+//! AT_EMPTY_PATH)` on the close-on-exec memfd (see [`super::spawn`]), so the
+//! payload inherits no memfd and its process name is `memfd:NAME`.
 //!
 //! A `#!` script is the exception: its interpreter opens `/dev/fd/N` after
 //! the exec, so that one descriptor is made inheritable in the child (and
@@ -50,11 +50,9 @@ mod frames;
 /// The memfds live in one table for the whole process, keyed by sha256, and
 /// are never closed: every spawn and restart of a payload, from every
 /// launcher, shares one copy, and a [`Command`] naming `/proc/self/fd/N` can
-/// never reach a closed or reused descriptor. So that command needs no
-/// closure to keep its memfd open, and std starts it with `posix_spawn`
-/// (a vfork), whose cost does not grow with the launcher's memory; a fork
-/// copies the page tables (measured: 0.5 ms from a small process, 10 ms
-/// from one with 270 MB resident).
+/// never reach a closed or reused descriptor. A spawn forks (the exec by
+/// descriptor is a `pre_exec` step), which copies the page tables: measured
+/// 0.5 ms from a small process, 10 ms from one with 270 MB resident.
 #[derive(Debug, Default)]
 pub struct MemfdLauncher {
     _private: (),
@@ -115,7 +113,12 @@ fn memfd_create(name: &str) -> io::Result<Memfd> {
         Err(rustix::io::Errno::INVAL) => rustix::fs::memfd_create(name, flags),
         other => other,
     }?;
-    Ok(Memfd::try_from_fd(fd).expect("memfd_create returns a memfd"))
+    // The memfd crate checks the descriptor with F_GET_SEALS, which a
+    // seccomp profile may refuse: that is a refusal like any other.
+    Memfd::try_from_fd(fd).map_err(|fd| match rustix::fs::fcntl_get_seals(&fd) {
+        Err(e) => io::Error::from(e),
+        Ok(_) => io::Error::other("memfd_create gave a descriptor that is not a memfd"),
+    })
 }
 
 /// Runs this process's own executable from a sealed memfd made exactly as a
@@ -157,12 +160,8 @@ pub(crate) fn run_self_sealed(env: &str) -> io::Result<()> {
         .map(|(k, v)| c_string([k.as_bytes(), b"=", v.as_bytes()].concat()))
         .chain(std::iter::once(c_string(format!("{env}=1").into_bytes())))
         .collect::<io::Result<Vec<_>>>()?;
-    let argv_ptrs: Vec<*const nix::libc::c_char> =
-        argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-    let envp_ptrs: Vec<*const nix::libc::c_char> =
-        envp.iter().map(|e| e.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let (argv_ptrs, envp_ptrs) = (super::spawn::Ptrs::new(&argv), super::spawn::Ptrs::new(&envp));
     let raw = fd.as_raw_fd();
-    let (argv_ptrs, envp_ptrs) = (SendPtrs(argv_ptrs), SendPtrs(envp_ptrs));
     let mut cmd = probe();
     // SAFETY: the closure runs in the child between fork and exec and makes
     // one raw execveat(2) system call, which is async-signal-safe, on
@@ -186,24 +185,6 @@ pub(crate) fn run_self_sealed(env: &str) -> io::Result<()> {
     check("execveat", cmd.status())?;
     check(&format!("exec {path}"), probe().status())
 }
-
-/// Pointer arrays for a `pre_exec` closure, which must be `Send + Sync`;
-/// they point into strings the spawning thread keeps alive.
-struct SendPtrs(Vec<*const nix::libc::c_char>);
-
-impl SendPtrs {
-    /// The array, for a C call. A method, so that a closure captures the
-    /// whole wrapper rather than its field.
-    fn as_ptr(&self) -> *const *const nix::libc::c_char {
-        self.0.as_ptr()
-    }
-}
-
-// SAFETY: the pointers are only read, in the forked child, while the
-// strings they point to are alive in the parent's (copied) memory.
-unsafe impl Send for SendPtrs {}
-// SAFETY: as above; nothing writes through them.
-unsafe impl Sync for SendPtrs {}
 
 fn fill(memfd: Memfd, payload: &Payload) -> Result<Memfd> {
     let file = memfd.as_file();
@@ -382,7 +363,8 @@ fn try_seal(memfd: &Memfd) -> io::Result<()> {
 }
 
 impl Image {
-    /// A command that runs the payload from its memfd.
+    /// A command naming the payload's memfd by path; [`Image::spawn`] runs
+    /// it from the descriptor itself.
     pub(crate) fn command(&self, name: &str) -> Command {
         let mut cmd = Command::new(format!("/proc/self/fd/{}", self.fd.as_raw_fd()));
         cmd.arg0(name);
@@ -401,6 +383,14 @@ impl Image {
         cmd
     }
 
+    /// Spawns `cmd` (see [`super::spawn::spawn_fd`]) from the memfd. A `#!`
+    /// script's interpreter reads it through `/dev/fd/N`, so its memfd (and
+    /// only its) is made inheritable, in the child.
+    pub(crate) fn spawn(&self, cmd: &mut Command, name: &str) -> io::Result<std::process::Child> {
+        let inherit: &[std::os::fd::RawFd] = if self.script { &[self.fd.as_raw_fd()] } else { &[] };
+        super::spawn::spawn_fd(cmd, self.fd.as_fd(), name, inherit)
+    }
+
     /// Replaces this process with the payload, with `argv[0]` set to
     /// `name`, then `args`, and this process's environment. Returns only on
     /// failure.
@@ -409,34 +399,12 @@ impl Image {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let argv = std::iter::once(OsStr::new(name).as_bytes().to_vec())
-            .chain(args.into_iter().map(|a| a.as_ref().as_bytes().to_vec()))
-            .map(c_string)
-            .collect::<io::Result<Vec<_>>>();
-        let envp = std::env::vars_os()
-            .map(|(k, v)| c_string([k.as_bytes(), b"=", v.as_bytes()].concat()))
-            .collect::<io::Result<Vec<_>>>();
-        match (argv, envp) {
-            (Ok(argv), Ok(envp)) => self.execveat(&argv, &envp),
-            (Err(e), _) | (_, Err(e)) => e,
-        }
-    }
-
-    fn execveat(&self, argv: &[CString], envp: &[CString]) -> io::Error {
-        if self.script {
-            if let Err(e) = rustix::io::fcntl_setfd(self.fd.as_fd(), rustix::io::FdFlags::empty()) {
-                return e.into();
-            }
-        }
-        let err = nix::unistd::execveat(
-            self.fd.as_fd(),
-            c"",
-            argv,
-            envp,
-            nix::fcntl::AtFlags::AT_EMPTY_PATH,
-        )
-        .unwrap_err();
-        io::Error::from(err)
+        let argv: Vec<std::ffi::OsString> = std::iter::once(OsStr::new(name).to_owned())
+            .chain(args.into_iter().map(|a| a.as_ref().to_owned()))
+            .collect();
+        let inherit: &[std::os::fd::RawFd] = if self.script { &[self.fd.as_raw_fd()] } else { &[] };
+        // A refusal here means "use the cache" (see `Launcher::exec`).
+        super::spawn::exec_fd(self.fd.as_fd(), &argv, inherit, false)
     }
 }
 

@@ -29,6 +29,8 @@ use crate::{Error, Kind, Payload, Result};
 mod buf;
 mod cache;
 mod child;
+#[cfg(target_os = "linux")]
+mod spawn;
 
 /// The size of the buffer stigmer moves a payload through when it must pass
 /// through user space (hashing a cache entry, filling one, decoding as one
@@ -39,8 +41,8 @@ pub(crate) const IO_BUF: usize = 128 * 1024;
 
 pub use child::exit_code;
 
-pub(crate) use cache::trusted_dir;
-pub use cache::{CacheLauncher, FillProgress, FillTicker, Finding, prune, verify};
+pub use cache::{CacheLauncher, FillProgress, FillTicker, Finding, UNUSED_FOR, prune, verify};
+pub(crate) use cache::{trusted_ancestors, trusted_dir};
 
 cfg_if::cfg_if! {
     if #[cfg(target_os = "linux")] {
@@ -128,6 +130,8 @@ pub struct Plan {
 pub struct Prepared {
     name: String,
     image: Image,
+    /// A `#!` script, whose interpreter reads it through `/dev/fd/N`.
+    script: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -155,42 +159,76 @@ impl Prepared {
     /// The cache entry it runs from, if it runs from the cache.
     pub fn path(&self) -> Option<&std::path::Path> {
         match &self.image {
-            Image::File(entry) => Some(&entry.path),
-            #[allow(unreachable_patterns)]
-            _ => None,
+            Image::File(entry) => Some(entry.path()),
+            #[cfg(target_os = "linux")]
+            Image::Memfd(_) => None,
         }
     }
 
     /// Whether stigmer must outlive the payload to clean up after it (a
     /// private `TMPDIR`), so it cannot exec it in place.
     pub fn needs_parent(&self) -> bool {
-        matches!(&self.image, Image::File(entry) if entry.tmpdir.is_some())
+        matches!(&self.image, Image::File(entry) if entry.tmpdir().is_some())
     }
 
     /// A command that runs the payload as a child, with `argv[0]` set to its
     /// name. Add arguments, environment, a working folder and stdio as with
-    /// any [`Command`]. Spawning from a memfd needs `/proc` mounted; the
-    /// memfd stays open until the process exits, so the command can be
-    /// spawned at any time, any number of times, and (but for a `#!`
-    /// script, whose descriptor must be made inheritable in the child) std
-    /// spawns it with `posix_spawn` instead of a fork.
+    /// any [`Command`], then start it with [`Prepared::spawn`], which runs
+    /// exactly the verified bytes. (Spawned by itself, the command names the
+    /// payload by path: its memfd through `/proc/self/fd/N`, or its cache
+    /// entry as it was when it was prepared, unchecked since.)
     pub fn command(&self) -> Command {
         match &self.image {
             #[cfg(target_os = "linux")]
             Image::Memfd(image) => image.command(&self.name),
             Image::File(entry) => {
-                let mut cmd = Command::new(&entry.path);
+                let mut cmd = Command::new(entry.path());
                 cmd.arg0(&self.name);
-                if let Some(tmp) = &entry.tmpdir {
-                    cmd.env("TMPDIR", tmp.path());
+                if let Some(tmp) = entry.tmpdir() {
+                    cmd.env("TMPDIR", tmp);
                 }
                 cmd
             }
         }
     }
 
+    /// Starts `cmd` (made by [`Prepared::command`], then given arguments,
+    /// environment, stdio, a working folder, `pre_exec` steps...) so that it
+    /// runs exactly this payload. A cache entry is verified again right now
+    /// (and refilled from the embedded bytes if it is missing or bad), and on
+    /// Linux the child execs the very descriptor that was hashed, as it does
+    /// a memfd; its process name is `memfd:NAME` (memfd) or `NAME` (cache).
+    /// Call it once per command; the command must not have been given
+    /// `env_clear`.
+    pub fn spawn(&self, cmd: &mut Command) -> Result<std::process::Child> {
+        let exec_err = |source| Error::Exec { name: self.name.clone(), source };
+        match &self.image {
+            #[cfg(target_os = "linux")]
+            Image::Memfd(image) => image.spawn(cmd, &self.name).map_err(exec_err),
+            Image::File(entry) => {
+                let file = entry.open()?;
+                cfg_if::cfg_if! {
+                    if #[cfg(target_os = "linux")] {
+                        use std::os::fd::AsFd as _;
+                        let mut inherit = entry.inherited();
+                        if self.script {
+                            inherit.push(std::os::fd::AsRawFd::as_raw_fd(&file));
+                        }
+                        spawn::spawn_fd(cmd, file.as_fd(), &self.name, &inherit).map_err(exec_err)
+                    } else {
+                        // No exec by descriptor: the path, right after its
+                        // check; the folder checks keep others from swapping it.
+                        drop(file);
+                        cmd.spawn().map_err(exec_err)
+                    }
+                }
+            }
+        }
+    }
+
     /// Replaces this process with the payload, passing `args` after
-    /// `argv[0]` and this process's environment. Returns only on failure.
+    /// `argv[0]` and this process's environment. A cache entry is verified
+    /// right before. Returns only on failure.
     pub fn exec<I, S>(&self, args: I) -> Error
     where
         I: IntoIterator<Item = S>,
@@ -200,7 +238,28 @@ impl Prepared {
         match &self.image {
             #[cfg(target_os = "linux")]
             Image::Memfd(image) => exec_err(image.exec(&self.name, args)),
-            Image::File(_) => exec_err(self.command().args(args).exec()),
+            Image::File(entry) => {
+                let file = match entry.open() {
+                    Ok(file) => file,
+                    Err(e) => return e,
+                };
+                cfg_if::cfg_if! {
+                    if #[cfg(target_os = "linux")] {
+                        use std::os::fd::AsFd as _;
+                        let argv: Vec<OsString> = std::iter::once(OsString::from(&self.name))
+                            .chain(args.into_iter().map(|a| a.as_ref().to_owned()))
+                            .collect();
+                        let mut inherit = entry.inherited();
+                        if self.script {
+                            inherit.push(std::os::fd::AsRawFd::as_raw_fd(&file));
+                        }
+                        exec_err(spawn::exec_fd(file.as_fd(), &argv, &inherit, true))
+                    } else {
+                        drop(file);
+                        exec_err(self.command().args(args).exec())
+                    }
+                }
+            }
         }
     }
 }
@@ -283,7 +342,11 @@ impl Launcher {
     #[cfg(target_os = "linux")]
     fn prepare_memfd(&self, payload: &Payload) -> Result<Prepared> {
         let image = self.memfd.image(payload)?;
-        Ok(Prepared { name: payload.name().to_owned(), image: Image::Memfd(image) })
+        Ok(Prepared {
+            name: payload.name().to_owned(),
+            image: Image::Memfd(image),
+            script: payload.kind() == Kind::Script,
+        })
     }
 
     #[cfg(not(target_os = "linux"))]
@@ -293,7 +356,11 @@ impl Launcher {
 
     fn prepare_cache(&self, payload: &Payload) -> Result<Prepared> {
         let entry = self.cache.entry(payload)?;
-        Ok(Prepared { name: payload.name().to_owned(), image: Image::File(entry) })
+        Ok(Prepared {
+            name: payload.name().to_owned(),
+            image: Image::File(entry),
+            script: payload.kind() == Kind::Script,
+        })
     }
 
     /// Falls back to the cache after the kernel refused exec from memory,
@@ -367,8 +434,7 @@ impl Launcher {
         if prepared.needs_parent() {
             let mut cmd = prepared.command();
             cmd.args(args);
-            return child::run(&mut cmd)
-                .map_err(|source| Error::Exec { name: payload.name().to_owned(), source });
+            return child::run(&mut cmd, |cmd| prepared.spawn(cmd));
         }
         Err(self.exec_prepared(payload, &prepared, args))
     }
@@ -395,13 +461,21 @@ impl Launch for Launcher {
 impl Launch for CacheLauncher {
     fn prepare(&self, payload: &Payload) -> Result<Prepared> {
         let entry = self.entry(payload)?;
-        Ok(Prepared { name: payload.name().to_owned(), image: Image::File(entry) })
+        Ok(Prepared {
+            name: payload.name().to_owned(),
+            image: Image::File(entry),
+            script: payload.kind() == Kind::Script,
+        })
     }
 }
 
 #[cfg(target_os = "linux")]
 impl Launch for MemfdLauncher {
     fn prepare(&self, payload: &Payload) -> Result<Prepared> {
-        Ok(Prepared { name: payload.name().to_owned(), image: Image::Memfd(self.image(payload)?) })
+        Ok(Prepared {
+            name: payload.name().to_owned(),
+            image: Image::Memfd(self.image(payload)?),
+            script: payload.kind() == Kind::Script,
+        })
     }
 }

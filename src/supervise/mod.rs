@@ -52,7 +52,6 @@ mod restart;
 mod sys;
 
 use std::collections::HashMap;
-use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
@@ -408,7 +407,7 @@ impl Supervisor {
             Ok(c) => c,
             Err(e) => {
                 svc.state = State::Done { clean: false };
-                let msg = format!("cannot start {}: {e}", svc.spec.name);
+                let msg = format!("{}: {e}", svc.spec.name);
                 self.begin_shutdown(Shutdown::Failed(msg));
                 return;
             }
@@ -784,7 +783,7 @@ impl Supervisor {
 /// long as the supervisor): on Linux the service's death signal is tied to
 /// the thread that spawns it, and a tokio worker or blocking-pool thread
 /// may end at any time.
-fn spawn_service(home: ThreadId, prepared: &Prepared, cmd: &mut Command) -> io::Result<Child> {
+fn spawn_service(home: ThreadId, prepared: &Prepared, cmd: &mut Command) -> Result<Child> {
     assert_eq!(
         std::thread::current().id(),
         home,
@@ -792,8 +791,9 @@ fn spawn_service(home: ThreadId, prepared: &Prepared, cmd: &mut Command) -> io::
     );
     // Before anything `prepared` adds: its own last step execs the payload.
     sys::tie_to_parent(cmd);
-    debug!("{}: spawning ({})", prepared.name(), prepared.backend());
-    cmd.spawn()
+    // Verifies a cache entry again (refilling it if it is missing or bad)
+    // and execs the very descriptor it checked.
+    prepared.spawn(cmd)
 }
 
 /// Why service `spec` cannot start now, if something already answers on

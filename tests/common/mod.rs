@@ -321,14 +321,15 @@ impl TestEnv {
         };
         cmd.arg("server").arg("--config").arg(&path).args(extra);
         cmd.env("STIGMER_HOME", &self.home).env_remove("RUST_LOG").env_remove("NO_COLOR");
-        Server::spawn(cmd)
+        Server::spawn(&mut cmd)
     }
 }
 
 impl Server {
-    /// Starts `cmd` (a `stigmer server`, maybe wrapped) with its stdout and
-    /// stderr collected.
-    pub fn spawn(mut cmd: Command) -> Server {
+    /// Starts `cmd` (a `stigmer server` command line, maybe wrapped),
+    /// collecting its stdout and stderr line by line. The child is killed
+    /// with all its descendants if the `Server` is dropped while it runs.
+    pub fn spawn(cmd: &mut Command) -> Server {
         cmd.stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());

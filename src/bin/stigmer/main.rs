@@ -351,7 +351,10 @@ fn cache(catalog: &Catalog, choice: Choice, command: CacheCmd) -> anyhow::Result
     match command {
         CacheCmd::Prune => {
             let keep: Vec<_> = catalog.payloads().iter().collect();
-            let removed = stigmer::launch::prune(launcher.cache(), &keep)?;
+            let (removed, kept) = stigmer::launch::prune(launcher.cache(), &keep)?;
+            for f in &kept {
+                writeln!(out, "kept {} ({})", f.path.display(), f.what)?;
+            }
             for f in &removed {
                 writeln!(out, "removed {} ({})", f.path.display(), f.what)?;
             }

@@ -1,0 +1,173 @@
+//! Exec by descriptor (Linux): what runs is the very file stigmer opened
+//! and checked, whatever happens to any path afterwards.
+//!
+//! Both backends end here. A payload is exec'd with `execveat(fd, "", argv,
+//! envp, AT_EMPTY_PATH)`, in place ([`exec_fd`], `stigmer run`) or in a
+//! child between fork and exec ([`spawn_fd`], services). The kernel names the
+//! process after the file's own name (`d_name`): `memfd:NAME` for a memfd,
+//! `NAME` for a cache entry, where a path exec of `/proc/self/fd/N` would
+//! name it `N`.
+//!
+//! Where `execveat` itself is refused (a seccomp profile that allows
+//! `execve` only), the child falls back to exec'ing `/proc/self/fd/N`, which
+//! reaches the same open file; only the process name differs.
+//!
+//! # References
+//! - execveat(2) (`AT_EMPTY_PATH`; a close-on-exec descriptor of a `#!`
+//!   script makes the script unreadable to its interpreter: `ENOENT`)
+//! - fork(2)/signal-safety(7): only async-signal-safe calls in the child
+
+#![allow(unsafe_code)]
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd as _, BorrowedFd, RawFd};
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::process::CommandExt as _;
+use std::process::{Child, Command};
+
+/// The most descriptors a payload may be given on top of its stdio.
+const MAX_INHERIT: usize = 4;
+
+/// Replaces this process with the file open at `fd`, passing `argv` and
+/// this process's environment; the descriptors in `inherit` stay open in
+/// the payload. With `by_path`, a refused `execveat` is retried as an exec
+/// of `/proc/self/fd/N` (the same open file). Returns only on failure, with
+/// `execveat`'s error.
+pub(crate) fn exec_fd(
+    fd: BorrowedFd<'_>,
+    argv: &[OsString],
+    inherit: &[RawFd],
+    by_path: bool,
+) -> io::Error {
+    let argv = match argv.iter().map(|a| c_string(a.as_bytes())).collect::<io::Result<Vec<_>>>() {
+        Ok(a) => a,
+        Err(e) => return e,
+    };
+    let envp = match environment(std::iter::empty()) {
+        Ok(e) => e,
+        Err(e) => return e,
+    };
+    for &keep in inherit {
+        // SAFETY: `keep` is a descriptor the caller owns and keeps open;
+        // clearing its close-on-exec flag touches nothing else.
+        let fd = unsafe { BorrowedFd::borrow_raw(keep) };
+        if let Err(e) = rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()) {
+            return e.into();
+        }
+    }
+    let err = nix::unistd::execveat(fd, c"", &argv, &envp, nix::fcntl::AtFlags::AT_EMPTY_PATH)
+        .unwrap_err();
+    if by_path {
+        if let Ok(path) = c_string(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_bytes()) {
+            let _ = nix::unistd::execve(&path, &argv, &envp);
+        }
+    }
+    io::Error::from(err)
+}
+
+/// Spawns `cmd` so that the child execs the file open at `fd` (with
+/// `argv[0]` = `argv0`, then `cmd`'s arguments, and this process's
+/// environment with `cmd`'s changes), keeping the descriptors in `inherit`
+/// open in it. Everything else `cmd` was given (stdio, working folder,
+/// process group, its own `pre_exec` steps) applies as usual, first.
+///
+/// Call it once per `Command`, which must not have been given `env_clear`
+/// (std does not say whether it was). `fd` and the `inherit` descriptors
+/// must stay open until this returns.
+pub(crate) fn spawn_fd(
+    cmd: &mut Command,
+    fd: BorrowedFd<'_>,
+    argv0: &str,
+    inherit: &[RawFd],
+) -> io::Result<Child> {
+    if inherit.len() > MAX_INHERIT {
+        return Err(io::Error::other("too many descriptors to pass on"));
+    }
+    let argv = std::iter::once(c_string(argv0.as_bytes()))
+        .chain(cmd.get_args().map(|a| c_string(a.as_bytes())))
+        .collect::<io::Result<Vec<_>>>()?;
+    let changes: Vec<(OsString, Option<OsString>)> =
+        cmd.get_envs().map(|(k, v)| (k.to_owned(), v.map(OsStr::to_owned))).collect();
+    let envp = environment(changes.into_iter())?;
+    let path = c_string(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_bytes())?;
+    let argv_ptrs = Ptrs::new(&argv);
+    let envp_ptrs = Ptrs::new(&envp);
+    let raw = fd.as_raw_fd();
+    let mut keep = [-1; MAX_INHERIT];
+    keep[..inherit.len()].copy_from_slice(inherit);
+    // The strings move into the closure with the pointers into them, so
+    // they live as long as the command.
+    let strings = (argv, envp, path);
+    // SAFETY: the closure runs in the child between fork and exec. It makes
+    // only raw fcntl(2), execveat(2) and execve(2) system calls, which are
+    // async-signal-safe, on descriptors and NUL-terminated arrays made
+    // before the fork; it allocates nothing, takes no lock and reads only
+    // `errno`. On success it does not return; on failure the error is the
+    // spawn's.
+    unsafe {
+        cmd.pre_exec(move || {
+            let (_, _, path) = &strings;
+            for &k in keep.iter().filter(|&&k| k >= 0) {
+                if nix::libc::fcntl(k, nix::libc::F_SETFD, 0) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            nix::libc::syscall(
+                nix::libc::SYS_execveat,
+                raw,
+                c"".as_ptr(),
+                argv_ptrs.as_ptr(),
+                envp_ptrs.as_ptr(),
+                nix::libc::AT_EMPTY_PATH,
+            );
+            let refused = io::Error::last_os_error();
+            // The same open file through /proc, where execveat is refused.
+            nix::libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
+            Err(refused)
+        });
+    }
+    cmd.spawn()
+}
+
+/// This process's environment with `changes` applied, as `KEY=VALUE`.
+fn environment(
+    changes: impl Iterator<Item = (OsString, Option<OsString>)>,
+) -> io::Result<Vec<CString>> {
+    let mut vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    for (key, value) in changes {
+        vars.retain(|(k, _)| *k != key);
+        if let Some(value) = value {
+            vars.push((key, value));
+        }
+    }
+    vars.iter().map(|(k, v)| c_string(&[k.as_bytes(), b"=", v.as_bytes()].concat())).collect()
+}
+
+fn c_string(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| {
+        io::Error::new(io::ErrorKind::InvalidInput, "an argument or variable contains a NUL byte")
+    })
+}
+
+/// A NULL-terminated array of pointers into strings that outlive it, for a
+/// `pre_exec` closure, which must be `Send + Sync`.
+pub(crate) struct Ptrs(Vec<*const nix::libc::c_char>);
+
+impl Ptrs {
+    pub(crate) fn new(strings: &[CString]) -> Ptrs {
+        Ptrs(strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect())
+    }
+
+    /// The array, for a C call. A method, so that a closure captures the
+    /// whole wrapper rather than its field.
+    pub(crate) fn as_ptr(&self) -> *const *const nix::libc::c_char {
+        self.0.as_ptr()
+    }
+}
+
+// SAFETY: the pointers are only read, in the forked child, while the
+// strings they point to are alive (moved into the same closure).
+unsafe impl Send for Ptrs {}
+// SAFETY: as above; nothing writes through them.
+unsafe impl Sync for Ptrs {}
