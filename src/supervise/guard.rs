@@ -30,7 +30,6 @@ use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
@@ -56,6 +55,17 @@ pub enum Side {
 #[derive(Debug)]
 pub struct Guard {
     pub(crate) gone: OwnedFd,
+    /// The signal mask to restore once the supervisor handles signals:
+    /// until then they stay pending rather than end it.
+    mask: SigSet,
+}
+
+impl Guard {
+    /// Unblocks the signals [`split`] blocked, in the calling thread (the
+    /// supervisor's, once its handlers are installed).
+    pub(crate) fn unblock_signals(&self) -> io::Result<()> {
+        Ok(self.mask.thread_set_mask()?)
+    }
 }
 
 /// Splits this process into the guard and the supervisor (see the module
@@ -73,14 +83,16 @@ pub fn split() -> io::Result<Side> {
         "the guard must fork before any thread exists"
     );
     sys::become_subreaper();
-    let (gone, alive) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    let (gone, alive) = sys::cloexec_pipe()?;
     let mut set = SigSet::empty();
     for sig in FORWARDED {
         set.add(sig);
     }
     set.add(Signal::SIGCHLD);
-    // Blocked before the fork, so no signal meant for the supervisor is
-    // missed while it starts.
+    // Blocked before the fork: the guard takes them with sigwait, and the
+    // supervisor keeps them pending until its handlers are in place (see
+    // `Guard::unblock_signals`), so that a signal sent while it starts is
+    // acted on, not fatal.
     let old = set.thread_swap_mask(SigmaskHow::SIG_BLOCK)?;
     // SAFETY: this process has one thread (asserted above, and documented
     // as the caller's duty), so the child is a complete copy of it and may
@@ -92,8 +104,7 @@ pub fn split() -> io::Result<Side> {
             drop(alive);
             // Its own process group: the terminal's signals go to the guard.
             let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
-            old.thread_set_mask()?;
-            Ok(Side::Supervisor(Guard { gone }))
+            Ok(Side::Supervisor(Guard { gone, mask: old }))
         }
         ForkResult::Parent { child } => {
             drop(gone);

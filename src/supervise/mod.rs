@@ -127,6 +127,11 @@ pub async fn serve(
         Signals::new().map_err(|source| Error::Exec { name: "stigmer server".into(), source })?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     if let Some(guard) = guard {
+        // Signals sent since the split were kept pending; now they are
+        // handled.
+        guard
+            .unblock_signals()
+            .map_err(|source| Error::Exec { name: "stigmer server".into(), source })?;
         watch_guard(guard.gone, events_tx.clone());
     }
 

@@ -6,6 +6,7 @@
 //! function does the little it can, as its doc says.
 
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::process::Command;
 
 use nix::unistd::Pid;
@@ -22,6 +23,11 @@ cfg_if::cfg_if! {
             if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
                 tracing::debug!("cannot become a child subreaper: {e}");
             }
+        }
+
+        /// A pipe whose two ends are close-on-exec.
+        pub(crate) fn cloexec_pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         }
 
         /// The live (not zombie) children of `parent`, from `/proc/*/stat`.
@@ -184,6 +190,19 @@ cfg_if::cfg_if! {
             }
         }
     } else {
+        /// A pipe whose two ends are close-on-exec. There is no `pipe2`
+        /// here: the flag is set right after, which is safe while the
+        /// process has one thread (the guard's split), as nothing can fork
+        /// in between.
+        pub(crate) fn cloexec_pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
+            use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+            let (read, write) = nix::unistd::pipe()?;
+            for fd in [&read, &write] {
+                fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+            }
+            Ok((read, write))
+        }
+
         /// There is no subreaper here: orphans go to PID 1.
         pub(crate) fn become_subreaper() {}
 
