@@ -130,7 +130,9 @@ pub struct Plan {
 pub struct Prepared {
     name: String,
     image: Image,
-    /// A `#!` script, whose interpreter reads it through `/dev/fd/N`.
+    /// A `#!` script, whose interpreter reads it through `/dev/fd/N` when
+    /// it is exec'd by descriptor (Linux).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     script: bool,
 }
 
@@ -219,6 +221,7 @@ impl Prepared {
                         // No exec by descriptor: the path, right after its
                         // check; the folder checks keep others from swapping it.
                         drop(file);
+                        inherit_in_child(cmd, entry.inherited());
                         cmd.spawn().map_err(exec_err)
                     }
                 }
@@ -256,11 +259,37 @@ impl Prepared {
                         exec_err(spawn::exec_fd(file.as_fd(), &argv, &inherit, true))
                     } else {
                         drop(file);
-                        exec_err(self.command().args(args).exec())
+                        let mut cmd = self.command();
+                        inherit_in_child(&mut cmd, entry.inherited());
+                        exec_err(cmd.args(args).exec())
                     }
                 }
             }
         }
+    }
+}
+
+/// Keeps `fds` open across the exec of `cmd` (where there is no exec by
+/// descriptor, which does this itself).
+#[cfg(not(target_os = "linux"))]
+fn inherit_in_child(cmd: &mut Command, fds: Vec<std::os::fd::RawFd>) {
+    if fds.is_empty() {
+        return;
+    }
+    // SAFETY: the closure runs in the child between fork and exec and makes
+    // only fcntl(2) calls, which are async-signal-safe, on descriptors the
+    // parent keeps open until the spawn returns; it reads a vector made
+    // before the fork and allocates nothing.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                if nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
     }
 }
 
