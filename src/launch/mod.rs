@@ -203,12 +203,19 @@ impl Prepared {
     /// Call it once per command; the command must not have been given
     /// `env_clear`.
     pub fn spawn(&self, cmd: &mut Command) -> Result<std::process::Child> {
+        self.spawn_checked(cmd, false)
+    }
+
+    /// [`Prepared::spawn`]; with `just_prepared`, as for `exec_checked`.
+    fn spawn_checked(&self, cmd: &mut Command, just_prepared: bool) -> Result<std::process::Child> {
         let exec_err = |source| Error::Exec { name: self.name.clone(), source };
         match &self.image {
             #[cfg(target_os = "linux")]
             Image::Memfd(image) => image.spawn(cmd, &self.name).map_err(exec_err),
             Image::File(entry) => {
-                let file = entry.open()?;
+                // Taken either way: a descriptor checked long ago is no check.
+                let checked = entry.take_checked().filter(|_| just_prepared);
+                let file = checked.map_or_else(|| entry.open(), Ok)?;
                 cfg_if::cfg_if! {
                     if #[cfg(target_os = "linux")] {
                         use std::os::fd::AsFd as _;
@@ -237,12 +244,23 @@ impl Prepared {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        self.exec_checked(args, false)
+    }
+
+    /// [`Prepared::exec`]; with `just_prepared`, a cache entry checked by
+    /// the `prepare` that made this a moment ago is not hashed again.
+    fn exec_checked<I, S>(&self, args: I, just_prepared: bool) -> Error
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let exec_err = |source| Error::Exec { name: self.name.clone(), source };
         match &self.image {
             #[cfg(target_os = "linux")]
             Image::Memfd(image) => exec_err(image.exec(&self.name, args)),
             Image::File(entry) => {
-                let file = match entry.open() {
+                let checked = if just_prepared { entry.take_checked() } else { None };
+                let file = match checked.map_or_else(|| entry.open(), Ok) {
                     Ok(file) => file,
                     Err(e) => return e,
                 };
@@ -437,7 +455,7 @@ impl Launcher {
         S: AsRef<OsStr>,
     {
         let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-        let err = prepared.exec(&args);
+        let err = prepared.exec_checked(&args, true);
         if prepared.backend() == Backend::Memfd
             && self.choice == Choice::Auto
             && err.is_exec_refused()
@@ -463,7 +481,7 @@ impl Launcher {
         if prepared.needs_parent() {
             let mut cmd = prepared.command();
             cmd.args(args);
-            return child::run(&mut cmd, |cmd| prepared.spawn(cmd));
+            return child::run(&mut cmd, |cmd| prepared.spawn_checked(cmd, true));
         }
         Err(self.exec_prepared(payload, &prepared, args))
     }
