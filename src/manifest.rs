@@ -406,8 +406,12 @@ fn check_service(
     let depends_on: Vec<String> = field(fields, "depends_on", problems).unwrap_or_default();
     node.depends_on = depends_on.clone();
 
-    let payload: String = field(fields, "payload", problems).unwrap_or_else(|| name.to_owned());
-    if !payloads.contains(payload.as_str()) {
+    // A payload of the wrong type is reported once, as such.
+    let payload: Option<String> = match fields.contains_key("payload") {
+        true => field(fields, "payload", problems),
+        false => Some(name.to_owned()),
+    };
+    if let Some(payload) = payload.as_deref().filter(|p| !payloads.contains(p)) {
         problems.push(format!(
             "payload {payload:?} is not in this build (it carries {known}): set `payload` to one of them"
         ));
@@ -522,13 +526,15 @@ fn check_service(
     .ok();
 
     if let (
+        Some(payload),
         Some(restart),
         Some(max_restarts),
         Some(stop_signal),
         Some(reload_signal),
         Some(stop_timeout),
         Some(restart_window),
-    ) = (restart, max_restarts, stop_signal, reload_signal, stop_timeout, restart_window)
+    ) =
+        (payload, restart, max_restarts, stop_signal, reload_signal, stop_timeout, restart_window)
     {
         node.service = Some(Service {
             name: name.to_owned(),
@@ -863,6 +869,7 @@ ready = { http = "http://127.0.0.1:7234/healthz", timeout = "20s" }
             ("[services.api]\nport = 1\n", "service api: unknown key \"port\""),
             ("[services.nope]\n", "payload \"nope\" is not in this build"),
             ("[services.api]\npayload = \"x\"\n", "set `payload` to one of them"),
+            ("[services.nope]\npayload = 1\n", "service nope: payload: invalid type: integer `1`"),
             (
                 "[services.api]\ndepends_on = [\"runner\"]\n[services.runner]\ndepends_on = [\"api\"]\n",
                 "services api -> runner -> api form a dependency cycle",
