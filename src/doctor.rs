@@ -20,10 +20,6 @@ use crate::{Backend, Catalog, Choice, Launcher, Manifest, ManifestError};
 /// `main`, so that the probe costs one exec and nothing else.
 pub const PROBE_ENV: &str = crate::env::STIGMER_DOCTOR_PROBE;
 
-/// The name of the sealed memfd [`diagnose`] runs the probe from, as
-/// `/proc/self/exe` shows it in the probe.
-const PROBE_EXE: &str = "/memfd:stigmer-doctor (deleted)";
-
 /// Exits at once, with status 0, when this process is `doctor`'s probe:
 /// [`PROBE_ENV`] is set *and* this process runs from the sealed memfd that
 /// [`diagnose`] made. Anywhere else the variable is ignored, so a stray
@@ -35,8 +31,11 @@ pub fn answer_probe() {
     }
 }
 
+/// Whether this process runs from the sealed memfd [`diagnose`] made (named
+/// "stigmer-doctor" by `launch::run_self_sealed`).
 #[cfg(target_os = "linux")]
 fn is_probe_exe() -> bool {
+    const PROBE_EXE: &str = "/memfd:stigmer-doctor (deleted)";
     std::fs::read_link("/proc/self/exe").is_ok_and(|exe| exe.as_os_str() == PROBE_EXE)
 }
 
