@@ -13,18 +13,35 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::launch::{trusted_ancestors, trusted_dir};
-use crate::{Backend, Catalog, Choice, Launcher, Manifest};
+use crate::{Backend, Catalog, Choice, Launcher, Manifest, ManifestError};
 
 /// Set in the environment of the executable that [`diagnose`] runs from a
 /// memfd. A program embedding stigmer calls [`answer_probe`] first in
 /// `main`, so that the probe costs one exec and nothing else.
 pub const PROBE_ENV: &str = crate::env::STIGMER_DOCTOR_PROBE;
 
-/// Exits at once, with status 0, when this process is `doctor`'s probe.
+/// Exits at once, with status 0, when this process is `doctor`'s probe:
+/// [`PROBE_ENV`] is set *and* this process runs from the sealed memfd that
+/// [`diagnose`] made. Anywhere else the variable is ignored, so a stray
+/// `STIGMER_DOCTOR_PROBE=1` in an environment changes nothing. Never
+/// answers off Linux, where there is no probe.
 pub fn answer_probe() {
-    if std::env::var_os(PROBE_ENV).is_some() {
+    if std::env::var_os(PROBE_ENV).is_some() && is_probe_exe() {
         std::process::exit(0);
     }
+}
+
+/// Whether this process runs from the sealed memfd [`diagnose`] made (named
+/// "stigmer-doctor" by `launch::run_self_sealed`).
+#[cfg(target_os = "linux")]
+fn is_probe_exe() -> bool {
+    const PROBE_EXE: &str = "/memfd:stigmer-doctor (deleted)";
+    std::fs::read_link("/proc/self/exe").is_ok_and(|exe| exe.as_os_str() == PROBE_EXE)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn is_probe_exe() -> bool {
+    false
 }
 
 /// Everything `stigmer doctor` found.
@@ -44,6 +61,10 @@ pub struct Report {
     pub server_shmem: Option<u64>,
     /// Every payload, and how it will run here.
     pub payloads: Vec<PayloadReport>,
+    /// The problems `stigmer server` would report in the embedded
+    /// `services.toml` if started from here (one line each); empty when it
+    /// passes the check, `None` when this build carries none.
+    pub manifest_problems: Option<Vec<String>>,
 }
 
 /// What the kernel allows for exec from memory.
@@ -115,10 +136,26 @@ impl Report {
     pub fn all_ok(&self) -> bool {
         self.payloads.iter().all(|p| p.ok)
     }
+
+    /// Whether the embedded `services.toml`, if any, passes the check.
+    pub fn manifest_ok(&self) -> bool {
+        self.manifest_problems.as_ref().is_none_or(Vec::is_empty)
+    }
 }
 
-/// Examines this host for `catalog`, as `launcher` would launch it.
-pub fn diagnose(catalog: &Catalog, launcher: &Launcher, manifest: Option<&Manifest>) -> Report {
+/// Examines this host for `catalog`, as `launcher` would launch it, and
+/// reports on `manifest`: the embedded `services.toml` as checked here, if
+/// the build carries one.
+pub fn diagnose(
+    catalog: &Catalog,
+    launcher: &Launcher,
+    manifest: Option<&Result<Manifest, ManifestError>>,
+) -> Report {
+    let manifest_problems = manifest.map(|m| match m {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems().to_vec(),
+    });
+    let manifest = manifest.and_then(|m| m.as_ref().ok());
     let memfd = memfd_report();
     let cache = cache_report(launcher);
     let memory_works = memfd.as_ref().is_some_and(|m| m.exec.ok);
@@ -173,7 +210,15 @@ pub fn diagnose(catalog: &Catalog, launcher: &Launcher, manifest: Option<&Manife
             .sum()
     });
 
-    Report { kernel: kernel(), memfd, seccomp: seccomp(), cache, server_shmem, payloads }
+    Report {
+        kernel: kernel(),
+        memfd,
+        seccomp: seccomp(),
+        cache,
+        server_shmem,
+        payloads,
+        manifest_problems,
+    }
 }
 
 fn show(path: Option<&Path>) -> String {

@@ -13,11 +13,19 @@
 //! stop_timeout = "10s"               # then SIGKILL
 //! ```
 //!
-//! Everything is checked before anything starts, and every problem is one
-//! line naming the service, the key and the fix. Services come out in
-//! dependency order.
+//! Everything that can fail at start is checked before anything starts, and
+//! every problem is reported, one line each, naming the service, the key and
+//! the fix. Every value that comes from the file is printed escaped, so a
+//! problem line never holds a control character. Services come out in
+//! dependency order, planned in O(n log n) for n services.
+//!
+//! Limits: every duration is at most [`MAX_DURATION`] (24h); `ready.timeout`
+//! is at least 1ms, `restart_window` at least 1s, `stop_timeout` may be 0
+//! (SIGKILL right after the stop signal); `max_restarts` is 0 to
+//! [`MAX_RESTARTS`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::path::PathBuf;
@@ -25,12 +33,45 @@ use std::str::FromStr as _;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
-/// A manifest problem: one line that names the service, the key and the fix.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ManifestError(String);
+/// The longest duration any key takes (`ready.timeout`, `stop_timeout`,
+/// `restart_window`): 24 hours. Everything the supervisor computes from a
+/// duration stays far from overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+/// The most `max_restarts` allows.
+pub const MAX_RESTARTS: u32 = 1000;
+/// The shortest `ready.timeout`: 0 would give a check no time at all.
+pub const MIN_READY_TIMEOUT: Duration = Duration::from_millis(1);
+/// The shortest `restart_window`: a shorter one forgets every restart before
+/// the next (the first backoff is 250ms), so the service would never be
+/// given up on.
+pub const MIN_RESTART_WINDOW: Duration = Duration::from_secs(1);
+
+/// Every problem found in a manifest, in the order found: each one line,
+/// starting with the manifest's name, then the service, the key and the fix,
+/// with no control character in it.
+///
+/// `Display` writes the problems one per line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestError {
+    problems: Vec<String>,
+}
+
+impl ManifestError {
+    /// The problems, each one line; never empty.
+    pub fn problems(&self) -> &[String] {
+        &self.problems
+    }
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.problems.join("\n"))
+    }
+}
+
+impl std::error::Error for ManifestError {}
 
 /// A checked manifest, services in dependency order.
 #[derive(Clone, Debug)]
@@ -46,11 +87,14 @@ pub struct Service {
     pub name: String,
     /// The payload it runs.
     pub payload: String,
-    /// Arguments after `argv[0]`.
+    /// Arguments after `argv[0]` (none holds a NUL byte).
     pub args: Vec<String>,
-    /// Variables added to stigmer's environment.
+    /// Variables added to stigmer's environment (names are not empty and
+    /// hold no `=` or NUL; values hold no NUL).
     pub env: BTreeMap<String, String>,
-    /// Its working folder (default: stigmer's).
+    /// Its working folder, absolute (a relative `cwd` is resolved against
+    /// stigmer's working folder when the manifest is checked); it existed
+    /// and was a folder then. `None`: stigmer's.
     pub cwd: Option<PathBuf>,
     /// How to tell it is ready; `None`: as soon as it has started.
     pub ready: Option<Ready>,
@@ -59,7 +103,7 @@ pub struct Service {
     /// What to do when it exits on its own.
     pub restart: Restart,
     /// The most restarts allowed within [`Service::restart_window`] before
-    /// the server gives up.
+    /// the server gives up (at most [`MAX_RESTARTS`]).
     pub max_restarts: u32,
     /// See [`Service::max_restarts`].
     pub restart_window: Duration,
@@ -77,7 +121,7 @@ pub struct Service {
 pub struct Ready {
     /// What to check.
     pub check: Check,
-    /// How long to wait for it.
+    /// How long to wait for it: [`MIN_READY_TIMEOUT`] to [`MAX_DURATION`].
     pub timeout: Duration,
 }
 
@@ -92,7 +136,7 @@ pub enum Check {
         addr: SocketAddr,
         /// The `Host` header.
         host: String,
-        /// The path and query.
+        /// The path and query (no space or control character).
         path: String,
     },
     /// A TCP connection accepted.
@@ -122,107 +166,192 @@ impl fmt::Display for Restart {
     }
 }
 
-const KEYS: &[&str] = &[
-    "payload",
-    "args",
-    "env",
-    "cwd",
-    "ready",
-    "depends_on",
-    "restart",
-    "max_restarts",
-    "restart_window",
-    "stop_signal",
-    "stop_timeout",
-    "reload_signal",
+/// The keys of a service, each with an example of its value for the fix.
+const KEYS: &[(&str, &str)] = &[
+    ("payload", "payload = \"api\""),
+    ("args", "args = [\"--port\", \"8080\"]"),
+    ("env", "env = { NAME = \"value\" }"),
+    ("cwd", "cwd = \"/srv/api\""),
+    ("ready", "ready = { tcp = \"127.0.0.1:8080\", timeout = \"20s\" }"),
+    ("depends_on", "depends_on = [\"db\"]"),
+    ("restart", "restart = \"on-failure\""),
+    ("max_restarts", "max_restarts = 5"),
+    ("restart_window", "restart_window = \"60s\""),
+    ("stop_signal", "stop_signal = \"SIGTERM\""),
+    ("stop_timeout", "stop_timeout = \"10s\""),
+    ("reload_signal", "reload_signal = \"SIGHUP\""),
 ];
-const READY_KEYS: &[&str] = &["http", "tcp", "log", "timeout"];
+const READY_KEYS: &[(&str, &str)] = &[
+    ("http", "ready = { http = \"http://127.0.0.1:8080/healthz\" }"),
+    ("tcp", "ready = { tcp = \"127.0.0.1:8080\" }"),
+    ("log", "ready = { log = \"listening\" }"),
+    ("timeout", "ready = { tcp = \"127.0.0.1:8080\", timeout = \"20s\" }"),
+];
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(60);
+const DEFAULT_MAX_RESTARTS: u32 = 5;
+/// Up to this many names are listed in a message; more are counted.
+const LIST_AT_MOST: usize = 20;
 
-#[derive(Deserialize)]
-struct RawService {
-    payload: Option<String>,
-    #[serde(default)]
-    args: Vec<String>,
-    #[serde(default)]
-    env: BTreeMap<String, String>,
-    cwd: Option<PathBuf>,
-    ready: Option<RawReady>,
-    #[serde(default)]
-    depends_on: Vec<String>,
-    restart: Option<String>,
-    max_restarts: Option<u32>,
-    restart_window: Option<String>,
-    stop_signal: Option<String>,
-    stop_timeout: Option<String>,
-    reload_signal: Option<String>,
+/// The problems found so far, each already prefixed with the manifest's name.
+struct Problems {
+    source: String,
+    list: Vec<String>,
 }
 
-#[derive(Deserialize)]
-struct RawReady {
-    http: Option<String>,
-    tcp: Option<String>,
-    log: Option<String>,
-    timeout: Option<String>,
+impl Problems {
+    fn push(&mut self, problem: impl fmt::Display) {
+        self.list.push(one_line(&format!("{}: {problem}", self.source)));
+    }
+
+    fn into_error(self) -> ManifestError {
+        ManifestError { problems: self.list }
+    }
+}
+
+/// `text` as one line with no control character: line breaks become "; ",
+/// other control characters (C0, DEL, C1) and the characters that move or
+/// reorder text on a terminal are escaped as `\u{..}`.
+fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.lines().map(str::trim).filter(|l| !l.is_empty()).enumerate() {
+        if i > 0 {
+            out.push_str("; ");
+        }
+        for c in line.chars() {
+            let reorders = matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}')
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c);
+            if c.is_control() || reorders {
+                out.extend(c.escape_unicode());
+            } else {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// A service's name in a message: as is when it is a valid name (letters,
+/// digits, '.', '_', '-': nothing to escape, and how the supervisor shows
+/// it), escaped and quoted otherwise.
+fn label(name: &str) -> String {
+    match crate::scan::check_name(name) {
+        Ok(()) => name.to_owned(),
+        Err(_) => format!("{name:?}"),
+    }
+}
+
+/// A list of service names for a message, cut at [`LIST_AT_MOST`].
+fn some_names<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> String {
+    let n = names.len();
+    let mut shown: Vec<String> = names.take(LIST_AT_MOST).map(label).collect();
+    if n > LIST_AT_MOST {
+        shown.push(format!("and {} more", n - LIST_AT_MOST));
+    }
+    shown.join(", ")
+}
+
+/// One service as far as it could be read: its dependencies are known even
+/// when another key is wrong, so that unknown dependencies and cycles are
+/// reported in the same run.
+struct Node {
+    name: String,
+    depends_on: Vec<String>,
+    service: Option<Service>,
 }
 
 impl Manifest {
-    /// Parses and checks `text` (from `source`, for messages) against the
-    /// payloads this build carries.
+    /// Parses and checks the bytes of a manifest file: as [`Manifest::parse`],
+    /// after checking that they are UTF-8 (the problem names the line and
+    /// byte offset of the first bad byte).
+    pub fn parse_bytes(
+        bytes: &[u8],
+        source: &str,
+        payloads: &[&str],
+    ) -> Result<Manifest, ManifestError> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Manifest::parse(text, source, payloads),
+            Err(e) => {
+                let at = e.valid_up_to();
+                let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+                let byte = bytes.get(at).copied().unwrap_or_default();
+                let mut p = Problems { source: one_line(source), list: Vec::new() };
+                p.push(format_args!(
+                    "line {line}, byte offset {at}: byte 0x{byte:02x} is not UTF-8: \
+                     save the manifest as UTF-8 text"
+                ));
+                Err(p.into_error())
+            }
+        }
+    }
+
+    /// Parses and checks `text` (from `source`, which starts every problem
+    /// line, cleaned of control characters) against the payloads this build
+    /// carries. Checks everything that can fail when a service starts, and
+    /// reports every problem found.
     pub fn parse(text: &str, source: &str, payloads: &[&str]) -> Result<Manifest, ManifestError> {
-        let err = |m: String| ManifestError(format!("{source}: {m}"));
-        let table: toml::Table = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| text[..s.start].lines().count().max(1));
-            let at = line.map(|l| format!("line {l}: ")).unwrap_or_default();
-            err(format!("{at}{} (fix the TOML syntax)", e.message().trim_end_matches('\n')))
-        })?;
-        for key in table.keys() {
-            if key != "services" {
-                return Err(err(format!(
-                    "unknown top-level key {key:?}: services are written [services.NAME]"
-                )));
+        let mut p = Problems { source: one_line(source), list: Vec::new() };
+        let table: toml::Table = match toml::from_str(text) {
+            Ok(table) => table,
+            Err(e) => {
+                let line = e.span().map(|s| {
+                    let end = s.start.min(text.len());
+                    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+                });
+                let at = line.map(|l| format!("line {l}: ")).unwrap_or_default();
+                p.push(format_args!("{at}{} (fix the TOML syntax)", e.message()));
+                return Err(p.into_error());
             }
-        }
-        let Some(services) = table.get("services") else {
-            return Err(err("no [services.NAME] table: add at least one service".into()));
         };
-        let services = services.as_table().ok_or_else(|| {
-            err("`services` must be a table of services: write [services.NAME]".into())
-        })?;
-        if services.is_empty() {
-            return Err(err("no [services.NAME] table: add at least one service".into()));
+        for key in table.keys().filter(|k| *k != "services") {
+            p.push(format_args!(
+                "unknown top-level key {key:?}: services are written [services.NAME]"
+            ));
         }
-        let mut parsed = Vec::new();
-        for (name, value) in services {
-            let svc = |m: String| err(format!("service {name}: {m}"));
-            crate::scan::check_name(name).map_err(&svc)?;
-            let fields = value.as_table().ok_or_else(|| {
-                svc("must be a table: write [services.NAME] and keys below".into())
-            })?;
-            for key in fields.keys() {
-                if !KEYS.contains(&key.as_str()) {
-                    return Err(svc(format!(
-                        "unknown key {key:?} (known keys: {})",
-                        KEYS.join(", ")
-                    )));
-                }
+        let services = match table.get("services") {
+            None => None,
+            Some(toml::Value::Table(t)) => Some(t),
+            Some(_) => {
+                p.push("`services` must be a table of services: write [services.NAME]");
+                return Err(p.into_error());
             }
-            if let Some(ready) = fields.get("ready").and_then(|r| r.as_table()) {
-                for key in ready.keys() {
-                    if !READY_KEYS.contains(&key.as_str()) {
-                        return Err(svc(format!(
-                            "unknown key \"ready.{key}\" (ready takes one of http, tcp, log, and timeout)"
-                        )));
-                    }
-                }
+        };
+        let Some(services) = services.filter(|s| !s.is_empty()) else {
+            // A misspelt [services.NAME] is reported above: say it once.
+            if p.list.is_empty() {
+                p.push("no [services.NAME] table: add at least one service");
             }
-            let raw: RawService = value.clone().try_into().map_err(|e: toml::de::Error| {
-                svc(format!("{} (see the manifest reference in the README)", e.message().trim()))
-            })?;
-            parsed.push(check_service(name, raw, payloads).map_err(svc)?);
+            return Err(p.into_error());
+        };
+        let payloads: HashSet<&str> = payloads.iter().copied().collect();
+        let mut known: Vec<&str> = payloads.iter().copied().collect();
+        known.sort_unstable();
+        let known = known.join(", ");
+        let mut nodes: Vec<Node> = services
+            .iter()
+            .map(|(name, value)| {
+                let mut problems = Vec::new();
+                let node = check_service(name, value, &payloads, &known, &mut problems);
+                for problem in problems {
+                    p.push(format_args!("service {}: {problem}", label(name)));
+                }
+                node
+            })
+            .collect();
+        // A toml::Table is sorted today, but a feature of the toml crate
+        // (preserve_order) would keep file order: ties go by name either way.
+        nodes.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        let (plan, graph_problems) = order(&nodes);
+        for problem in graph_problems {
+            p.push(problem);
         }
-        let services = order(parsed).map_err(err)?;
+        if !p.list.is_empty() {
+            return Err(p.into_error());
+        }
+        let mut slots: Vec<Option<Service>> = nodes.into_iter().map(|n| n.service).collect();
+        let services = plan.into_iter().filter_map(|i| slots[i].take()).collect();
         Ok(Manifest { services })
     }
 
@@ -232,62 +361,229 @@ impl Manifest {
     }
 }
 
-fn check_service(name: &str, raw: RawService, payloads: &[&str]) -> Result<Service, String> {
-    let payload = raw.payload.unwrap_or_else(|| name.to_owned());
-    if !payloads.contains(&payload.as_str()) {
-        return Err(format!(
-            "payload {payload:?} is not in this build (it carries {}): set `payload` to one of them",
-            payloads.join(", ")
-        ));
-    }
-    for key in raw.env.keys() {
-        if key.is_empty() || key.contains('=') || key.contains('\0') {
-            return Err(format!("env key {key:?} is not a variable name: remove the '=' or NUL"));
+/// Reads `key` of `fields` as a `T`; a value of the wrong type is a problem
+/// that names the key and shows an example.
+fn field<T: DeserializeOwned>(
+    fields: &toml::Table,
+    key: &str,
+    problems: &mut Vec<String>,
+) -> Option<T> {
+    let value = fields.get(key)?;
+    match value.clone().try_into::<T>() {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let example = example(KEYS, key);
+            problems.push(format!("{key}: {}: write e.g. {example}", one_line(e.message())));
+            None
         }
     }
-    let ready = raw.ready.map(check_ready).transpose()?;
-    let restart = match raw.restart.as_deref() {
-        None | Some("no") => Restart::No,
-        Some("on-failure") => Restart::OnFailure,
-        Some("always") => Restart::Always,
-        Some(other) => {
-            return Err(format!(
-                "restart {other:?} is not a policy: use \"no\", \"on-failure\" or \"always\""
+}
+
+fn example(keys: &[(&str, &'static str)], key: &str) -> &'static str {
+    keys.iter().find(|(k, _)| *k == key).map_or("", |(_, e)| e)
+}
+
+fn check_service(
+    name: &str,
+    value: &toml::Value,
+    payloads: &HashSet<&str>,
+    known: &str,
+    problems: &mut Vec<String>,
+) -> Node {
+    let mut node = Node { name: name.to_owned(), depends_on: Vec::new(), service: None };
+    if let Err(e) = crate::scan::check_name(name) {
+        problems.push(e);
+    }
+    let Some(fields) = value.as_table() else {
+        problems.push("must be a table: write [services.NAME] and keys below".into());
+        return node;
+    };
+    let names: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
+    for key in fields.keys().filter(|k| !names.contains(&k.as_str())) {
+        problems.push(format!("unknown key {key:?} (known keys: {})", names.join(", ")));
+    }
+
+    let depends_on: Vec<String> = field(fields, "depends_on", problems).unwrap_or_default();
+    node.depends_on = depends_on.clone();
+
+    // A payload of the wrong type is reported once, as such.
+    let payload: Option<String> = match fields.contains_key("payload") {
+        true => field(fields, "payload", problems),
+        false => Some(name.to_owned()),
+    };
+    if let Some(payload) = payload.as_deref().filter(|p| !payloads.contains(p)) {
+        problems.push(format!(
+            "payload {payload:?} is not in this build (it carries {known}): set `payload` to one of them"
+        ));
+    }
+
+    let args: Vec<String> = field(fields, "args", problems).unwrap_or_default();
+    for (i, arg) in args.iter().enumerate() {
+        if arg.contains('\0') {
+            problems.push(format!(
+                "args[{i}] {arg:?} holds a NUL byte, which no argument can: remove it"
             ));
         }
-    };
-    let stop_signal = match raw.stop_signal {
-        None => Signal::SIGTERM,
-        Some(s) => signal("stop_signal", &s)?,
-    };
-    let reload_signal = raw.reload_signal.map(|s| signal("reload_signal", &s)).transpose()?;
-    if matches!(reload_signal, Some(Signal::SIGKILL | Signal::SIGSTOP)) {
-        return Err(
-            "reload_signal cannot be SIGKILL or SIGSTOP: use e.g. \"SIGHUP\" or \"SIGUSR1\"".into(),
-        );
     }
-    if stop_signal == Signal::SIGKILL || stop_signal == Signal::SIGSTOP {
-        return Err(format!(
-            "stop_signal {stop_signal} cannot be a stop request: use SIGTERM, SIGINT, SIGQUIT or SIGHUP"
-        ));
+
+    let env: BTreeMap<String, String> = field(fields, "env", problems).unwrap_or_default();
+    for (key, value) in &env {
+        if key.is_empty() || key.contains(['=', '\0']) {
+            problems.push(format!("env key {key:?} is not a variable name: remove the '=' or NUL"));
+        }
+        if value.contains('\0') {
+            problems.push(format!(
+                "env {key:?} = {value:?} holds a NUL byte, which no variable can: remove it"
+            ));
+        }
     }
-    let stop_timeout = duration("stop_timeout", raw.stop_timeout, DEFAULT_STOP_TIMEOUT)?;
-    let restart_window = duration("restart_window", raw.restart_window, Duration::from_secs(60))?;
-    Ok(Service {
-        name: name.to_owned(),
-        payload,
-        args: raw.args,
-        env: raw.env,
-        cwd: raw.cwd,
-        ready,
-        depends_on: raw.depends_on,
-        restart,
-        max_restarts: raw.max_restarts.unwrap_or(5),
-        restart_window,
-        stop_signal,
-        stop_timeout,
-        reload_signal,
-    })
+
+    let cwd = field::<String>(fields, "cwd", problems)
+        .and_then(|cwd| check_cwd(&cwd).map_err(|e| problems.push(e)).ok());
+
+    let ready = match fields.get("ready") {
+        None => None,
+        Some(toml::Value::Table(ready)) => check_ready(ready, problems),
+        Some(_) => {
+            field::<toml::Table>(fields, "ready", problems);
+            None
+        }
+    };
+
+    let restart = match field::<String>(fields, "restart", problems).as_deref() {
+        None | Some("no") => Some(Restart::No),
+        Some("on-failure") => Some(Restart::OnFailure),
+        Some("always") => Some(Restart::Always),
+        Some(other) => {
+            problems.push(format!(
+                "restart {other:?} is not a policy: use \"no\", \"on-failure\" or \"always\""
+            ));
+            None
+        }
+    };
+
+    let max_restarts = match field::<i64>(fields, "max_restarts", problems) {
+        None => Some(DEFAULT_MAX_RESTARTS),
+        Some(n) => match u32::try_from(n) {
+            Ok(n) if n <= MAX_RESTARTS => Some(n),
+            _ => {
+                problems.push(format!(
+                    "max_restarts {n} is out of range: use 0 (give up at the first exit) to {MAX_RESTARTS}"
+                ));
+                None
+            }
+        },
+    };
+
+    let text = |key: &str, problems: &mut Vec<String>| field::<String>(fields, key, problems);
+    let stop_signal = match text("stop_signal", problems) {
+        None => Some(Signal::SIGTERM),
+        Some(s) => match signal("stop_signal", &s) {
+            Ok(Signal::SIGKILL | Signal::SIGSTOP) => {
+                problems.push(format!(
+                    "stop_signal {s:?} cannot be a stop request: use SIGTERM, SIGINT, SIGQUIT or SIGHUP"
+                ));
+                None
+            }
+            Ok(sig) => Some(sig),
+            Err(e) => {
+                problems.push(e);
+                None
+            }
+        },
+    };
+    let reload_signal = match text("reload_signal", problems) {
+        None => Some(None),
+        Some(s) => match signal("reload_signal", &s) {
+            Ok(Signal::SIGKILL | Signal::SIGSTOP) => {
+                problems.push(format!(
+                    "reload_signal {s:?} cannot be SIGKILL or SIGSTOP: use e.g. \"SIGHUP\" or \"SIGUSR1\""
+                ));
+                None
+            }
+            Ok(sig) => Some(Some(sig)),
+            Err(e) => {
+                problems.push(e);
+                None
+            }
+        },
+    };
+    let stop_timeout = duration(
+        "stop_timeout",
+        text("stop_timeout", problems),
+        DEFAULT_STOP_TIMEOUT,
+        Duration::ZERO,
+    )
+    .map_err(|e| problems.push(e))
+    .ok();
+    let restart_window = duration(
+        "restart_window",
+        text("restart_window", problems),
+        DEFAULT_RESTART_WINDOW,
+        MIN_RESTART_WINDOW,
+    )
+    .map_err(|e| problems.push(e))
+    .ok();
+
+    if let (
+        Some(payload),
+        Some(restart),
+        Some(max_restarts),
+        Some(stop_signal),
+        Some(reload_signal),
+        Some(stop_timeout),
+        Some(restart_window),
+    ) =
+        (payload, restart, max_restarts, stop_signal, reload_signal, stop_timeout, restart_window)
+    {
+        node.service = Some(Service {
+            name: name.to_owned(),
+            payload,
+            args,
+            env,
+            cwd,
+            ready,
+            depends_on,
+            restart,
+            max_restarts,
+            restart_window,
+            stop_signal,
+            stop_timeout,
+            reload_signal,
+        });
+    }
+    node
+}
+
+/// Resolves `cwd` against stigmer's working folder and checks that it is
+/// a folder that can be entered.
+fn check_cwd(cwd: &str) -> Result<PathBuf, String> {
+    if cwd.is_empty() {
+        return Err("cwd is empty: give a folder, or remove cwd to run in stigmer's".into());
+    }
+    if cwd.contains('\0') {
+        return Err(format!("cwd {cwd:?} holds a NUL byte, which no path can: remove it"));
+    }
+    let path = std::path::absolute(cwd)
+        .map_err(|e| format!("cwd {cwd:?}: cannot resolve it against the current folder: {e}"))?;
+    let shown = if path.as_os_str() == cwd {
+        format!("cwd {path:?}")
+    } else {
+        format!("cwd {cwd:?} (here {path:?})")
+    };
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(format!("{shown} is not a folder: give a folder")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "{shown} does not exist: create it or fix cwd (a relative cwd is relative to the folder stigmer runs in)"
+            ));
+        }
+        Err(e) => return Err(format!("{shown} cannot be read: {e}")),
+    }
+    nix::unistd::access(&path, nix::unistd::AccessFlags::X_OK)
+        .map_err(|e| format!("{shown} cannot be entered: {e}: fix its permissions"))?;
+    Ok(path)
 }
 
 /// A signal written `"SIGTERM"`, `"TERM"` or `"sigterm"`.
@@ -298,25 +594,80 @@ fn signal(key: &str, s: &str) -> Result<Signal, String> {
         .map_err(|_| format!("{key} {s:?} is not a signal: write e.g. \"SIGTERM\" or \"SIGHUP\""))
 }
 
-fn duration(key: &str, value: Option<String>, default: Duration) -> Result<Duration, String> {
-    match value {
-        None => Ok(default),
-        Some(v) => humantime::parse_duration(&v).map_err(|_| {
-            format!("{key} {v:?} is not a duration: write e.g. \"10s\", \"500ms\" or \"2m\"")
-        }),
+/// `value` (or `default`) as a duration from `min` to [`MAX_DURATION`].
+fn duration(
+    key: &str,
+    value: Option<String>,
+    default: Duration,
+    min: Duration,
+) -> Result<Duration, String> {
+    let Some(v) = value else { return Ok(default) };
+    let d = humantime::parse_duration(&v).map_err(|_| {
+        format!("{key} {v:?} is not a duration: write e.g. \"10s\", \"500ms\" or \"2m\"")
+    })?;
+    let (min_text, max_text) =
+        (humantime::format_duration(min), humantime::format_duration(MAX_DURATION));
+    if d > MAX_DURATION {
+        return Err(format!("{key} {v:?} is longer than {max_text}: use at most \"{max_text}\""));
     }
+    if d < min {
+        let why = if key == "ready.timeout" {
+            "give the service time to become ready, e.g. \"20s\", or remove `ready` to count it ready once started"
+        } else {
+            "e.g. \"60s\""
+        };
+        return Err(format!("{key} {v:?} is shorter than {min_text}: {why}"));
+    }
+    Ok(d)
 }
 
-fn check_ready(raw: RawReady) -> Result<Ready, String> {
-    let timeout = duration("ready.timeout", raw.timeout, DEFAULT_READY_TIMEOUT)?;
-    let check = match (raw.http, raw.tcp, raw.log) {
-        (Some(url), None, None) => http_check(&url)?,
-        (None, Some(addr), None) => Check::Tcp(socket_addr("ready.tcp", &addr)?),
-        (None, None, Some(text)) if !text.is_empty() => Check::Log(text),
-        (None, None, Some(_)) => return Err("ready.log is empty: give the text of the line that means ready".into()),
-        _ => return Err("ready takes exactly one of http, tcp or log: e.g. ready = { tcp = \"127.0.0.1:8080\" }".into()),
+fn check_ready(ready: &toml::Table, problems: &mut Vec<String>) -> Option<Ready> {
+    let before = problems.len();
+    let names: Vec<&str> = READY_KEYS.iter().map(|(k, _)| *k).collect();
+    for key in ready.keys().filter(|k| !names.contains(&k.as_str())) {
+        problems.push(format!(
+            "unknown key {:?} (ready takes one of http, tcp, log, and timeout)",
+            format!("ready.{key}")
+        ));
+    }
+    let mut text = |key: &str| {
+        let value = ready.get(key)?;
+        match value.clone().try_into::<String>() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                problems.push(format!(
+                    "ready.{key}: {}: write e.g. {}",
+                    one_line(e.message()),
+                    example(READY_KEYS, key)
+                ));
+                None
+            }
+        }
     };
-    Ok(Ready { check, timeout })
+    let (http, tcp, log, timeout) = (text("http"), text("tcp"), text("log"), text("timeout"));
+    let timeout = duration("ready.timeout", timeout, DEFAULT_READY_TIMEOUT, MIN_READY_TIMEOUT)
+        .map_err(|e| problems.push(e))
+        .ok();
+    if problems.len() > before {
+        return None;
+    }
+    let check = match (http, tcp, log) {
+        (Some(url), None, None) => http_check(&url),
+        (None, Some(addr), None) => socket_addr("ready.tcp", &addr).map(Check::Tcp),
+        (None, None, Some(text)) if !text.is_empty() => Ok(Check::Log(text)),
+        (None, None, Some(_)) => {
+            Err("ready.log is empty: give the text of the line that means ready".into())
+        }
+        _ => Err("ready takes exactly one of http, tcp or log: e.g. ready = { tcp = \"127.0.0.1:8080\" }".into()),
+    };
+    match (check, timeout) {
+        (Ok(check), Some(timeout)) => Some(Ready { check, timeout }),
+        (Err(e), _) => {
+            problems.push(e);
+            None
+        }
+        (Ok(_), None) => None,
+    }
 }
 
 fn http_check(url: &str) -> Result<Check, String> {
@@ -325,6 +676,11 @@ fn http_check(url: &str) -> Result<Check, String> {
             "ready.http {url:?} is not an http:// URL: write e.g. \"http://127.0.0.1:8080/healthz\""
         )
     };
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "ready.http {url:?} holds a space or control character: percent-encode it (%20)"
+        ));
+    }
     let rest = url.strip_prefix("http://").ok_or_else(bad)?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -356,7 +712,7 @@ fn socket_addr(key: &str, text: &str) -> Result<SocketAddr, String> {
     }
     let (host, port) = text.rsplit_once(':').ok_or_else(fix)?;
     port.parse::<u16>().map_err(|_| fix())?;
-    if host.is_empty() {
+    if host.is_empty() || host.contains('\0') {
         return Err(fix());
     }
     text.to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or_else(|| {
@@ -366,58 +722,102 @@ fn socket_addr(key: &str, text: &str) -> Result<SocketAddr, String> {
     })
 }
 
-/// Sorts services so each comes after its dependencies (ties by name), or
-/// names the unknown dependency or the cycle.
-fn order(services: Vec<Service>) -> Result<Vec<Service>, String> {
-    let names: BTreeSet<&str> = services.iter().map(|s| s.name.as_str()).collect();
-    for s in &services {
+/// Plans the start order of `nodes` (sorted by name): their indices, each
+/// after its dependencies, ties by name (Kahn's algorithm with a min-heap,
+/// O(n log n + edges)). Also returns the problems: a service that depends on
+/// itself or on an unknown service, and the dependency cycles (each found by
+/// one walk over the services left unplanned, so linear in all).
+fn order(nodes: &[Node]) -> (Vec<usize>, Vec<String>) {
+    let n = nodes.len();
+    let index: HashMap<&str, usize> =
+        nodes.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+    let mut problems = Vec::new();
+    // deps[i]: the indices i depends on; dependents[j]: those depending on j.
+    let mut deps: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, s) in nodes.iter().enumerate() {
         for dep in &s.depends_on {
-            if dep == &s.name {
-                return Err(format!("service {}: depends_on names itself: remove {dep:?}", s.name));
-            }
-            if !names.contains(dep.as_str()) {
-                return Err(format!(
+            match index.get(dep.as_str()) {
+                Some(&j) if j == i => problems.push(format!(
+                    "service {}: depends_on names itself: remove {dep:?}",
+                    label(&s.name)
+                )),
+                Some(&j) => {
+                    deps[i].push(j);
+                    dependents[j].push(i);
+                }
+                None => problems.push(format!(
                     "service {}: depends_on {dep:?} is not a service here (services: {}): fix the name",
-                    s.name,
-                    names.iter().copied().collect::<Vec<_>>().join(", ")
-                ));
+                    label(&s.name),
+                    some_names(nodes.iter().map(|s| s.name.as_str())),
+                )),
             }
         }
     }
-    let mut done: Vec<Service> = Vec::with_capacity(services.len());
-    let mut left = services;
-    while !left.is_empty() {
-        let ready = left
-            .iter()
-            .position(|s| s.depends_on.iter().all(|d| done.iter().any(|x| &x.name == d)));
-        match ready {
-            Some(i) => done.push(left.remove(i)),
-            None => return Err(cycle(&left)),
+    let mut waiting: Vec<usize> = deps.iter().map(Vec::len).collect();
+    let mut ready: BinaryHeap<Reverse<usize>> =
+        (0..n).filter(|&i| waiting[i] == 0).map(Reverse).collect();
+    let mut plan = Vec::with_capacity(n);
+    while let Some(Reverse(i)) = ready.pop() {
+        plan.push(i);
+        for &k in &dependents[i] {
+            waiting[k] -= 1;
+            if waiting[k] == 0 {
+                ready.push(Reverse(k));
+            }
         }
     }
-    Ok(done)
+    if plan.len() < n {
+        problems.extend(cycles(nodes, &deps, &waiting));
+    }
+    (plan, problems)
 }
 
-/// Describes one dependency cycle among `left` (services none of which
-/// can start), as `a -> b -> a`.
-fn cycle(left: &[Service]) -> String {
-    let by_name = |n: &str| left.iter().find(|s| s.name == n);
-    let mut path = vec![left[0].name.clone()];
-    loop {
-        let current = by_name(path.last().unwrap()).unwrap();
-        let next = current.depends_on.iter().find(|d| by_name(d).is_some()).unwrap().clone();
-        if let Some(start) = path.iter().position(|p| *p == next) {
-            let mut cycle = path[start..].to_vec();
-            cycle.push(next);
-            return format!(
+/// Describes the dependency cycles among the services left unplanned
+/// (`waiting[i] > 0`), as `a -> b -> a`: from each service not yet seen,
+/// follow the first unplanned dependency until a service repeats. Every
+/// unplanned service has one, so each walk ends on a cycle or on an
+/// earlier walk; each service is walked once.
+fn cycles(nodes: &[Node], deps: &[Vec<usize>], waiting: &[usize]) -> Vec<String> {
+    const UNSEEN: usize = usize::MAX;
+    const DONE: usize = usize::MAX - 1;
+    // Per service: UNSEEN, DONE, or its position on the current walk.
+    let mut at = vec![UNSEEN; nodes.len()];
+    let mut found = Vec::new();
+    for start in (0..nodes.len()).filter(|&i| waiting[i] > 0) {
+        let mut path: Vec<usize> = Vec::new();
+        let mut current = start;
+        // Where the walk met itself, if it did.
+        let mut looped = None;
+        while at[current] != DONE {
+            if at[current] != UNSEEN {
+                looped = Some(at[current]);
+                break;
+            }
+            at[current] = path.len();
+            path.push(current);
+            match deps[current].iter().find(|&&d| waiting[d] > 0) {
+                Some(&next) => current = next,
+                None => break,
+            }
+        }
+        if let Some(from) = looped {
+            let names: Vec<String> = path[from..]
+                .iter()
+                .chain(std::iter::once(&current))
+                .map(|&i| label(&nodes[i].name))
+                .collect();
+            found.push(format!(
                 "services {} form a dependency cycle: remove one of those depends_on",
-                cycle.join(" -> ")
-            );
+                names.join(" -> ")
+            ));
         }
-        path.push(next);
+        for &i in &path {
+            at[i] = DONE;
+        }
     }
+    found
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,6 +869,7 @@ ready = { http = "http://127.0.0.1:7234/healthz", timeout = "20s" }
             ("[services.api]\nport = 1\n", "service api: unknown key \"port\""),
             ("[services.nope]\n", "payload \"nope\" is not in this build"),
             ("[services.api]\npayload = \"x\"\n", "set `payload` to one of them"),
+            ("[services.nope]\npayload = 1\n", "service nope: payload: invalid type: integer `1`"),
             (
                 "[services.api]\ndepends_on = [\"runner\"]\n[services.runner]\ndepends_on = [\"api\"]\n",
                 "services api -> runner -> api form a dependency cycle",
@@ -495,18 +896,22 @@ ready = { http = "http://127.0.0.1:7234/healthz", timeout = "20s" }
                 "stop_signal \"SIGFOO\" is not a signal",
             ),
             ("[services.api]\nstop_signal = \"KILL\"\n", "cannot be a stop request"),
-            ("[services.api]\nargs = \"--port 1\"\n", "service api: invalid type"),
+            (
+                "[services.api]\nargs = \"--port 1\"\n",
+                "service api: args: invalid type: string \"--port 1\", expected a sequence: write e.g. args = [",
+            ),
             ("[service.api]\n", "unknown top-level key \"service\""),
             ("", "no [services.NAME] table"),
             ("[services.api\n", "line 1:"),
             (
                 "[services.\"a b\"]\npayload = \"api\"\n",
-                "service a b: payload name \"a b\" contains ' '",
+                "service \"a b\": payload name \"a b\" contains ' '",
             ),
         ];
         for (text, want) in cases {
             let err = parse(text).expect_err(text);
             assert!(err.contains(want), "{text:?}\n  got: {err}\n want: {want}");
+            clean(&err);
             assert!(err.starts_with("services.toml: "), "{err}");
             assert_eq!(err.lines().count(), 1, "{err}");
         }
@@ -535,5 +940,256 @@ ready = { http = "http://127.0.0.1:7234/healthz", timeout = "20s" }
         assert_eq!((addr.port(), path.as_str()), (9000, "/"));
         assert!(http_check("https://127.0.0.1/").is_err());
         assert!(http_check("http://u@127.0.0.1/").is_err());
+    }
+
+    /// Asserts that every line of `err` is one problem with no control
+    /// character.
+    fn clean(err: &str) {
+        for line in err.lines() {
+            assert!(line.starts_with("services.toml: "), "{err:?}");
+            assert!(!line.chars().any(char::is_control), "{line:?}");
+        }
+    }
+
+    fn one_problem(text: &str) -> String {
+        let err = parse(text).expect_err(text);
+        clean(&err);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        err
+    }
+
+    #[test]
+    fn durations_are_bounded_at_both_ends() {
+        for key in ["stop_timeout", "restart_window"] {
+            let m = parse(&format!("[services.api]\n{key} = \"24h\"\n")).unwrap();
+            let api = m.get("api").unwrap();
+            assert_eq!(
+                if key == "stop_timeout" { api.stop_timeout } else { api.restart_window },
+                MAX_DURATION
+            );
+            for long in ["24h 1ns", "25h", "300000000000y"] {
+                let err = one_problem(&format!("[services.api]\n{key} = \"{long}\"\n"));
+                assert!(err.contains(&format!("{key} \"{long}\" is longer than 1day")), "{err}");
+            }
+        }
+        let timeout = |t: &str| {
+            parse(&format!("[services.api]\nready = {{ log = \"up\", timeout = \"{t}\" }}\n"))
+        };
+        assert_eq!(
+            timeout("24h").unwrap().services[0].ready.as_ref().unwrap().timeout,
+            MAX_DURATION
+        );
+        assert_eq!(
+            timeout("1ms").unwrap().services[0].ready.as_ref().unwrap().timeout,
+            MIN_READY_TIMEOUT
+        );
+        for zero in ["0s", "999us"] {
+            let err = timeout(zero).unwrap_err();
+            assert!(
+                err.contains(&format!("ready.timeout \"{zero}\" is shorter than 1ms")),
+                "{err}"
+            );
+            assert!(err.contains("remove `ready`"), "{err}");
+        }
+        assert!(timeout("300000000000y").unwrap_err().contains("is longer than 1day"));
+        // 0: SIGKILL right after the stop signal.
+        let m = parse("[services.api]\nstop_timeout = \"0s\"\n").unwrap();
+        assert_eq!(m.services[0].stop_timeout, Duration::ZERO);
+        let m = parse("[services.api]\nrestart_window = \"1s\"\n").unwrap();
+        assert_eq!(m.services[0].restart_window, MIN_RESTART_WINDOW);
+        let err = one_problem("[services.api]\nrestart_window = \"999ms\"\n");
+        assert!(err.contains("restart_window \"999ms\" is shorter than 1s"), "{err}");
+    }
+
+    #[test]
+    fn max_restarts_is_bounded() {
+        let max = |n: &str| parse(&format!("[services.api]\nmax_restarts = {n}\n"));
+        assert_eq!(max("0").unwrap().services[0].max_restarts, 0);
+        assert_eq!(max("1000").unwrap().services[0].max_restarts, MAX_RESTARTS);
+        for bad in ["1001", "-1", "4294967296", "9223372036854775807"] {
+            let err = max(bad).unwrap_err();
+            assert!(err.contains(&format!("max_restarts {bad} is out of range: use 0")), "{err}");
+        }
+        assert!(max("\"5\"").unwrap_err().contains("max_restarts: invalid type"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_in_one_run() {
+        let text = r#"
+bogus = 1
+[services.api]
+port = 1
+stop_timeout = "soon"
+args = ["a\u0000b"]
+env = { "A=B" = "1", C = "x\u0000" }
+[services.runner]
+depends_on = ["db", "runner"]
+max_restarts = -3
+ready = { tcp = "127.0.0.1:1", timeout = "0s" }
+[services.probe]
+payload = "nope"
+cwd = "/nonexistent/stigmer/test"
+"#;
+        let err = parse(text).unwrap_err();
+        clean(&err);
+        let want = [
+            "unknown top-level key \"bogus\"",
+            "service api: unknown key \"port\"",
+            "service api: args[0] \"a\\0b\" holds a NUL byte",
+            "service api: env key \"A=B\" is not a variable name",
+            "service api: env \"C\" = \"x\\0\" holds a NUL byte",
+            "service api: stop_timeout \"soon\" is not a duration",
+            "service probe: payload \"nope\" is not in this build",
+            "service probe: cwd \"/nonexistent/stigmer/test\" does not exist",
+            "service runner: ready.timeout \"0s\" is shorter than 1ms",
+            "service runner: max_restarts -3 is out of range",
+            "service runner: depends_on \"db\" is not a service here (services: api, probe, runner)",
+            "service runner: depends_on names itself",
+        ];
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), want.len(), "{err}");
+        for (line, want) in lines.iter().zip(want) {
+            assert!(line.contains(want), "{line}\nwant: {want}\nall:\n{err}");
+        }
+    }
+
+    #[test]
+    fn cwd_is_resolved_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = parse(&format!("[services.api]\ncwd = {:?}\n", dir.path())).unwrap();
+        assert_eq!(m.services[0].cwd.as_deref(), Some(dir.path()));
+        // Relative: against the current folder, made absolute now.
+        let m = parse("[services.api]\ncwd = \"src\"\n").unwrap();
+        let want = std::env::current_dir().unwrap().join("src");
+        assert_eq!(m.services[0].cwd.as_deref(), Some(want.as_path()));
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let err = one_problem(&format!("[services.api]\ncwd = {:?}\n", file));
+        assert!(err.ends_with(&format!("cwd {file:?} is not a folder: give a folder")), "{err}");
+        let err = one_problem("[services.api]\ncwd = \"no-such-folder\"\n");
+        assert!(err.contains("cwd \"no-such-folder\" (here \"/"), "{err}");
+        assert!(err.contains("no-such-folder\") does not exist"), "{err}");
+        assert!(one_problem("[services.api]\ncwd = \"\"\n").contains("cwd is empty"));
+        assert!(one_problem("[services.api]\ncwd = \"/tmp\\u0000x\"\n").contains("NUL byte"));
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_located() {
+        let bytes = b"[services.api]\nargs = [\"caf\xe9\"]\n";
+        let err = Manifest::parse_bytes(bytes, "services.toml", PAYLOADS).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "services.toml: line 2, byte offset 27: byte 0xe9 is not UTF-8: save the manifest as UTF-8 text"
+        );
+        let m = Manifest::parse_bytes(b"[services.api]\n", "services.toml", PAYLOADS).unwrap();
+        assert_eq!(m.services[0].name, "api");
+    }
+
+    #[test]
+    fn names_and_values_are_printed_escaped() {
+        let cases = [
+            "[services.\"a\\u001b[31mb\"]\npayload = \"api\"\n",
+            "[services.\"a\\nb\\r\"]\npayload = \"api\"\n",
+            "[services.api]\npayload = \"\\u001b]0;x\\u0007\"\n",
+            "[services.api]\n\"k\\u009b\\n\" = 1\n",
+            "[services.api]\nstop_signal = \"\\r\\n\"\n",
+            "[services.api]\nready = { http = \"http://1.2.3.4/\\r\\nX: y\" }\n",
+            "[services.api]\ndepends_on = [\"\\u001bc\"]\n",
+            "\"\\u202e\" = 1\n[services.api]\n",
+            "[services.api]\nargs = [1, \"\\u001b\"]\n",
+            "[services.api]\nx = \"\u{1b}\"\n",
+            "[services.api]\nargs = \"\u{1b}[2J\n",
+        ];
+        for text in cases {
+            let err = parse(text).expect_err(text);
+            clean(&err);
+            assert!(!err.contains('\u{202e}'), "{err:?}");
+        }
+        let err = Manifest::parse("", "a\u{1b}[31m\nb", PAYLOADS).unwrap_err().to_string();
+        assert_eq!(err, "a\\u{1b}[31m; b: no [services.NAME] table: add at least one service");
+    }
+
+    /// `n` services on payload "api": each depends on the one before it
+    /// (`chain`) or on none.
+    fn many(n: usize, chain: bool) -> String {
+        let mut text = String::new();
+        for i in 0..n {
+            text.push_str(&format!("[services.s{i:05}]\npayload = \"api\"\n"));
+            if chain && i > 0 {
+                text.push_str(&format!("depends_on = [\"s{:05}\"]\n", i - 1));
+            }
+        }
+        text
+    }
+
+    #[test]
+    fn ten_thousand_services_are_planned() {
+        // A chain written from its end: every service follows the one it
+        // depends on.
+        let text = many(10_000, true);
+        let m = parse(&text).unwrap();
+        let names: Vec<&str> = m.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names.len(), 10_000);
+        let want: Vec<String> = (0..10_000).map(|i| format!("s{i:05}")).collect();
+        assert_eq!(names, want);
+        // Reversed dependencies: s09999 first.
+        let mut text = String::new();
+        for i in 0..10_000 {
+            text.push_str(&format!("[services.s{i:05}]\npayload = \"api\"\n"));
+            if i < 9_999 {
+                text.push_str(&format!("depends_on = [\"s{:05}\"]\n", i + 1));
+            }
+        }
+        let m = parse(&text).unwrap();
+        assert_eq!(m.services[0].name, "s09999");
+        assert_eq!(m.services[9_999].name, "s00000");
+        let m = parse(&many(10_000, false)).unwrap();
+        let names: Vec<&str> = m.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, want, "independent services come in name order");
+    }
+
+    #[test]
+    fn cycles_are_named_even_behind_a_tail() {
+        // x -> a -> b -> c -> a, and a separate d <-> e, and f fine.
+        let text = "[services.x]\npayload=\"api\"\ndepends_on=[\"a\"]\n\
+                    [services.a]\npayload=\"api\"\ndepends_on=[\"b\"]\n\
+                    [services.b]\npayload=\"api\"\ndepends_on=[\"f\", \"c\"]\n\
+                    [services.c]\npayload=\"api\"\ndepends_on=[\"a\"]\n\
+                    [services.d]\npayload=\"api\"\ndepends_on=[\"e\"]\n\
+                    [services.e]\npayload=\"api\"\ndepends_on=[\"d\"]\n\
+                    [services.f]\npayload=\"api\"\n";
+        let err = parse(text).unwrap_err();
+        assert_eq!(
+            err,
+            "services.toml: services a -> b -> c -> a form a dependency cycle: remove one of those depends_on\n\
+             services.toml: services d -> e -> d form a dependency cycle: remove one of those depends_on"
+        );
+        // A 10,000-long cycle is found too.
+        let mut text = many(10_000, true);
+        text = text.replacen(
+            "payload = \"api\"\n",
+            "payload = \"api\"\ndepends_on = [\"s09999\"]\n",
+            1,
+        );
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.lines().count(), 1);
+        assert!(
+            err.starts_with("services.toml: services s00000 -> s09999 -> s09998"),
+            "{}",
+            &err[..80]
+        );
+        assert!(
+            err.ends_with(
+                "s00001 -> s00000 form a dependency cycle: remove one of those depends_on"
+            )
+        );
+    }
+
+    #[test]
+    fn an_unknown_dependency_among_many_lists_a_few_names() {
+        let text = many(100, false) + "[services.z]\npayload = \"api\"\ndepends_on = [\"nope\"]\n";
+        let err = one_problem(&text);
+        assert!(err.contains("(services: s00000, s00001,"), "{err}");
+        assert!(err.contains("s00019, and 81 more): fix the name"), "{err}");
     }
 }

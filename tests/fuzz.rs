@@ -3,14 +3,70 @@
 //! never a panic.
 
 use proptest::prelude::*;
-use stigmer::{Catalog, Manifest, Payload};
+use stigmer::manifest::{MAX_DURATION, MAX_RESTARTS, MIN_READY_TIMEOUT};
+use stigmer::{Catalog, Manifest, ManifestError, Payload};
 
 const PAYLOADS: &[&str] = &["api", "worker", "hello"];
 
-/// Every error is one non-empty line that names where it comes from.
-fn one_line(message: &str) {
-    assert!(!message.is_empty());
-    assert!(!message.contains('\n'), "{message:?}");
+/// Every reported problem is one non-empty line with no control character
+/// (no ESC, CR, LF, NUL, C1...), so a message cannot move the cursor, recolour
+/// the terminal or forge a second line.
+fn clean_line(line: &str) {
+    assert!(!line.is_empty());
+    assert!(!line.chars().any(char::is_control), "{line:?}");
+    for reorder in ['\u{2028}', '\u{2029}', '\u{202e}', '\u{2066}'] {
+        assert!(!line.contains(reorder), "{line:?}");
+    }
+}
+
+/// Every problem of a manifest is a clean line, and printing the error
+/// gives exactly those lines.
+fn clean_problems(e: &ManifestError) {
+    assert!(!e.problems().is_empty());
+    for p in e.problems() {
+        clean_line(p);
+        assert!(p.starts_with("fuzz.toml: "), "{p:?}");
+    }
+    assert_eq!(e.to_string().lines().collect::<Vec<_>>(), e.problems());
+}
+
+/// Characters that break terminals and parsers: line breaks, ESC, other C0
+/// and C1 controls, DEL, NUL, text-reordering marks, non-ASCII, and TOML's
+/// own punctuation; the rest any character.
+fn nasty_char() -> impl Strategy<Value = char> {
+    const NASTY: &[char] = &[
+        '\n', '\r', '\t', '\x1b', '\0', '\x07', '\x08', '\x7f', '\u{85}', '\u{9b}', '\u{9d}',
+        '\u{2028}', '\u{2029}', '\u{202e}', '\u{2066}', '\u{feff}', 'é', '日', '🦀', '"', '\\',
+        '[', ']', '=', '.', ':', '/', ' ', 'a', '1',
+    ];
+    prop_oneof![3 => prop::sample::select(NASTY), 1 => any::<char>()]
+}
+
+/// A string of [`nasty_char`]s, sometimes around an ESC sequence.
+fn nasty_string(max: usize) -> impl Strategy<Value = String> {
+    let chars = move || prop::collection::vec(nasty_char(), 0..max).prop_map(String::from_iter);
+    prop_oneof![
+        3 => chars(),
+        1 => (chars(), chars()).prop_map(|(a, b)| format!("{a}\x1b[31m{b}\x1b]0;title\x07")),
+    ]
+}
+
+/// `s` as a TOML basic string: what TOML cannot hold raw is escaped, so the
+/// value reaches stigmer with its control characters.
+fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c != '\t' && (c < ' ' || c == '\x7f') => {
+                out.push_str(&format!("\\u{:04X}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// A line a service may hold: mostly ones that are valid on their own (so
@@ -35,10 +91,36 @@ fn service_line() -> impl Strategy<Value = String> {
         "ready = { log = \"up\" }",
     ];
     prop_oneof![
-        3 => prop::sample::select(VALID).prop_map(str::to_owned),
-        1 => any_line(),
+        6 => prop::sample::select(VALID).prop_map(str::to_owned),
+        2 => any_line(),
+        // Any key or value, with control characters escaped into it...
+        1 => (nasty_string(12), nasty_string(16))
+            .prop_map(|(k, v)| format!("{} = {}", toml_string(&k), toml_string(&v))),
+        1 => nasty_string(16).prop_map(|v| format!("args = [{}]", toml_string(&v))),
+        1 => (nasty_string(8), nasty_string(8))
+            .prop_map(|(k, v)| format!("env = {{ {} = {} }}", toml_string(&k), toml_string(&v))),
+        1 => (prop::sample::select(STRING_KEYS), nasty_string(16))
+            .prop_map(|(k, v)| format!("{k} = {}", toml_string(&v))),
+        // ...or raw, which TOML refuses in its own words.
+        1 => nasty_string(24),
     ]
 }
+
+/// The keys whose value is a string.
+const STRING_KEYS: &[&str] = &[
+    "payload",
+    "cwd",
+    "restart",
+    "restart_window",
+    "stop_signal",
+    "stop_timeout",
+    "reload_signal",
+    "ready.http",
+    "ready.tcp",
+    "ready.log",
+    "ready.timeout",
+    "depends_on",
+];
 
 /// Keys a service knows, some it does not, and values of every TOML type.
 fn any_line() -> impl Strategy<Value = String> {
@@ -80,9 +162,11 @@ fn any_line() -> impl Strategy<Value = String> {
 
 fn manifest() -> impl Strategy<Value = String> {
     let name = prop_oneof![
-        6 => prop::sample::select(PAYLOADS).prop_map(str::to_owned),
-        1 => "[a-zA-Z0-9_.-]{0,20}",
-        1 => ".{0,8}".prop_map(|s| format!("{s:?}")),
+        12 => prop::sample::select(PAYLOADS).prop_map(str::to_owned),
+        2 => "[a-zA-Z0-9_.-]{0,20}",
+        2 => ".{0,8}".prop_map(|s| format!("{s:?}")),
+        2 => nasty_string(10).prop_map(|s| toml_string(&s)),
+        1 => nasty_string(10),
     ];
     let service = (name, prop::collection::vec(service_line(), 0..4))
         .prop_map(|(name, lines)| format!("[services.{name}]\n{}\n", lines.join("\n")));
@@ -93,38 +177,63 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
     #[test]
-    fn any_text_is_a_manifest_or_one_line(text in ".{0,200}") {
+    fn any_text_is_a_manifest_or_clean_lines(
+        text in prop_oneof![".{0,200}", nasty_string(200)],
+    ) {
         if let Err(e) = Manifest::parse(&text, "fuzz.toml", PAYLOADS) {
-            one_line(&e.to_string());
+            clean_problems(&e);
         }
     }
 
     #[test]
-    fn manifest_shaped_text_is_a_manifest_or_one_line(text in manifest()) {
+    fn any_bytes_are_a_manifest_or_clean_lines(
+        bytes in prop::collection::vec(any::<u8>(), 0..200),
+    ) {
+        if let Err(e) = Manifest::parse_bytes(&bytes, "fuzz.toml", PAYLOADS) {
+            clean_problems(&e);
+        }
+    }
+
+    #[test]
+    fn manifest_shaped_text_is_a_manifest_or_clean_lines(text in manifest()) {
         match Manifest::parse(&text, "fuzz.toml", PAYLOADS) {
             Ok(m) => {
-                // What parses is usable: every service runs a payload this
-                // build carries and depends on services that exist.
-                for s in &m.services {
+                // What parses is safe to run with: every service runs a
+                // payload this build carries, depends on services that
+                // exist and come before it, holds no NUL for exec to refuse,
+                // and has bounded durations and an absolute cwd.
+                for (i, s) in m.services.iter().enumerate() {
                     prop_assert!(PAYLOADS.contains(&s.payload.as_str()), "{text}");
                     for d in &s.depends_on {
-                        prop_assert!(m.get(d).is_some(), "{text}");
+                        let at = m.services.iter().position(|x| &x.name == d);
+                        prop_assert!(at.is_some_and(|at| at < i), "{text}");
+                    }
+                    prop_assert!(!s.args.iter().any(|a| a.contains('\0')), "{text}");
+                    prop_assert!(!s.env.iter().any(|(k, v)| k.is_empty()
+                        || k.contains(['=', '\0']) || v.contains('\0')), "{text}");
+                    prop_assert!(s.cwd.as_ref().is_none_or(|c| c.is_absolute() && c.is_dir()));
+                    prop_assert!(s.stop_timeout <= MAX_DURATION && s.restart_window <= MAX_DURATION);
+                    prop_assert!(s.max_restarts <= MAX_RESTARTS);
+                    if let Some(r) = &s.ready {
+                        prop_assert!(r.timeout >= MIN_READY_TIMEOUT && r.timeout <= MAX_DURATION);
                     }
                 }
             }
-            Err(e) => one_line(&e.to_string()),
+            Err(e) => clean_problems(&e),
         }
     }
 
     #[test]
-    fn any_payload_name_is_found_or_one_line(name in "\\PC{0,40}|.{0,40}") {
+    fn any_payload_name_is_found_or_one_clean_line(
+        name in prop_oneof!["\\PC{0,40}|.{0,40}", nasty_string(40)],
+    ) {
         let catalog = Catalog::new(
             PAYLOADS.iter().map(|n| Payload::from_bytes(*n, &b"#!/bin/sh\n"[..])).collect(),
             None,
         );
         match catalog.get(&name) {
             Ok(p) => prop_assert_eq!(p.name(), name.as_str()),
-            Err(e) => one_line(&e.to_string()),
+            Err(e) => clean_line(&e.to_string()),
         }
     }
 }

@@ -339,7 +339,7 @@ fn manifest_errors_are_one_line_before_anything_starts() {
     }
     let o = env.stigmer().args(["server", "--config", "/nonexistent.toml"]).output().unwrap();
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("cannot read the manifest /nonexistent.toml"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("read the manifest \"/nonexistent.toml\""), "{}", stderr(&o));
 }
 
 #[test]

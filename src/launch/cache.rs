@@ -127,6 +127,9 @@ struct EntryInner {
     /// A private, exec-capable `TMPDIR` for payloads that unpack themselves
     /// (PyInstaller), removed when the entry is dropped.
     tmpdir: Option<PrivateTmp>,
+    /// The descriptor `entry()` checked, for an exec that follows at once
+    /// (`stigmer run`), so a payload is not hashed twice in a row.
+    checked: std::sync::Mutex<Option<File>>,
 }
 
 /// A private temporary folder, locked for as long as a payload may use it.
@@ -209,9 +212,12 @@ impl CacheLauncher {
             path,
             lock,
             tmpdir,
+            checked: std::sync::Mutex::new(None),
         }));
-        // Fill it now, so that a first launch fails early and plainly.
-        drop(entry.open()?);
+        // Fill and check it now, so that a first launch fails early and
+        // plainly.
+        let file = entry.open()?;
+        *entry.0.checked.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
         Ok(entry)
     }
 
@@ -250,6 +256,12 @@ impl Entry {
             Some(tmp) => vec![tmp.lock.as_raw_fd(), self.0.lock.as_raw_fd()],
             None => Vec::new(),
         }
+    }
+
+    /// The descriptor checked when the entry was made, once, if nothing
+    /// took it yet: for an exec that follows the `prepare` at once.
+    pub(crate) fn take_checked(&self) -> Option<File> {
+        self.0.checked.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// Opens the entry, checked now: the folders on the way are trusted, and

@@ -130,7 +130,9 @@ pub struct Plan {
 pub struct Prepared {
     name: String,
     image: Image,
-    /// A `#!` script, whose interpreter reads it through `/dev/fd/N`.
+    /// A `#!` script, whose interpreter reads it through `/dev/fd/N` when
+    /// it is exec'd by descriptor (Linux).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     script: bool,
 }
 
@@ -201,12 +203,19 @@ impl Prepared {
     /// Call it once per command; the command must not have been given
     /// `env_clear`.
     pub fn spawn(&self, cmd: &mut Command) -> Result<std::process::Child> {
+        self.spawn_checked(cmd, false)
+    }
+
+    /// [`Prepared::spawn`]; with `just_prepared`, as for `exec_checked`.
+    fn spawn_checked(&self, cmd: &mut Command, just_prepared: bool) -> Result<std::process::Child> {
         let exec_err = |source| Error::Exec { name: self.name.clone(), source };
         match &self.image {
             #[cfg(target_os = "linux")]
             Image::Memfd(image) => image.spawn(cmd, &self.name).map_err(exec_err),
             Image::File(entry) => {
-                let file = entry.open()?;
+                // Taken either way: a descriptor checked long ago is no check.
+                let checked = entry.take_checked().filter(|_| just_prepared);
+                let file = checked.map_or_else(|| entry.open(), Ok)?;
                 cfg_if::cfg_if! {
                     if #[cfg(target_os = "linux")] {
                         use std::os::fd::AsFd as _;
@@ -219,6 +228,7 @@ impl Prepared {
                         // No exec by descriptor: the path, right after its
                         // check; the folder checks keep others from swapping it.
                         drop(file);
+                        inherit_in_child(cmd, entry.inherited());
                         cmd.spawn().map_err(exec_err)
                     }
                 }
@@ -234,12 +244,23 @@ impl Prepared {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        self.exec_checked(args, false)
+    }
+
+    /// [`Prepared::exec`]; with `just_prepared`, a cache entry checked by
+    /// the `prepare` that made this a moment ago is not hashed again.
+    fn exec_checked<I, S>(&self, args: I, just_prepared: bool) -> Error
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let exec_err = |source| Error::Exec { name: self.name.clone(), source };
         match &self.image {
             #[cfg(target_os = "linux")]
             Image::Memfd(image) => exec_err(image.exec(&self.name, args)),
             Image::File(entry) => {
-                let file = match entry.open() {
+                let checked = if just_prepared { entry.take_checked() } else { None };
+                let file = match checked.map_or_else(|| entry.open(), Ok) {
                     Ok(file) => file,
                     Err(e) => return e,
                 };
@@ -256,11 +277,37 @@ impl Prepared {
                         exec_err(spawn::exec_fd(file.as_fd(), &argv, &inherit, true))
                     } else {
                         drop(file);
-                        exec_err(self.command().args(args).exec())
+                        let mut cmd = self.command();
+                        inherit_in_child(&mut cmd, entry.inherited());
+                        exec_err(cmd.args(args).exec())
                     }
                 }
             }
         }
+    }
+}
+
+/// Keeps `fds` open across the exec of `cmd` (where there is no exec by
+/// descriptor, which does this itself).
+#[cfg(not(target_os = "linux"))]
+fn inherit_in_child(cmd: &mut Command, fds: Vec<std::os::fd::RawFd>) {
+    if fds.is_empty() {
+        return;
+    }
+    // SAFETY: the closure runs in the child between fork and exec and makes
+    // only fcntl(2) calls, which are async-signal-safe, on descriptors the
+    // parent keeps open until the spawn returns; it reads a vector made
+    // before the fork and allocates nothing.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                if nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
     }
 }
 
@@ -408,7 +455,7 @@ impl Launcher {
         S: AsRef<OsStr>,
     {
         let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-        let err = prepared.exec(&args);
+        let err = prepared.exec_checked(&args, true);
         if prepared.backend() == Backend::Memfd
             && self.choice == Choice::Auto
             && err.is_exec_refused()
@@ -434,7 +481,7 @@ impl Launcher {
         if prepared.needs_parent() {
             let mut cmd = prepared.command();
             cmd.args(args);
-            return child::run(&mut cmd, |cmd| prepared.spawn(cmd));
+            return child::run(&mut cmd, |cmd| prepared.spawn_checked(cmd, true));
         }
         Err(self.exec_prepared(payload, &prepared, args))
     }

@@ -1,7 +1,15 @@
 //! Readiness checks: an HTTP GET answered 2xx, or a TCP connection
 //! accepted, polled until the service's timeout. (`log` checks are made on
 //! the output as it is read; see `logs::pump`.)
+//!
+//! Every attempt (connect, write, read) is bounded by the time left before
+//! the deadline and by [`ATTEMPT`], so [`wait`] returns within its limit
+//! plus a few milliseconds even when a listener never completes a
+//! handshake (a full backlog drops SYNs), and its message names the limit
+//! that applied.
 
+use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -9,58 +17,96 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep, timeout};
 
-use crate::manifest::Check;
+use crate::manifest::{Check, MAX_DURATION};
 
 const POLL: Duration = Duration::from_millis(50);
+/// The longest one attempt may take.
 const ATTEMPT: Duration = Duration::from_secs(2);
 
 /// Polls `check` until it passes (`Ok`) or `within` runs out (`Err` with
-/// the last failure).
+/// the last failure). Returns within `within` (at most [`MAX_DURATION`])
+/// plus a few milliseconds; makes at least one attempt.
 pub(crate) async fn wait(check: &Check, within: Duration) -> Result<(), String> {
+    let within = within.min(MAX_DURATION);
     let deadline = Instant::now() + within;
     loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let limit = Limit { cap: left.min(ATTEMPT), within };
         let attempt = match check {
-            Check::Http { addr, host, path, .. } => http(*addr, host, path).await,
-            Check::Tcp(addr) => TcpStream::connect(addr).await.map(drop).map_err(|e| e.to_string()),
+            Check::Http { addr, host, path, .. } => bounded(limit, http(*addr, host, path)).await,
+            Check::Tcp(addr) => {
+                bounded(limit, async {
+                    TcpStream::connect(addr).await.map(drop).map_err(|e| e.to_string())
+                })
+                .await
+            }
             Check::Log(_) => return std::future::pending().await,
         };
         let failure = match attempt {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
-        if Instant::now() + POLL >= deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left <= POLL {
             return Err(failure);
         }
         sleep(POLL).await;
     }
 }
 
-/// One `GET`: `Ok` for a 2xx status.
+/// What bounds one attempt, to say which bound applied when it runs out.
+#[derive(Clone, Copy)]
+struct Limit {
+    /// The attempt's bound: the smaller of [`ATTEMPT`] and the time left.
+    cap: Duration,
+    /// The whole wait.
+    within: Duration,
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = |d: Duration| {
+            humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
+        };
+        if self.cap == ATTEMPT {
+            write!(f, "no answer within {} (the limit of one attempt)", ms(ATTEMPT))
+        } else {
+            write!(f, "no answer before the {} timeout ran out", ms(self.within))
+        }
+    }
+}
+
+/// Runs `attempt` for at most `limit.cap`.
+async fn bounded(
+    limit: Limit,
+    attempt: impl Future<Output = Result<(), String>>,
+) -> Result<(), String> {
+    timeout(limit.cap, attempt).await.unwrap_or_else(|_| Err(limit.to_string()))
+}
+
+/// One `GET`: `Ok` for a 2xx status. The caller bounds it in time.
 async fn http(addr: SocketAddr, host: &str, path: &str) -> Result<(), String> {
-    let attempt = async {
-        let mut conn = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: stigmer\r\nConnection: close\r\n\r\n"
-        );
-        conn.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-        let mut head = Vec::new();
-        let mut buf = [0; 512];
-        while !head.contains(&b'\n') && head.len() < 4096 {
-            let n = conn.read(&mut buf).await.map_err(|e| e.to_string())?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&buf[..n]);
+    let mut conn = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: stigmer\r\nConnection: close\r\n\r\n"
+    );
+    conn.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut head = Vec::new();
+    let mut buf = [0; 512];
+    while !head.contains(&b'\n') && head.len() < 4096 {
+        let n = conn.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
         }
-        let status_line = String::from_utf8_lossy(&head);
-        let status_line = status_line.lines().next().unwrap_or("");
-        match status_line.split_whitespace().nth(1) {
-            Some(code) if code.starts_with('2') && code.len() == 3 => Ok(()),
-            Some(_) => Err(format!("answered {status_line:?}")),
-            None => Err("no HTTP status line in the answer".to_owned()),
-        }
-    };
-    timeout(ATTEMPT, attempt).await.unwrap_or_else(|_| Err("no answer within 2s".to_owned()))
+        head.extend_from_slice(&buf[..n]);
+    }
+    let status_line = String::from_utf8_lossy(&head);
+    let status_line = status_line.lines().next().unwrap_or("");
+    match status_line.split_whitespace().nth(1) {
+        Some(code) if code.starts_with('2') && code.len() == 3 => Ok(()),
+        Some(_) => Err(format!("answered {status_line:?}")),
+        None => Err("no HTTP status line in the answer".to_owned()),
+    }
 }
 
 #[cfg(test)]
@@ -100,5 +146,89 @@ mod tests {
         drop(listener);
         let err = wait(&Check::Tcp(addr), Duration::from_millis(200)).await.unwrap_err();
         assert!(err.to_lowercase().contains("refused"), "{err}");
+    }
+
+    /// A listener whose accept queue is full and never drained: the kernel
+    /// drops further SYNs, so a connect hangs (for minutes, by retries).
+    /// Returns it with the connections that filled it.
+    fn full_backlog() -> (tokio::net::TcpListener, Vec<std::net::TcpStream>) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut held = Vec::new();
+        for _ in 0..64 {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                Ok(conn) => held.push(conn),
+                Err(e) => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+                    return (listener, held);
+                }
+            }
+        }
+        panic!("64 connections did not fill a backlog of 0");
+    }
+
+    /// Asserts that `wait` gave up within `within` plus a margin, not before.
+    async fn gives_up_in_time(check: &Check, within: Duration) -> String {
+        let start = std::time::Instant::now();
+        let err = wait(check, within).await.unwrap_err();
+        let took = start.elapsed();
+        assert!(
+            took < within + Duration::from_millis(500),
+            "took {took:?} against {within:?}: {err}"
+        );
+        assert!(took + Duration::from_millis(60) >= within, "gave up early, after {took:?}: {err}");
+        err
+    }
+
+    #[tokio::test]
+    async fn a_full_backlog_is_waited_for_no_longer_than_the_timeout() {
+        let (listener, _held) = full_backlog();
+        let addr = listener.local_addr().unwrap();
+        let err = gives_up_in_time(&Check::Tcp(addr), Duration::from_secs(1)).await;
+        assert_eq!(err, "no answer before the 1s timeout ran out");
+        let err = gives_up_in_time(&http_check(addr), Duration::from_millis(700)).await;
+        assert_eq!(err, "no answer before the 700ms timeout ran out");
+        // Longer than one attempt: the first stops at 2s, the last at the
+        // deadline, and the message says which limit ended the last.
+        let err = gives_up_in_time(&Check::Tcp(addr), Duration::from_millis(2600)).await;
+        assert_eq!(err, "no answer before the 2s 600ms timeout ran out");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_is_waited_for_no_longer_than_the_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Accepts, reads the request, never answers.
+        tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                open.push(conn);
+            }
+        });
+        let err = gives_up_in_time(&http_check(addr), Duration::from_millis(300)).await;
+        assert_eq!(err, "no answer before the 300ms timeout ran out");
+    }
+
+    #[tokio::test]
+    async fn one_attempt_is_capped_and_says_so() {
+        let within = Duration::from_secs(3);
+        let (listener, _held) = full_backlog();
+        let addr = listener.local_addr().unwrap();
+        let start = std::time::Instant::now();
+        let attempt = bounded(Limit { cap: ATTEMPT, within }, async {
+            TcpStream::connect(addr).await.map(drop).map_err(|e| e.to_string())
+        })
+        .await;
+        assert!(start.elapsed() < ATTEMPT + Duration::from_millis(500));
+        assert_eq!(attempt.unwrap_err(), "no answer within 2s (the limit of one attempt)");
+    }
+
+    #[tokio::test]
+    async fn any_duration_is_safe() {
+        // `Instant::now() + Duration::MAX` panics; the wait is capped.
+        let ok = serve_once("HTTP/1.1 200 OK\r\n\r\n").await;
+        wait(&http_check(ok), Duration::MAX).await.unwrap();
     }
 }

@@ -66,10 +66,14 @@ fn main() -> ExitCode {
     init_logging(cli.verbose + u8::from(serving), cli.quiet, serving);
     let choice = Choice::from(cli.backend);
     outcome(match cli.command {
-        Cmd::Run { mut argv } => {
-            let args = cli::payload_args(argv.split_off(1));
-            run(&catalog, choice, cli.quiet, &argv[0].to_string_lossy(), args)
-        }
+        Cmd::Run { argv } => match argv.split_first() {
+            Some((name, rest)) => {
+                let args = cli::payload_args(rest.to_vec());
+                run(&catalog, choice, cli.quiet, &name.to_string_lossy(), args)
+            }
+            // clap requires the name; this is for the type checker.
+            None => Err(anyhow::anyhow!("stigmer run needs a payload name: see stigmer list")),
+        },
         Cmd::Server { config, json_logs } => {
             let result = server(&catalog, choice, cli.quiet, config.as_deref(), json_logs, guard);
             let code = outcome(result);
@@ -170,6 +174,9 @@ fn run(
     Ok(stigmer::launch::exit_code(status))
 }
 
+/// How problems of the embedded `services.toml` name it.
+const EMBEDDED_MANIFEST: &str = "services.toml (embedded)";
+
 fn server(
     catalog: &Catalog,
     choice: Choice,
@@ -181,17 +188,15 @@ fn server(
     let names: Vec<&str> = catalog.payloads().iter().map(|p| p.name()).collect();
     let manifest = match config {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the manifest {}", path.display()))?;
-            Manifest::parse(&text, &path.display().to_string(), &names)?
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read the manifest {path:?}"))?;
+            Manifest::parse_bytes(&bytes, &format!("{path:?}"), &names)?
         }
         None => {
-            let text = catalog.manifest().context(
+            let bytes = catalog.manifest().context(
                 "this stigmer carries no services.toml: pass --config FILE, or embed one beside the payloads",
             )?;
-            let text =
-                std::str::from_utf8(text).context("the embedded services.toml is not UTF-8")?;
-            Manifest::parse(text, "services.toml (embedded)", &names)?
+            Manifest::parse_bytes(bytes, EMBEDDED_MANIFEST, &names)?
         }
     };
     let color =
@@ -263,12 +268,11 @@ fn list(catalog: &Catalog, choice: Choice, json: bool) -> anyhow::Result<ExitCod
 fn doctor(catalog: &Catalog, choice: Choice, json: bool) -> anyhow::Result<ExitCode> {
     let launcher = Launcher::new(choice, env::home().ok());
     let names: Vec<&str> = catalog.payloads().iter().map(|p| p.name()).collect();
-    let manifest = catalog
-        .manifest()
-        .and_then(|text| std::str::from_utf8(text).ok())
-        .and_then(|text| Manifest::parse(text, "services.toml (embedded)", &names).ok());
+    let manifest =
+        catalog.manifest().map(|bytes| Manifest::parse_bytes(bytes, EMBEDDED_MANIFEST, &names));
     let report = stigmer::doctor::diagnose(catalog, &launcher, manifest.as_ref());
-    let code = if report.all_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    let code =
+        if report.all_ok() && report.manifest_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     let mut out = io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, &report).map_err(io::Error::from)?;
@@ -315,6 +319,17 @@ fn doctor(catalog: &Catalog, choice: Choice, json: bool) -> anyhow::Result<ExitC
         None => {}
     }
     row(mark(cache.usable.ok && cache.noexec != Some(true)), "cache", &line)?;
+    match &report.manifest_problems {
+        Some(problems) if problems.is_empty() => {
+            row(mark(true), "services.toml", "checked: stigmer server can start it from here")?;
+        }
+        Some(problems) => {
+            for problem in problems {
+                row(mark(false), "services.toml", problem)?;
+            }
+        }
+        None => {}
+    }
     if let Some(shmem) = report.server_shmem {
         let pinned = format!("stigmer server would pin {} of RAM in memfds", human_size(shmem));
         row("", "server memory", &pinned)?;
@@ -401,10 +416,17 @@ fn fail(err: &anyhow::Error) -> ExitCode {
     }) {
         return ExitCode::SUCCESS;
     }
+    // Every problem of a manifest, one line each.
+    if let Some(e) = err.downcast_ref::<stigmer::ManifestError>() {
+        let mut stderr = io::stderr().lock();
+        for problem in e.problems() {
+            let _ = writeln!(stderr, "error: {problem}");
+        }
+        return ExitCode::from(2);
+    }
     let (message, code) = match err.downcast_ref::<stigmer::Error>() {
         // Library errors already include their cause.
         Some(e) => (e.to_string(), if e.is_usage() { 2 } else { 1 }),
-        None if err.downcast_ref::<stigmer::ManifestError>().is_some() => (err.to_string(), 2),
         None => (format!("{err:#}"), 1),
     };
     stderr::write(format!("error: {message}\n").as_bytes());
