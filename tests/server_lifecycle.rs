@@ -526,3 +526,13 @@ args = ["--quiet", "--say", "{m}-canary", "--sleep", "600000"]
         assert_none_left(&[&m]);
     }
 }
+
+#[test]
+fn manifest_errors_into_a_fifo_nobody_reads_do_not_hang() {
+    let env = TestEnv::new();
+    let manifest = "[services.api]\npayload = \"probe\"\nport = 80\n";
+    let (mut child, _readers) = serve_into_full_fifos(&env, manifest, NATIVE_BACKEND);
+    // The problem cannot be written; stigmer gives up on it and exits.
+    let status = wait_exit(&mut child, 5);
+    assert_eq!(status.code(), Some(2));
+}

@@ -417,11 +417,10 @@ fn fail(err: &anyhow::Error) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     // Every problem of a manifest, one line each.
+    // (One write: for the server, one message through the lossy queue.)
     if let Some(e) = err.downcast_ref::<stigmer::ManifestError>() {
-        let mut stderr = io::stderr().lock();
-        for problem in e.problems() {
-            let _ = writeln!(stderr, "error: {problem}");
-        }
+        let lines: String = e.problems().iter().map(|p| format!("error: {p}\n")).collect();
+        stderr::write(lines.as_bytes());
         return ExitCode::from(2);
     }
     let (message, code) = match err.downcast_ref::<stigmer::Error>() {
