@@ -300,11 +300,17 @@ fn pyinstaller_and_script_payloads_from_a_custom_folder() {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.signal(), Some(15), "{o:?}");
-    assert_eq!(
-        fs::read_dir(env.home.join("tmp")).unwrap().count(),
-        0,
-        "private TMPDIR left behind"
-    );
+    let left: Vec<_> = fs::read_dir(env.home.join("tmp"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let inside: Vec<_> = fs::read_dir(e.path())
+                .map(|d| d.flatten().map(|f| f.file_name()).collect())
+                .unwrap_or_default();
+            (e.file_name(), inside)
+        })
+        .collect();
+    assert!(left.is_empty(), "private TMPDIR left behind: {left:?}\n{}", stderr(&o));
 
     // A private TMPDIR is never removed while its payload runs: not after
     // its stigmer was killed, not by a stigmer in another pid namespace
