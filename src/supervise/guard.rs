@@ -76,12 +76,7 @@ impl Guard {
 /// logging starts a writer thread): the supervisor is forked, and only
 /// the thread calling fork exists in the child.
 pub fn split() -> io::Result<Side> {
-    #[cfg(target_os = "linux")]
-    debug_assert_eq!(
-        std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(1),
-        1,
-        "the guard must fork before any thread exists"
-    );
+    debug_assert!(sys::single_threaded(), "the guard must fork before any thread exists");
     sys::become_subreaper();
     let (gone, alive) = sys::cloexec_pipe()?;
     let mut set = SigSet::empty();

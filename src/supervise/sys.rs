@@ -25,6 +25,12 @@ cfg_if::cfg_if! {
             }
         }
 
+        /// Whether this process has one thread (`/proc/self/task`; assumed
+        /// without `/proc`).
+        pub(crate) fn single_threaded() -> bool {
+            std::fs::read_dir("/proc/self/task").map_or(true, |d| d.count() == 1)
+        }
+
         /// A pipe whose two ends are close-on-exec.
         pub(crate) fn cloexec_pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
@@ -190,6 +196,11 @@ cfg_if::cfg_if! {
             }
         }
     } else {
+        /// Unknown without `/proc`: assumed.
+        pub(crate) fn single_threaded() -> bool {
+            true
+        }
+
         /// A pipe whose two ends are close-on-exec. There is no `pipe2`
         /// here: the flag is set right after, which is safe while the
         /// process has one thread (the guard's split), as nothing can fork
