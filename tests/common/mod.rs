@@ -423,7 +423,13 @@ impl Server {
     #[track_caller]
     pub fn finish(mut self, secs: u64) -> (std::process::ExitStatus, Vec<String>, Vec<String>) {
         let status = self.wait_exit(secs);
-        for r in self.readers.drain(..) {
+        // The output ends when the last process holding it (the supervisor,
+        // a service) is gone: bounded too, so a leak fails the test instead
+        // of hanging it.
+        let readers = std::mem::take(&mut self.readers);
+        let what = || "stdout or stderr still open after the server exited".to_owned();
+        wait_until(secs, what, || readers.iter().all(|r| r.is_finished()));
+        for r in readers {
             r.join().unwrap();
         }
         let out = std::mem::take(&mut *self.stdout.lock().unwrap());
