@@ -128,6 +128,39 @@ fn sigkill_of_the_supervisor_leaves_no_service_orphan_or_daemon() {
 }
 
 #[test]
+fn the_services_die_with_the_supervisor_by_their_death_signal() {
+    for (k, backend) in BACKENDS.iter().enumerate() {
+        let env = TestEnv::new();
+        let m = marker("pdeathsig", backend);
+        let (o, d) = (unique_ms(20 + 2 * k as u32), unique_ms(21 + 2 * k as u32));
+        let mut server = env.server(&escaping_manifest(&m, o, d), &[], &["--backend", backend]);
+        server.wait_stderr("all services running", 20);
+        let services: Vec<u32> = wait_processes(&m, 2, 10).into_iter().map(|p| p.0).collect();
+        let orphan_pid = wait_processes(&orphan(o), 1, 10)[0].0;
+        wait_processes(&daemon(d), 1, 10);
+        let supervisor = server.supervisor();
+        // With the guard stopped and the supervisor killed (no hook runs),
+        // only PR_SET_PDEATHSIG can end the services.
+        server.signal(Signal::SIGSTOP);
+        kill(Pid::from_raw(supervisor as i32), Signal::SIGKILL).unwrap();
+        for pid in &services {
+            wait_until(
+                10,
+                || format!("service {pid}: {:?}", state_of(*pid)),
+                || state_of(*pid).is_none_or(|s| s == 'Z'),
+            );
+        }
+        // Its grandchildren have no death signal: they wait for the guard.
+        assert!(state_of(orphan_pid).is_some_and(|s| s != 'Z'), "{backend}: orphan still runs");
+        assert_eq!(processes_with(&daemon(d)).len(), 1, "{backend}: daemon still runs");
+        server.signal(Signal::SIGCONT);
+        let status = server.wait_exit(10);
+        assert_none_left(&[&m, &orphan(o), &daemon(d)]);
+        assert_eq!(status.code(), Some(128 + 9), "{backend}");
+    }
+}
+
+#[test]
 fn sigquit_and_sighup_stop_gracefully() {
     for backend in BACKENDS {
         for signal in [Signal::SIGQUIT, Signal::SIGHUP] {
