@@ -200,25 +200,24 @@ impl CacheLauncher {
     pub(crate) fn entry(&self, payload: &Payload) -> Result<Entry> {
         let dir = self.bin_dir()?.join(payload.sha256().to_string());
         let lock = lock_entry_dir(&dir)?;
+        let path = dir.join(payload.name());
+        // Fill and check it now, so that a first launch fails early and
+        // plainly; the private TMPDIR only then, so a fill that fails or is
+        // killed leaves none.
+        let file = self.open_checked(payload, &dir, &path)?;
         let tmpdir = match payload.kind().needs_real_path() {
             true => Some(self.tmpdir()?),
             false => None,
         };
-        let path = dir.join(payload.name());
-        let entry = Entry(Arc::new(EntryInner {
+        Ok(Entry(Arc::new(EntryInner {
             cache: self.clone(),
             payload: payload.clone(),
             dir,
             path,
             lock,
             tmpdir,
-            checked: std::sync::Mutex::new(None),
-        }));
-        // Fill and check it now, so that a first launch fails early and
-        // plainly.
-        let file = entry.open()?;
-        *entry.0.checked.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
-        Ok(entry)
+            checked: std::sync::Mutex::new(Some(file)),
+        })))
     }
 
     /// A new private temporary folder under `$STIGMER_HOME/tmp/`, locked
@@ -272,30 +271,35 @@ impl Entry {
     /// (macOS).
     pub(crate) fn open(&self) -> Result<File> {
         let inner = &*self.0;
-        let payload = &inner.payload;
+        inner.cache.open_checked(&inner.payload, &inner.dir, &inner.path)
+    }
+}
+
+impl CacheLauncher {
+    /// See [`Entry::open`].
+    fn open_checked(&self, payload: &Payload, dir: &Path, path: &Path) -> Result<File> {
         // The folders above, and the entry's folder itself, again: this runs
         // before every launch, long after the entry was first made.
-        inner.cache.bin_dir()?;
-        private_dir(&inner.dir, false)?;
+        self.bin_dir()?;
+        private_dir(dir, false)?;
         // Three rounds: a concurrent writer can win a rename between our
         // check and ours, after which its entry is checked like any other.
         for _ in 0..3 {
-            let replace = match check(&inner.path, payload.len(), payload.sha256()) {
+            let replace = match check(path, payload.len(), payload.sha256()) {
                 Check::Good(file) => return Ok(file),
                 Check::Missing => false,
                 Check::Bad(why) => {
-                    warn!("cache entry {} {why}: replacing it", inner.path.display());
+                    warn!("cache entry {} {why}: replacing it", path.display());
                     true
                 }
             };
-            remove_unlocked_temps(&inner.dir);
-            let ticker =
-                inner.cache.progress.as_ref().map(|p| p.start(payload.name(), payload.len()));
-            write_entry(&inner.dir, &inner.path, payload, replace, ticker)?;
+            remove_unlocked_temps(dir);
+            let ticker = self.progress.as_ref().map(|p| p.start(payload.name(), payload.len()));
+            write_entry(dir, path, payload, replace, ticker)?;
         }
         Err(Error::Cache {
             op: "settle the cache entry",
-            path: inner.path.clone(),
+            path: path.to_owned(),
             source: io::Error::other("it kept changing while stigmer wrote it"),
         })
     }

@@ -33,19 +33,70 @@ const FORWARDED: [Signal; 8] = [
     Signal::SIGCONT,
 ];
 
+/// The signals [`run`] handles, blocked from before the payload is
+/// prepared (so that a signal sent meanwhile waits for the payload instead
+/// of killing stigmer before it cleans up), restored when dropped.
+pub(crate) struct Blocked {
+    set: SigSet,
+    old: SigSet,
+}
+
+impl Blocked {
+    /// Blocks them in the calling thread (stigmer run is single-threaded).
+    pub(crate) fn new() -> crate::Result<Blocked> {
+        let mut set = SigSet::empty();
+        for sig in FORWARDED {
+            set.add(sig);
+        }
+        set.add(Signal::SIGCHLD);
+        let old = set.thread_swap_mask(SigmaskHow::SIG_BLOCK).map_err(io_err)?;
+        Ok(Blocked { set, old })
+    }
+
+    /// Whether a signal that would end stigmer arrived while they were
+    /// blocked: then there is no payload to pass it to yet.
+    pub(crate) fn stop_pending(&self) -> bool {
+        let mut raw = std::mem::MaybeUninit::<nix::libc::sigset_t>::uninit();
+        // SAFETY: sigemptyset(3) initialises the set that sigpending(2) then
+        // fills; both only write to it.
+        #[allow(unsafe_code)]
+        let raw = unsafe {
+            nix::libc::sigemptyset(raw.as_mut_ptr());
+            if nix::libc::sigpending(raw.as_mut_ptr()) != 0 {
+                return false;
+            }
+            raw.assume_init()
+        };
+        let stops = [
+            Signal::SIGTERM,
+            Signal::SIGHUP,
+            Signal::SIGINT,
+            Signal::SIGQUIT,
+            Signal::SIGUSR1,
+            Signal::SIGUSR2,
+        ];
+        // SAFETY: sigismember(3) reads an initialised set.
+        #[allow(unsafe_code)]
+        stops.iter().any(|&sig| unsafe { nix::libc::sigismember(&raw, sig as i32) } == 1)
+    }
+}
+
+impl Drop for Blocked {
+    fn drop(&mut self) {
+        // Whatever arrived meanwhile is delivered now, as if never blocked.
+        let _ = self.old.thread_set_mask();
+    }
+}
+
 /// Spawns `cmd` with `spawn`, forwards signals to it until it exits, and
-/// returns its status. Call it from a single-threaded process: the signal
-/// mask it sets is the calling thread's.
+/// returns its status. `blocked` holds the signals it waits for, from
+/// before the payload was prepared.
 pub(crate) fn run(
     cmd: &mut Command,
     spawn: impl FnOnce(&mut Command) -> crate::Result<Child>,
+    blocked: &Blocked,
 ) -> crate::Result<ExitStatus> {
-    let mut set = SigSet::empty();
-    for sig in FORWARDED {
-        set.add(sig);
-    }
-    set.add(Signal::SIGCHLD);
-    let old = set.thread_swap_mask(SigmaskHow::SIG_BLOCK).map_err(io_err)?;
+    let old = blocked.old;
     // SAFETY: runs in the child between fork and exec; pthread_sigmask(3) is
     // async-signal-safe, and `old` is a plain value copied into the closure,
     // so nothing is allocated or locked.
@@ -53,9 +104,7 @@ pub(crate) fn run(
     unsafe {
         cmd.pre_exec(move || old.thread_set_mask().map_err(io::Error::from));
     }
-    let result = spawn(cmd).and_then(|child| wait_forwarding(child, &set).map_err(io_err));
-    old.thread_set_mask().map_err(io_err)?;
-    result
+    spawn(cmd).and_then(|child| wait_forwarding(child, &blocked.set).map_err(io_err))
 }
 
 fn io_err(e: impl Into<io::Error>) -> crate::Error {

@@ -16,6 +16,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
+use std::io;
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
@@ -477,12 +478,25 @@ impl Launcher {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        let blocked = child::Blocked::new()?;
         let prepared = self.prepare(payload)?;
         if prepared.needs_parent() {
+            if blocked.stop_pending() {
+                // Told to stop before the payload ran: clean up (its private
+                // TMPDIR), then take the signal.
+                drop(prepared);
+                drop(blocked);
+                return Err(Error::Exec {
+                    name: payload.name().to_owned(),
+                    source: io::Error::from(io::ErrorKind::Interrupted),
+                });
+            }
             let mut cmd = prepared.command();
             cmd.args(args);
-            return child::run(&mut cmd, |cmd| prepared.spawn_checked(cmd, true));
+            return child::run(&mut cmd, |cmd| prepared.spawn_checked(cmd, true), &blocked);
         }
+        // An exec in place keeps the signal mask: restore it first.
+        drop(blocked);
         Err(self.exec_prepared(payload, &prepared, args))
     }
 }
