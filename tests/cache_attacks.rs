@@ -234,3 +234,164 @@ fn folders_above_the_cache_that_others_control_are_refused() {
         }
     }
 }
+
+/// Kills and reaps a process when dropped, so that nothing a test starts
+/// outlives it, even when it fails.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Bytes read so far by process `pid` (`rchar` in `/proc/PID/io`, which the
+/// same user may read, Yama or not); `None` once it is gone.
+fn rchar(pid: u32) -> Option<u64> {
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines().find_map(|l| l.strip_prefix("rchar: "))?.parse().ok()
+}
+
+/// Writes `bytes` over the file at `path` in place: the same inode.
+fn rewrite_in_place(path: &Path, bytes: &[u8]) {
+    loop {
+        match fs::OpenOptions::new().write(true).truncate(true).open(path) {
+            Ok(mut f) => {
+                use std::io::Write as _;
+                f.write_all(bytes).unwrap();
+                return;
+            }
+            // Something still runs it: the kernel refuses writes until it exits.
+            Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(2))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// The same user (here root, whom file modes do not stop) rewrites the
+/// entry's *inode* in place after stigmer's check and before its exec.
+/// Exec by descriptor defeats renames and swaps, but the descriptor names
+/// the inode. stigmer holds a read lease from before the hash to the exec,
+/// so the writer waits; the attacker stops stigmer (SIGSTOP) after the hash
+/// and waits until the kernel breaks the lease (fs.lease-break-time), then
+/// writes and lets stigmer go on: stigmer sees the broken lease and refuses
+/// to exec. No privilege is needed to time it: inotify says when stigmer
+/// opened the entry, `/proc/PID/io` when it has read all of it.
+#[test]
+fn an_entry_rewritten_in_place_after_its_check_never_runs() {
+    let impostor = Path::new("/bin/echo");
+    require!(impostor.exists(), "needs /bin/echo as the impostor");
+    // 1 s instead of 45 s, so the test does not take minutes (root: the
+    // setting is the host's, put back after).
+    require!(is_root(), "needs root to shorten fs.lease-break-time");
+    let _break_time = Sysctl::set("/proc/sys/fs/lease-break-time", "1");
+    let env = TestEnv::new();
+    ok(&env.run(Some("cache"), "probe", &["--quiet"]));
+    let entry = env.entries().into_iter().find(|p| p.ends_with("probe")).unwrap();
+    let good = fs::read(&entry).unwrap();
+    let evil = fs::read(impostor).unwrap();
+    let (mut impostor_ran, mut real_ran, mut stopped_in_time) = (0, 0, 0);
+    for _ in 0..10 {
+        rewrite_in_place(&entry, &good);
+        let mut watch = OpenWatch::new(&entry);
+        // The probe prints "real"; echo prints its arguments.
+        let child = env
+            .stigmer()
+            .args(["--backend", "cache", "run", "probe", "--quiet", "--say", "real"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut guard = KillOnDrop(Some(child));
+        let stigmer = nix::unistd::Pid::from_raw(pid as i32);
+        if watch.wait(20) {
+            let base = rchar(pid).unwrap_or(0);
+            // Until it has read the whole entry (or has gone on past it).
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while rchar(pid).is_some_and(|now| now < base + good.len() as u64)
+                && std::time::Instant::now() < until
+            {}
+            if nix::sys::signal::kill(stigmer, Signal::SIGSTOP).is_ok() {
+                // Still stigmer (not yet the payload)?
+                let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                if comm.trim() == "stigmer" {
+                    stopped_in_time += 1;
+                }
+                // Blocks until the lease is broken (1 s), then writes.
+                let _ = fs::OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(&entry)
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, &evil));
+                let _ = nix::sys::signal::kill(stigmer, Signal::SIGCONT);
+            }
+        }
+        let o = guard.0.take().unwrap().wait_with_output().unwrap();
+        if stdout(&o).contains("--say") {
+            impostor_ran += 1;
+        } else if stdout(&o).contains("real") {
+            real_ran += 1;
+        }
+    }
+    rewrite_in_place(&entry, &good);
+    assert_eq!(
+        impostor_ran, 0,
+        "bytes written after the check ran {impostor_ran} times out of 10 (the real probe {real_ran})"
+    );
+    assert!(stopped_in_time > 0, "the attack never caught stigmer between check and exec");
+}
+
+/// An inotify descriptor watching one file for `IN_OPEN`.
+struct OpenWatch(std::fs::File);
+
+impl OpenWatch {
+    #[allow(unsafe_code)]
+    fn new(path: &Path) -> OpenWatch {
+        use std::os::fd::FromRawFd as _;
+        use std::os::unix::ffi::OsStrExt as _;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: plain system calls on a descriptor we own from here on.
+        unsafe {
+            let fd = nix::libc::inotify_init1(nix::libc::IN_CLOEXEC | nix::libc::IN_NONBLOCK);
+            assert!(fd >= 0);
+            assert!(nix::libc::inotify_add_watch(fd, c.as_ptr(), nix::libc::IN_OPEN) >= 0);
+            OpenWatch(std::fs::File::from_raw_fd(fd))
+        }
+    }
+
+    /// Waits (spinning: the window that follows is short) for an open.
+    fn wait(&mut self, secs: u64) -> bool {
+        use std::io::Read as _;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        let mut buf = [0u8; 4096];
+        while std::time::Instant::now() < deadline {
+            if self.0.read(&mut buf).is_ok_and(|n| n > 0) {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Sets a sysctl for the life of the value, and puts the old value back.
+struct Sysctl(&'static str, String);
+
+impl Sysctl {
+    fn set(path: &'static str, value: &str) -> Sysctl {
+        let old = fs::read_to_string(path).unwrap();
+        fs::write(path, value).unwrap();
+        Sysctl(path, old)
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = fs::write(self.0, self.1.trim());
+    }
+}

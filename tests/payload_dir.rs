@@ -461,7 +461,15 @@ fn killing_stigmer_while_it_fills_the_cache_never_leaves_a_bad_entry() {
     // 50 kills over the whole run: some land while the file is written.
     assert!(midway > 0, "no kill landed mid-write: {before} before, {after} after");
 
-    // The next run cleans up what the killed ones left and runs the payload.
+    // The next run cleans up what the killed ones left, once it is older
+    // than the minute a writer may take to lock its file, and runs the
+    // payload.
+    for temp in fs::read_dir(&folder).unwrap().flatten() {
+        if temp.file_name().to_string_lossy().starts_with(".tmp-") {
+            let then = std::time::SystemTime::now() - Duration::from_secs(120);
+            fs::File::open(temp.path()).unwrap().set_modified(then).unwrap();
+        }
+    }
     fs::remove_file(&entry).unwrap_or_default();
     let o = Command::new(&stigmer)
         .args(["--backend", "cache", "run", "big"])
@@ -485,4 +493,79 @@ impl Drop for KillGroup {
         let _ = nix::sys::signal::killpg(self.0, nix::sys::signal::Signal::SIGKILL);
         let _ = self.1.wait();
     }
+}
+
+/// A stand-in for a PyInstaller one-file build, for hosts without
+/// pyinstaller: `/bin/sh` with a PyInstaller cookie after it (the ELF
+/// loader ignores trailing bytes; stigmer sees a one-file build, so it runs
+/// it from the cache with a private TMPDIR and the inherited locks).
+fn fake_pyinstaller() -> Vec<u8> {
+    let mut bytes = fs::read("/bin/sh").unwrap();
+    let cookie_len: u32 = 8 + 4 * 4 + 64;
+    bytes.extend_from_slice(b"MEI\x0c\x0b\x0a\x0b\x0e");
+    for field in [cookie_len, 0, 0, 312] {
+        bytes.extend_from_slice(&field.to_be_bytes());
+    }
+    bytes.extend_from_slice(&[0; 64]);
+    bytes
+}
+
+/// A PyInstaller payload's private TMPDIR and the entry folder it runs from
+/// are locked by the payload through inherited descriptors, "never removed
+/// while the payload runs". But when the payload's first process exits
+/// while a process it started still runs (a worker started with
+/// `sys.executable`, a Python child whose bootloader parent was killed),
+/// `stigmer run` drops the entry: `PrivateTmp` removes the TMPDIR outright
+/// (its `TempDir` goes first), and nix's `Flock` drop calls `flock(LOCK_UN)`
+/// on the descriptor the worker shares with stigmer (one open file
+/// description), which releases the worker's locks too, so `cache prune`
+/// may also take the entry folder.
+#[test]
+fn a_private_tmpdir_and_its_locks_outlive_what_the_payload_left_running() {
+    require!(Path::new("/bin/sh").exists(), "needs /bin/sh");
+    let dir = work_dir().join("fake-pyinstaller");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    executable(&dir.join("fakepy"), &fake_pyinstaller());
+    let (o, stigmer) = build_with(&dir);
+    ok(&o);
+    let env = TestEnv::new();
+    let marker = format!("{}.123", 30 + std::process::id() % 1000);
+    // The payload unpacks a file, leaves a worker behind and exits.
+    let script = format!(
+        "echo unpacked > \"$TMPDIR/lib.so\"; echo \"tmpdir: $TMPDIR\"; \
+         sleep {marker} >/dev/null 2>&1 &"
+    );
+    let o = Command::new(&stigmer)
+        .args(["run", "fakepy", "-c", &script])
+        .env("STIGMER_HOME", &env.home)
+        .output()
+        .unwrap();
+    struct KillWorkers(String);
+    impl Drop for KillWorkers {
+        fn drop(&mut self) {
+            for (pid, _) in processes_with(&format!("sleep {}", self.0)) {
+                let pid = nix::unistd::Pid::from_raw(pid as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+    let _workers = KillWorkers(marker.clone());
+    let tmpdir = PathBuf::from(probe_field(&o, "tmpdir"));
+    assert!(!processes_with(&format!("sleep {marker}")).is_empty(), "the worker runs");
+    let entry_dir = fs::read_dir(env.home.join("bin/v1")).unwrap().next().unwrap().unwrap().path();
+    let free = |path: &Path| {
+        let file = fs::File::open(path).unwrap();
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok()
+    };
+    let mut broken = Vec::new();
+    if !tmpdir.join("lib.so").exists() {
+        broken.push(format!("{} was removed while the worker runs", tmpdir.display()));
+    } else if free(&tmpdir) {
+        broken.push(format!("nothing holds {} while the worker runs", tmpdir.display()));
+    }
+    if free(&entry_dir) {
+        broken.push(format!("nothing holds {} while the worker runs", entry_dir.display()));
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
 }

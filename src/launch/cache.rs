@@ -51,9 +51,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest as _, Sha256};
-use tempfile::TempDir;
 use tracing::{debug, warn};
 
 use super::buf::AlignedBuf;
@@ -77,9 +75,10 @@ const TRASH: &str = ".trash-";
 /// How a private `TMPDIR` is named under `$STIGMER_HOME/tmp/`.
 const RUN: &str = "run-";
 
-/// A private `TMPDIR` that nobody holds a lock on is removed only once it is
-/// this old, so that one just made (not yet locked) is never taken.
-const TMPDIR_GRACE: Duration = Duration::from_secs(60);
+/// A private `TMPDIR` or a fill's temporary file that nobody holds a lock
+/// on is removed only once it is this old, so that one just made (not yet
+/// locked by its maker) is never taken.
+const GRACE: Duration = Duration::from_secs(60);
 
 /// Writes and verifies cache entries under one root folder.
 #[derive(Clone, Debug)]
@@ -123,26 +122,76 @@ struct EntryInner {
     dir: PathBuf,
     path: PathBuf,
     /// A shared lock on `dir`: this stigmer may exec the entry.
-    lock: Flock<File>,
+    lock: Lock,
     /// A private, exec-capable `TMPDIR` for payloads that unpack themselves
     /// (PyInstaller), removed when the entry is dropped.
     tmpdir: Option<PrivateTmp>,
     /// The descriptor `entry()` checked, for an exec that follows at once
     /// (`stigmer run`), so a payload is not hashed twice in a row.
-    checked: std::sync::Mutex<Option<File>>,
+    checked: std::sync::Mutex<Option<Checked>>,
 }
 
 /// A private temporary folder, locked for as long as a payload may use it.
+/// Dropped, it is removed only if nothing else holds it any more (what the
+/// payload left running keeps its inherited lock, and the folder).
 #[derive(Debug)]
 pub(crate) struct PrivateTmp {
-    // Declared first, so it is removed before the lock goes.
-    dir: TempDir,
-    lock: Flock<File>,
+    path: PathBuf,
+    lock: Option<Lock>,
+}
+
+impl Drop for PrivateTmp {
+    fn drop(&mut self) {
+        // Close our descriptor (never unlock: the payload shares the lock).
+        drop(self.lock.take());
+        if unlocked(&self.path) {
+            let _ = fs::remove_dir_all(&self.path);
+        } else {
+            debug!("{} is still in use: left for a later cleaner", self.path.display());
+        }
+    }
+}
+
+/// A `flock` held through one open file description, released when the
+/// last descriptor of it closes: never unlocked explicitly, because a
+/// payload may share the description (an inherited descriptor) and must
+/// keep the lock after stigmer lets go.
+#[derive(Debug)]
+pub(crate) struct Lock(File);
+
+impl Lock {
+    fn new(file: File, op: LockOp) -> io::Result<Lock> {
+        super::flock(&file, op)?;
+        Ok(Lock(file))
+    }
+
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// How to lock, for [`Lock::new`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum LockOp {
+    /// Shared, waiting for an exclusive holder to let go.
+    Shared,
+    /// Exclusive, or fail at once (`WouldBlock`).
+    TryExclusive,
+}
+
+/// An entry's descriptor, checked: exec this.
+#[derive(Debug)]
+pub(crate) struct Checked {
+    /// Opened read-only, without following a link.
+    pub(crate) file: File,
+    /// It holds a read lease (Linux): the exec must make sure it still does
+    /// (a lease that was broken means someone opened it for writing).
+    pub(crate) leased: bool,
 }
 
 /// What checking an entry found.
 enum Check {
-    Good(File),
+    Good(Checked),
     Missing,
     Bad(String),
 }
@@ -230,9 +279,8 @@ impl CacheLauncher {
         let err = |source| Error::Cache { op: "create a folder in", path: tmp.clone(), source };
         let dir = tempfile::Builder::new().prefix(RUN).tempdir_in(&tmp).map_err(err)?;
         let file = open_dir(dir.path()).map_err(err)?;
-        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
-            .map_err(|(_, e)| err(io::Error::from(e)))?;
-        Ok(PrivateTmp { dir, lock })
+        let lock = Lock::new(file, LockOp::TryExclusive).map_err(err)?;
+        Ok(PrivateTmp { path: dir.keep(), lock: Some(lock) })
     }
 }
 
@@ -244,7 +292,7 @@ impl Entry {
 
     /// The private `TMPDIR`, for payloads that need one.
     pub(crate) fn tmpdir(&self) -> Option<&Path> {
-        self.0.tmpdir.as_ref().map(|t| t.dir.path())
+        self.0.tmpdir.as_ref().map(|t| t.path.as_path())
     }
 
     /// The descriptors the payload keeps open: the locks on its private
@@ -252,14 +300,14 @@ impl Entry {
     /// it runs, even if its stigmer is gone. None for other payloads.
     pub(crate) fn inherited(&self) -> Vec<std::os::fd::RawFd> {
         match &self.0.tmpdir {
-            Some(tmp) => vec![tmp.lock.as_raw_fd(), self.0.lock.as_raw_fd()],
+            Some(tmp) => tmp.lock.iter().map(Lock::raw_fd).chain([self.0.lock.raw_fd()]).collect(),
             None => Vec::new(),
         }
     }
 
     /// The descriptor checked when the entry was made, once, if nothing
     /// took it yet: for an exec that follows the `prepare` at once.
-    pub(crate) fn take_checked(&self) -> Option<File> {
+    pub(crate) fn take_checked(&self) -> Option<Checked> {
         self.0.checked.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
@@ -269,7 +317,7 @@ impl Entry {
     /// replaced from the embedded bytes first, never returned. Exec the
     /// returned descriptor (Linux), or the path while nothing else happens
     /// (macOS).
-    pub(crate) fn open(&self) -> Result<File> {
+    pub(crate) fn open(&self) -> Result<Checked> {
         let inner = &*self.0;
         inner.cache.open_checked(&inner.payload, &inner.dir, &inner.path)
     }
@@ -277,7 +325,7 @@ impl Entry {
 
 impl CacheLauncher {
     /// See [`Entry::open`].
-    fn open_checked(&self, payload: &Payload, dir: &Path, path: &Path) -> Result<File> {
+    fn open_checked(&self, payload: &Payload, dir: &Path, path: &Path) -> Result<Checked> {
         // The folders above, and the entry's folder itself, again: this runs
         // before every launch, long after the entry was first made.
         self.bin_dir()?;
@@ -470,19 +518,23 @@ fn open_dir(dir: &Path) -> io::Result<File> {
 /// Creates (private) and share-locks an entry's folder, and marks it used
 /// now. If the folder was removed between our open and our lock (a prune
 /// holding it exclusively), the new one is locked instead.
-fn lock_entry_dir(dir: &Path) -> Result<Flock<File>> {
+fn lock_entry_dir(dir: &Path) -> Result<Lock> {
     let err = |op, source| Error::Cache { op, path: dir.to_owned(), source };
     for _ in 0..3 {
         private_dir(dir, false)?;
-        let file = open_dir(dir).map_err(|e| err("open the cache folder", e))?;
-        let lock = Flock::lock(file, FlockArg::LockShared)
-            .map_err(|(_, e)| err("lock the cache folder", e.into()))?;
-        let held = lock.metadata().map_err(|e| err("read the cache folder", e))?;
+        let file = match open_dir(dir) {
+            Ok(file) => file,
+            // A prune took it between the two: make it again.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(err("open the cache folder", e)),
+        };
+        let lock = Lock::new(file, LockOp::Shared).map_err(|e| err("lock the cache folder", e))?;
+        let held = lock.0.metadata().map_err(|e| err("read the cache folder", e))?;
         match fs::symlink_metadata(dir) {
             Ok(now) if (now.dev(), now.ino()) == (held.dev(), held.ino()) => {
                 let now = nix::sys::time::TimeSpec::UTIME_NOW;
                 // The last use, which `cache prune` ages entries by.
-                if let Err(e) = nix::sys::stat::futimens(&*lock, &now, &now) {
+                if let Err(e) = nix::sys::stat::futimens(&lock.0, &now, &now) {
                     debug!("cannot mark {} used: {e}", dir.display());
                 }
                 return Ok(lock);
@@ -495,7 +547,10 @@ fn lock_entry_dir(dir: &Path) -> Result<Flock<File>> {
 
 /// Checks the entry at `path` the way it will be trusted: opened without
 /// following a link, then its owner, mode, link count, size and sha256,
-/// all read through the one descriptor that is returned.
+/// all read through the one descriptor that is returned. On Linux that
+/// descriptor holds a read lease from before the hash until it is closed
+/// (after the exec has begun): nobody has the file open for writing, and
+/// whoever opens it for writing meanwhile waits (see [`super::hold_bytes`]).
 fn check(path: &Path, len: u64, sha256: Digest) -> Check {
     let file =
         match fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(path) {
@@ -520,6 +575,13 @@ fn check(path: &Path, len: u64, sha256: Digest) -> Check {
     if meta.mode() & 0o022 != 0 {
         return Check::Bad("is writable by group or others".into());
     }
+    if meta.mode() & 0o200 != 0 {
+        return Check::Bad(format!("is writable (mode {:o}), not read-only", meta.mode() & 0o7777));
+    }
+    let leased = match super::hold_bytes(&file) {
+        Ok(leased) => leased,
+        Err(e) => return Check::Bad(format!("is open for writing elsewhere ({e})")),
+    };
     if meta.nlink() != 1 {
         return Check::Bad(format!("has {} hard links", meta.nlink()));
     }
@@ -527,7 +589,7 @@ fn check(path: &Path, len: u64, sha256: Digest) -> Check {
         return Check::Bad(format!("has {} bytes, not {len}", meta.len()));
     }
     match hash_file(&file) {
-        Ok(actual) if actual == sha256 => Check::Good(file),
+        Ok(actual) if actual == sha256 => Check::Good(Checked { file, leased }),
         Ok(actual) => Check::Bad(format!("is corrupt (sha256 {actual}, expected {sha256})")),
         Err(e) => Check::Bad(format!("cannot be read ({e})")),
     }
@@ -570,10 +632,12 @@ fn write_entry(
         .tempfile_in(dir)
         .map_err(|e| cache_err("create a file in", e))?;
     // Held until the rename: a cleaner that can take it knows the writer is
-    // gone. (Another descriptor of the same file: the lock is on the file.)
-    let held = tmp.reopen().map_err(|e| cache_err("create a file in", e))?;
-    let _lock = Flock::lock(held, FlockArg::LockExclusiveNonblock)
-        .map_err(|(_, e)| cache_err("lock a file in", e.into()))?;
+    // gone. Cleaners leave files younger than GRACE alone, so nothing takes
+    // it before this.
+    if let Err(e) = super::flock(tmp.as_file(), LockOp::TryExclusive) {
+        debug!("cannot lock {}: {e}; going round again", tmp.path().display());
+        return Ok(());
+    }
     let mut hasher = Sha256::new();
     let decode_err = |source| Error::Decode { name: payload.name().to_owned(), source };
     let mut bytes = payload.decode(payload.data()).map_err(decode_err)?;
@@ -627,7 +691,7 @@ fn unlocked(path: &Path) -> bool {
     else {
         return false;
     };
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).is_ok()
+    super::flock(&file, LockOp::TryExclusive).is_ok()
 }
 
 fn older_than(meta: &fs::Metadata, age: Duration) -> bool {
@@ -641,9 +705,13 @@ fn remove_unlocked_tmpdirs(tmp: &Path) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     let Ok(entries) = fs::read_dir(tmp) else { return removed };
     for entry in entries.flatten() {
+        // Only what stigmer made: `tmp/` may hold the user's own folders.
+        if !entry.file_name().to_str().is_some_and(|n| n.starts_with(RUN)) {
+            continue;
+        }
         let path = entry.path();
         let Ok(meta) = fs::symlink_metadata(&path) else { continue };
-        if !meta.is_dir() || !older_than(&meta, TMPDIR_GRACE) || !unlocked(&path) {
+        if !meta.is_dir() || !older_than(&meta, GRACE) || !unlocked(&path) {
             continue;
         }
         if fs::remove_dir_all(&path).is_ok() {
@@ -662,7 +730,8 @@ fn remove_unlocked_temps(dir: &Path) -> Vec<PathBuf> {
     for entry in entries.flatten() {
         let path = entry.path();
         let is_temp = entry.file_name().to_str().is_some_and(|n| n.starts_with(TEMP));
-        if is_temp && unlocked(&path) && fs::remove_file(&path).is_ok() {
+        let old = fs::symlink_metadata(&path).is_ok_and(|m| older_than(&m, GRACE));
+        if is_temp && old && unlocked(&path) && fs::remove_file(&path).is_ok() {
             debug!("removed {} (left by a stigmer that was killed)", path.display());
             removed.push(path);
         }
@@ -730,8 +799,7 @@ pub fn prune(cache: &CacheLauncher, keep: &[&Payload]) -> Result<(Vec<Finding>, 
         let whole = carried.is_empty();
         let what = "entry of a payload this build does not carry";
         // Taken exclusively, or some stigmer may still exec it.
-        let Ok(lock) = open_dir(&dir).map(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock))
-        else {
+        let Ok(lock) = open_dir(&dir).map(|f| Lock::new(f, LockOp::TryExclusive)) else {
             continue;
         };
         let Ok(lock) = lock else {
@@ -743,11 +811,17 @@ pub fn prune(cache: &CacheLauncher, keep: &[&Payload]) -> Result<(Vec<Finding>, 
             }
             continue;
         };
-        let meta = lock.metadata().map_err(|source| Error::Cache {
+        let meta = lock.0.metadata().map_err(|source| Error::Cache {
             op: "read the cache folder",
             path: dir.clone(),
             source,
         })?;
+        // The name may have been given to a new folder since we opened it.
+        let same = fs::symlink_metadata(&dir)
+            .is_ok_and(|m| (m.dev(), m.ino()) == (meta.dev(), meta.ino()));
+        if !same {
+            continue;
+        }
         if !older_than(&meta, UNUSED_FOR) {
             let used = meta
                 .modified()

@@ -388,7 +388,7 @@ impl Image {
     /// only its) is made inheritable, in the child.
     pub(crate) fn spawn(&self, cmd: &mut Command, name: &str) -> io::Result<std::process::Child> {
         let inherit: &[std::os::fd::RawFd] = if self.script { &[self.fd.as_raw_fd()] } else { &[] };
-        super::spawn::spawn_fd(cmd, self.fd.as_fd(), name, inherit)
+        super::spawn::spawn_fd(cmd, self.fd.as_fd(), name, inherit, false)
     }
 
     /// Replaces this process with the payload, with `argv[0]` set to
@@ -404,7 +404,7 @@ impl Image {
             .collect();
         let inherit: &[std::os::fd::RawFd] = if self.script { &[self.fd.as_raw_fd()] } else { &[] };
         // A refusal here means "use the cache" (see `Launcher::exec`).
-        super::spawn::exec_fd(self.fd.as_fd(), &argv, inherit, false)
+        super::spawn::exec_fd(self.fd.as_fd(), &argv, inherit, false, false)
     }
 }
 

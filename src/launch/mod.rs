@@ -30,6 +30,7 @@ use crate::{Error, Kind, Payload, Result};
 mod buf;
 mod cache;
 mod child;
+mod lock;
 #[cfg(target_os = "linux")]
 mod spawn;
 
@@ -44,6 +45,7 @@ pub use child::exit_code;
 
 pub use cache::{CacheLauncher, FillProgress, FillTicker, Finding, UNUSED_FOR, prune, verify};
 pub(crate) use cache::{trusted_ancestors, trusted_dir};
+use lock::{flock, hold_bytes};
 
 cfg_if::cfg_if! {
     if #[cfg(target_os = "linux")] {
@@ -216,7 +218,7 @@ impl Prepared {
             Image::File(entry) => {
                 // Taken either way: a descriptor checked long ago is no check.
                 let checked = entry.take_checked().filter(|_| just_prepared);
-                let file = checked.map_or_else(|| entry.open(), Ok)?;
+                let cache::Checked { file, leased } = checked.map_or_else(|| entry.open(), Ok)?;
                 cfg_if::cfg_if! {
                     if #[cfg(target_os = "linux")] {
                         use std::os::fd::AsFd as _;
@@ -224,10 +226,12 @@ impl Prepared {
                         if self.script {
                             inherit.push(std::os::fd::AsRawFd::as_raw_fd(&file));
                         }
-                        spawn::spawn_fd(cmd, file.as_fd(), &self.name, &inherit).map_err(exec_err)
+                        spawn::spawn_fd(cmd, file.as_fd(), &self.name, &inherit, leased)
+                            .map_err(exec_err)
                     } else {
                         // No exec by descriptor: the path, right after its
                         // check; the folder checks keep others from swapping it.
+                        let _ = leased;
                         drop(file);
                         inherit_in_child(cmd, entry.inherited());
                         cmd.spawn().map_err(exec_err)
@@ -261,8 +265,9 @@ impl Prepared {
             Image::Memfd(image) => exec_err(image.exec(&self.name, args)),
             Image::File(entry) => {
                 let checked = if just_prepared { entry.take_checked() } else { None };
-                let file = match checked.map_or_else(|| entry.open(), Ok) {
-                    Ok(file) => file,
+                let cache::Checked { file, leased } = match checked.map_or_else(|| entry.open(), Ok)
+                {
+                    Ok(checked) => checked,
                     Err(e) => return e,
                 };
                 cfg_if::cfg_if! {
@@ -275,8 +280,9 @@ impl Prepared {
                         if self.script {
                             inherit.push(std::os::fd::AsRawFd::as_raw_fd(&file));
                         }
-                        exec_err(spawn::exec_fd(file.as_fd(), &argv, &inherit, true))
+                        exec_err(spawn::exec_fd(file.as_fd(), &argv, &inherit, true, leased))
                     } else {
+                        let _ = leased;
                         drop(file);
                         let mut cmd = self.command();
                         inherit_in_child(&mut cmd, entry.inherited());

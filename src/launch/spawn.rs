@@ -32,13 +32,15 @@ const MAX_INHERIT: usize = 4;
 /// Replaces this process with the file open at `fd`, passing `argv` and
 /// this process's environment; the descriptors in `inherit` stay open in
 /// the payload. With `by_path`, a refused `execveat` is retried as an exec
-/// of `/proc/self/fd/N` (the same open file). Returns only on failure, with
-/// `execveat`'s error.
+/// of `/proc/self/fd/N` (the same open file). With `leased`, `fd` holds a
+/// read lease that must still hold right before the exec (see
+/// [`super::lock`]). Returns only on failure, with `execveat`'s error.
 pub(crate) fn exec_fd(
     fd: BorrowedFd<'_>,
     argv: &[OsString],
     inherit: &[RawFd],
     by_path: bool,
+    leased: bool,
 ) -> io::Error {
     let argv = match argv.iter().map(|a| c_string(a.as_bytes())).collect::<io::Result<Vec<_>>>() {
         Ok(a) => a,
@@ -48,6 +50,9 @@ pub(crate) fn exec_fd(
         Ok(e) => e,
         Err(e) => return e,
     };
+    if leased && !lease_held(fd.as_raw_fd()) {
+        return changed();
+    }
     for &keep in inherit {
         // SAFETY: `keep` is a descriptor the caller owns and keeps open;
         // clearing its close-on-exec flag touches nothing else.
@@ -62,6 +67,13 @@ pub(crate) fn exec_fd(
         if let Ok(path) = c_string(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_bytes()) {
             let _ = nix::unistd::execve(&path, &argv, &envp);
         }
+    }
+    // Still here: whatever runs next (the cache, after a refusal) must not
+    // inherit these.
+    for &keep in inherit {
+        // SAFETY: as above.
+        let fd = unsafe { BorrowedFd::borrow_raw(keep) };
+        let _ = rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC);
     }
     io::Error::from(err)
 }
@@ -80,6 +92,7 @@ pub(crate) fn spawn_fd(
     fd: BorrowedFd<'_>,
     argv0: &str,
     inherit: &[RawFd],
+    leased: bool,
 ) -> io::Result<Child> {
     if inherit.len() > MAX_INHERIT {
         return Err(io::Error::other("too many descriptors to pass on"));
@@ -100,7 +113,8 @@ pub(crate) fn spawn_fd(
     // they live as long as the command.
     let strings = (argv, envp, path);
     // SAFETY: the closure runs in the child between fork and exec. It makes
-    // only raw fcntl(2), execveat(2) and execve(2) system calls, which are
+    // only raw fcntl(2), execveat(2) and execve(2) system calls (and builds
+    // an io::Error from a raw errno, which does not allocate), which are
     // async-signal-safe, on descriptors and NUL-terminated arrays made
     // before the fork; it allocates nothing, takes no lock and reads only
     // `errno`. On success it does not return; on failure the error is the
@@ -108,6 +122,9 @@ pub(crate) fn spawn_fd(
     unsafe {
         cmd.pre_exec(move || {
             let (_, _, path) = &strings;
+            if leased && !lease_held(raw) {
+                return Err(changed());
+            }
             for &k in keep.iter().filter(|&&k| k >= 0) {
                 if nix::libc::fcntl(k, nix::libc::F_SETFD, 0) == -1 {
                     return Err(io::Error::last_os_error());
@@ -128,6 +145,19 @@ pub(crate) fn spawn_fd(
         });
     }
     cmd.spawn()
+}
+
+/// Whether `fd` still holds the read lease the check took: a lease that
+/// was broken (or is being broken) means someone opened the file for
+/// writing since. Async-signal-safe: one fcntl(2).
+fn lease_held(fd: RawFd) -> bool {
+    // SAFETY: fcntl(2) F_GETLEASE reads the lease state of an open fd.
+    unsafe { nix::libc::fcntl(fd, nix::libc::F_GETLEASE) == nix::libc::F_RDLCK }
+}
+
+/// The error of an exec refused because the checked file may have changed.
+fn changed() -> io::Error {
+    io::Error::from_raw_os_error(nix::libc::ETXTBSY)
 }
 
 /// This process's environment with `changes` applied, as `KEY=VALUE`.
