@@ -499,9 +499,18 @@ pub(crate) fn trusted_dir(dir: &Path) -> Result<()> {
         ));
     }
     if meta.mode() & 0o022 != 0 {
+        // A shared folder such as /tmp is not to be chmod'ed: go inside it.
+        let fix = if meta.mode() & 0o1000 != 0 {
+            format!(
+                "set STIGMER_HOME to a private folder inside it, e.g. {}",
+                dir.join("stigmer").display()
+            )
+        } else {
+            format!("run \"chmod go-w {}\"", dir.display())
+        };
         return Err(refuse(
             format!("it is writable by group or others (mode {:o})", meta.mode() & 0o7777),
-            format!("run \"chmod go-w {}\"", dir.display()),
+            fix,
         ));
     }
     Ok(())
