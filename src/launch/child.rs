@@ -67,17 +67,11 @@ impl Blocked {
             }
             raw.assume_init()
         };
-        let stops = [
-            Signal::SIGTERM,
-            Signal::SIGHUP,
-            Signal::SIGINT,
-            Signal::SIGQUIT,
-            Signal::SIGUSR1,
-            Signal::SIGUSR2,
-        ];
+        // Those whose default action ends the process.
+        let stops = FORWARDED.iter().filter(|s| !matches!(s, Signal::SIGWINCH | Signal::SIGCONT));
         // SAFETY: sigismember(3) reads an initialised set.
         #[allow(unsafe_code)]
-        stops.iter().any(|&sig| unsafe { nix::libc::sigismember(&raw, sig as i32) } == 1)
+        stops.into_iter().any(|&sig| unsafe { nix::libc::sigismember(&raw, sig as i32) } == 1)
     }
 }
 

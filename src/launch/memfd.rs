@@ -23,11 +23,10 @@
 #![allow(unsafe_code)]
 
 use std::collections::HashMap;
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, BufRead as _, Read, Write as _};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::{FileExt as _, MetadataExt as _};
 use std::os::unix::process::CommandExt as _;
 use std::process::Command;
@@ -153,36 +152,11 @@ pub(crate) fn run_self_sealed(env: &str) -> io::Result<()> {
         Err(e) => Err(io::Error::new(e.kind(), format!("{how}: {e}"))),
     };
 
-    // execveat, between fork and exec, with everything it needs made first.
-    let argv = [c_string(b"stigmer-doctor".to_vec())?];
-    let envp = std::env::vars_os()
-        .filter(|(k, _)| k != env)
-        .map(|(k, v)| c_string([k.as_bytes(), b"=", v.as_bytes()].concat()))
-        .chain(std::iter::once(c_string(format!("{env}=1").into_bytes())))
-        .collect::<io::Result<Vec<_>>>()?;
-    let (argv_ptrs, envp_ptrs) = (super::spawn::Ptrs::new(&argv), super::spawn::Ptrs::new(&envp));
-    let raw = fd.as_raw_fd();
+    // execveat alone, as `stigmer run` and services exec a payload.
     let mut cmd = probe();
-    // SAFETY: the closure runs in the child between fork and exec and makes
-    // one raw execveat(2) system call, which is async-signal-safe, on
-    // pointers to strings made before the fork (kept alive by `argv` and
-    // `envp` until the spawn returns); it allocates nothing and takes no
-    // lock. On success it does not return; on failure the errno is the
-    // spawn's error.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::libc::syscall(
-                nix::libc::SYS_execveat,
-                raw,
-                c"".as_ptr(),
-                argv_ptrs.as_ptr(),
-                envp_ptrs.as_ptr(),
-                nix::libc::AT_EMPTY_PATH,
-            );
-            Err(io::Error::last_os_error())
-        });
-    }
-    check("execveat", cmd.status())?;
+    let status = super::spawn::spawn_fd(&mut cmd, fd.as_fd(), "stigmer-doctor", Default::default())
+        .and_then(|mut child| child.wait());
+    check("execveat", status)?;
     check(&format!("exec {path}"), probe().status())
 }
 
@@ -388,7 +362,8 @@ impl Image {
     /// only its) is made inheritable, in the child.
     pub(crate) fn spawn(&self, cmd: &mut Command, name: &str) -> io::Result<std::process::Child> {
         let inherit: &[std::os::fd::RawFd] = if self.script { &[self.fd.as_raw_fd()] } else { &[] };
-        super::spawn::spawn_fd(cmd, self.fd.as_fd(), name, inherit, false)
+        let how = super::spawn::How { inherit, by_path: true, ..Default::default() };
+        super::spawn::spawn_fd(cmd, self.fd.as_fd(), name, how)
     }
 
     /// Replaces this process with the payload, with `argv[0]` set to
@@ -404,13 +379,12 @@ impl Image {
             .collect();
         let inherit: &[std::os::fd::RawFd] = if self.script { &[self.fd.as_raw_fd()] } else { &[] };
         // A refusal here means "use the cache" (see `Launcher::exec`).
-        super::spawn::exec_fd(self.fd.as_fd(), &argv, inherit, false, false)
+        super::spawn::exec_fd(
+            self.fd.as_fd(),
+            &argv,
+            super::spawn::How { inherit, ..Default::default() },
+        )
     }
-}
-
-fn c_string(bytes: Vec<u8>) -> io::Result<CString> {
-    CString::new(bytes)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "an argument contains a NUL byte"))
 }
 
 /// stigmer's own executable, opened once, and where its file-backed

@@ -226,8 +226,8 @@ impl Prepared {
                         if self.script {
                             inherit.push(std::os::fd::AsRawFd::as_raw_fd(&file));
                         }
-                        spawn::spawn_fd(cmd, file.as_fd(), &self.name, &inherit, leased)
-                            .map_err(exec_err)
+                        let how = spawn::How { inherit: &inherit, leased, by_path: true };
+                        spawn::spawn_fd(cmd, file.as_fd(), &self.name, how).map_err(exec_err)
                     } else {
                         // No exec by descriptor: the path, right after its
                         // check; the folder checks keep others from swapping it.
@@ -280,7 +280,8 @@ impl Prepared {
                         if self.script {
                             inherit.push(std::os::fd::AsRawFd::as_raw_fd(&file));
                         }
-                        exec_err(spawn::exec_fd(file.as_fd(), &argv, &inherit, true, leased))
+                        let how = spawn::How { inherit: &inherit, leased, by_path: true };
+                        exec_err(spawn::exec_fd(file.as_fd(), &argv, how))
                     } else {
                         let _ = leased;
                         drop(file);

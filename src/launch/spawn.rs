@@ -29,19 +29,24 @@ use std::process::{Child, Command};
 /// The most descriptors a payload may be given on top of its stdio.
 const MAX_INHERIT: usize = 4;
 
+/// How to exec a descriptor.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct How<'a> {
+    /// Descriptors that stay open in the payload.
+    pub(crate) inherit: &'a [RawFd],
+    /// The descriptor holds a read lease that must still hold right before
+    /// the exec (see [`super::lock`]).
+    pub(crate) leased: bool,
+    /// Where `execveat` is refused, exec `/proc/self/fd/N` (the same open
+    /// file) instead.
+    pub(crate) by_path: bool,
+}
+
 /// Replaces this process with the file open at `fd`, passing `argv` and
-/// this process's environment; the descriptors in `inherit` stay open in
-/// the payload. With `by_path`, a refused `execveat` is retried as an exec
-/// of `/proc/self/fd/N` (the same open file). With `leased`, `fd` holds a
-/// read lease that must still hold right before the exec (see
-/// [`super::lock`]). Returns only on failure, with `execveat`'s error.
-pub(crate) fn exec_fd(
-    fd: BorrowedFd<'_>,
-    argv: &[OsString],
-    inherit: &[RawFd],
-    by_path: bool,
-    leased: bool,
-) -> io::Error {
+/// this process's environment, as `how` says. Returns only on failure,
+/// with `execveat`'s error.
+pub(crate) fn exec_fd(fd: BorrowedFd<'_>, argv: &[OsString], how: How<'_>) -> io::Error {
+    let How { inherit, leased, by_path } = how;
     let argv = match argv.iter().map(|a| c_string(a.as_bytes())).collect::<io::Result<Vec<_>>>() {
         Ok(a) => a,
         Err(e) => return e,
@@ -80,9 +85,9 @@ pub(crate) fn exec_fd(
 
 /// Spawns `cmd` so that the child execs the file open at `fd` (with
 /// `argv[0]` = `argv0`, then `cmd`'s arguments, and this process's
-/// environment with `cmd`'s changes), keeping the descriptors in `inherit`
-/// open in it. Everything else `cmd` was given (stdio, working folder,
-/// process group, its own `pre_exec` steps) applies as usual, first.
+/// environment with `cmd`'s changes), as `how` says. Everything else `cmd`
+/// was given (stdio, working folder, process group, its own `pre_exec`
+/// steps) applies as usual, first.
 ///
 /// Call it once per `Command`, which must not have been given `env_clear`
 /// (std does not say whether it was). `fd` and the `inherit` descriptors
@@ -91,9 +96,9 @@ pub(crate) fn spawn_fd(
     cmd: &mut Command,
     fd: BorrowedFd<'_>,
     argv0: &str,
-    inherit: &[RawFd],
-    leased: bool,
+    how: How<'_>,
 ) -> io::Result<Child> {
+    let How { inherit, leased, by_path } = how;
     if inherit.len() > MAX_INHERIT {
         return Err(io::Error::other("too many descriptors to pass on"));
     }
@@ -139,8 +144,10 @@ pub(crate) fn spawn_fd(
                 nix::libc::AT_EMPTY_PATH,
             );
             let refused = io::Error::last_os_error();
-            // The same open file through /proc, where execveat is refused.
-            nix::libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
+            if by_path {
+                // The same open file through /proc, where execveat is refused.
+                nix::libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
+            }
             Err(refused)
         });
     }
