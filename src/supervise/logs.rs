@@ -84,32 +84,29 @@ impl Format {
 /// its own copy of the stdout descriptor, never through `std::io::stdout`,
 /// so that a stdout nobody reads blocks this thread only: not the
 /// supervisor, and not std's flush of stdout at exit.
-pub(crate) fn writer(format: Format) -> (mpsc::Sender<Line>, oneshot::Receiver<()>) {
+pub(crate) fn writer(format: Format) -> io::Result<(mpsc::Sender<Line>, oneshot::Receiver<()>)> {
     let (tx, mut rx) = mpsc::channel::<Line>(1024);
     let (done, written) = oneshot::channel();
     // A closed stdout (no descriptor 1): lines are dropped.
     let out = io::stdout().as_fd().try_clone_to_owned().map(std::fs::File::from).ok();
-    std::thread::Builder::new()
-        .name("stigmer-logs".into())
-        .spawn(move || {
-            let mut out = out.map(|f| io::BufWriter::with_capacity(64 * 1024, f));
-            while let Some(line) = rx.blocking_recv() {
-                let Some(out) = &mut out else { continue };
-                let rendered = format.render(&line);
-                // A closed stdout (`stigmer server | head`) must not stop the
-                // services: drop what cannot be written.
-                let _ = out.write_all(&rendered);
-                if rx.is_empty() {
-                    let _ = out.flush();
-                }
-            }
-            if let Some(out) = &mut out {
+    std::thread::Builder::new().name("stigmer-logs".into()).spawn(move || {
+        let mut out = out.map(|f| io::BufWriter::with_capacity(64 * 1024, f));
+        while let Some(line) = rx.blocking_recv() {
+            let Some(out) = &mut out else { continue };
+            let rendered = format.render(&line);
+            // A closed stdout (`stigmer server | head`) must not stop the
+            // services: drop what cannot be written.
+            let _ = out.write_all(&rendered);
+            if rx.is_empty() {
                 let _ = out.flush();
             }
-            let _ = done.send(());
-        })
-        .expect("cannot start the log writer thread");
-    (tx, written)
+        }
+        if let Some(out) = &mut out {
+            let _ = out.flush();
+        }
+        let _ = done.send(());
+    })?;
+    Ok((tx, written))
 }
 
 /// Cuts a byte stream into lines.

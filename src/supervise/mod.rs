@@ -138,13 +138,39 @@ pub async fn serve(
     let prepared = prepare_all(&manifest, catalog, &launcher).await?;
     let names: Vec<String> = manifest.services.iter().map(|s| s.name.clone()).collect();
     let (lines, written) =
-        logs::writer(Format { names, json: options.json_logs, color: options.color });
+        logs::writer(Format { names, json: options.json_logs, color: options.color })
+            .map_err(|source| Error::Exec { name: "stigmer server".into(), source })?;
+    // Dependencies by index, both ways, so that each start or stop decision
+    // costs the edges it looks at, not a search by name of every service.
+    let index: HashMap<&str, usize> =
+        manifest.services.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+    let deps: Vec<Vec<usize>> = manifest
+        .services
+        .iter()
+        .map(|s| s.depends_on.iter().filter_map(|d| index.get(d.as_str()).copied()).collect())
+        .collect();
+    drop(index);
+    let mut dependents = vec![Vec::new(); deps.len()];
+    for (i, ds) in deps.iter().enumerate() {
+        for &d in ds {
+            dependents[d].push(i);
+        }
+    }
     let services = manifest
         .services
         .into_iter()
-        .map(|spec| {
+        .zip(deps.into_iter().zip(dependents))
+        .map(|(spec, (deps, dependents))| {
             let prepared = prepared[&spec.payload].clone();
-            Svc { spec, prepared, state: State::Waiting, run: 0, history: History::default() }
+            Svc {
+                spec,
+                prepared,
+                deps,
+                dependents,
+                state: State::Waiting,
+                run: 0,
+                history: History::default(),
+            }
         })
         .collect();
     let mut sup = Supervisor {
@@ -288,7 +314,10 @@ async fn prepare_all(
     }
     let mut prepared = HashMap::new();
     for (name, task) in tasks {
-        let p = task.await.expect("preparing a payload panicked")?;
+        let p = task.await.map_err(|e| Error::Exec {
+            name: name.clone(),
+            source: std::io::Error::other(format!("preparing it failed: {e}")),
+        })??;
         debug!("{name}: prepared ({})", p.backend());
         prepared.insert(name, p);
     }
@@ -312,6 +341,10 @@ struct Supervisor {
 struct Svc {
     spec: Service,
     prepared: Prepared,
+    /// The services it depends on, by index.
+    deps: Vec<usize>,
+    /// The services that depend on it, by index.
+    dependents: Vec<usize>,
     state: State,
     /// Counts spawns, so events about an earlier run are ignored.
     run: u64,
@@ -372,11 +405,10 @@ impl Supervisor {
             if self.services[i].state != State::Waiting {
                 continue;
             }
-            let deps_ready = self.services[i].spec.depends_on.iter().all(|d| {
-                self.services.iter().any(|s| {
-                    &s.spec.name == d && matches!(s.state, State::Running { ready: true, .. })
-                })
-            });
+            let deps_ready = self.services[i]
+                .deps
+                .iter()
+                .all(|&d| matches!(self.services[d].state, State::Running { ready: true, .. }));
             if deps_ready {
                 self.spawn(i);
                 if self.shutdown.is_some() {
@@ -740,10 +772,8 @@ impl Supervisor {
         }
         for i in 0..self.services.len() {
             let State::Running { pid, .. } = self.services[i].state else { continue };
-            let name = &self.services[i].spec.name;
-            let needed = self.services.iter().any(|s| {
-                s.spec.depends_on.contains(name)
-                    && matches!(s.state, State::Running { .. } | State::Stopping { .. })
+            let needed = self.services[i].dependents.iter().any(|&j| {
+                matches!(self.services[j].state, State::Running { .. } | State::Stopping { .. })
             });
             if needed {
                 continue;
