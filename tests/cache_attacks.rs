@@ -54,12 +54,12 @@ fn a_home_swapped_between_check_and_exec_never_runs_other_bytes() {
         std::thread::spawn(move || {
             let mut swaps = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                nix::fcntl::renameat2(
-                    nix::fcntl::AT_FDCWD,
+                rustix::fs::renameat_with(
+                    rustix::fs::CWD,
                     &home,
-                    nix::fcntl::AT_FDCWD,
+                    rustix::fs::CWD,
                     &other,
-                    nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+                    rustix::fs::RenameFlags::EXCHANGE,
                 )
                 .unwrap();
                 swaps += 1;
