@@ -96,16 +96,25 @@ args = ["--server", "http://127.0.0.1:{port}"]
     // The services answer, and run from sealed memory: the cache on the
     // emptyDir is never needed.
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), "nothing on {port}");
-    let services = processes_with(&format!("http://127.0.0.1:{port}"))
-        .into_iter()
-        .chain(processes_with(&format!("--port {port}")))
-        .collect::<Vec<_>>();
-    let from_memory = services
-        .iter()
-        .filter_map(|(pid, _)| fs::read_link(format!("/proc/{pid}/exe")).ok())
-        .filter(|exe| exe.to_string_lossy().starts_with("/memfd:"))
-        .count();
-    assert_eq!(from_memory, 2, "both services from memfds: {services:?}");
+    // "All services running" comes once each is spawned; wait for both to
+    // have exec'd.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let services = processes_with(&format!("http://127.0.0.1:{port}"))
+            .into_iter()
+            .chain(processes_with(&format!("--port {port}")))
+            .collect::<Vec<_>>();
+        let from_memory = services
+            .iter()
+            .filter_map(|(pid, _)| fs::read_link(format!("/proc/{pid}/exe")).ok())
+            .filter(|exe| exe.to_string_lossy().starts_with("/memfd:"))
+            .count();
+        if from_memory == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "both services from memfds: {services:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 
     // SIGTERM reaches stigmer (as the container runtime sends it to the
     // container's first process; here bwrap is in between), and everything

@@ -62,6 +62,7 @@ fn services_are_named_after_their_payload_and_pgrep_finds_them() {
             "pgrep -x {want}: {}",
             stdout(&o)
         );
+        server.wait_stdout(20, |l| l.iter().any(|l| l.starts_with("tool") && l.contains("hello")));
         server.signal(Signal::SIGTERM);
         let (_, out, err) = server.finish(20);
         // The #! script ran too (its interpreter names the process after

@@ -62,6 +62,8 @@ ready = {{ log = "ready now", timeout = "10s" }}
     );
     let server = env.server(&manifest, &[], &[]);
     server.wait_stderr("all services running", 20);
+    // "Started" is the spawn; its first line comes once it runs.
+    server.wait_stdout(20, |l| l.iter().any(|l| l.starts_with("runner | runner up")));
     server.signal(Signal::SIGTERM);
     let (status, out, err) = server.finish(20);
     assert_eq!(status.code(), Some(0), "{}", err.join("\n"));
