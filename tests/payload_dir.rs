@@ -552,7 +552,8 @@ fn a_private_tmpdir_and_its_locks_outlive_what_the_payload_left_running() {
     }
     let _workers = KillWorkers(marker.clone());
     let tmpdir = PathBuf::from(probe_field(&o, "tmpdir"));
-    assert!(!processes_with(&format!("sleep {marker}")).is_empty(), "the worker runs");
+    // The worker was forked before stigmer returned; wait for its exec.
+    wait_processes(&format!("sleep {marker}"), 1, 10);
     let entry_dir = fs::read_dir(env.home.join("bin/v1")).unwrap().next().unwrap().unwrap().path();
     let free = |path: &Path| {
         let file = fs::File::open(path).unwrap();
