@@ -290,6 +290,11 @@ impl Entry {
         &self.0.path
     }
 
+    /// Whether the payload is a `#!` script.
+    pub(crate) fn is_script(&self) -> bool {
+        self.0.payload.kind() == crate::Kind::Script
+    }
+
     /// The private `TMPDIR`, for payloads that need one.
     pub(crate) fn tmpdir(&self) -> Option<&Path> {
         self.0.tmpdir.as_ref().map(|t| t.path.as_path())

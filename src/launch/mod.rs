@@ -133,10 +133,6 @@ pub struct Plan {
 pub struct Prepared {
     name: String,
     image: Image,
-    /// A `#!` script, whose interpreter reads it through `/dev/fd/N` when
-    /// it is exec'd by descriptor (Linux).
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-    script: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -209,6 +205,24 @@ impl Prepared {
         self.spawn_checked(cmd, false)
     }
 
+    /// The entry to exec, checked now (or, with `just_prepared`, by the
+    /// `prepare` a moment ago), and the descriptors the payload keeps open:
+    /// its locks, and on Linux a `#!` script's own descriptor, which its
+    /// interpreter reads through `/dev/fd/N`.
+    fn checked(
+        entry: &cache::Entry,
+        just_prepared: bool,
+    ) -> Result<(cache::Checked, Vec<std::os::fd::RawFd>)> {
+        // Taken either way: a descriptor checked long ago is no check.
+        let fresh = entry.take_checked().filter(|_| just_prepared);
+        let checked = fresh.map_or_else(|| entry.open(), Ok)?;
+        let mut inherit = entry.inherited();
+        if cfg!(target_os = "linux") && entry.is_script() {
+            inherit.push(std::os::fd::AsRawFd::as_raw_fd(&checked.file));
+        }
+        Ok((checked, inherit))
+    }
+
     /// [`Prepared::spawn`]; with `just_prepared`, as for `exec_checked`.
     fn spawn_checked(&self, cmd: &mut Command, just_prepared: bool) -> Result<std::process::Child> {
         let exec_err = |source| Error::Exec { name: self.name.clone(), source };
@@ -216,16 +230,11 @@ impl Prepared {
             #[cfg(target_os = "linux")]
             Image::Memfd(image) => image.spawn(cmd, &self.name).map_err(exec_err),
             Image::File(entry) => {
-                // Taken either way: a descriptor checked long ago is no check.
-                let checked = entry.take_checked().filter(|_| just_prepared);
-                let cache::Checked { file, leased } = checked.map_or_else(|| entry.open(), Ok)?;
+                let (cache::Checked { file, leased }, inherit) =
+                    Self::checked(entry, just_prepared)?;
                 cfg_if::cfg_if! {
                     if #[cfg(target_os = "linux")] {
                         use std::os::fd::AsFd as _;
-                        let mut inherit = entry.inherited();
-                        if self.script {
-                            inherit.push(std::os::fd::AsRawFd::as_raw_fd(&file));
-                        }
                         let how = spawn::How { inherit: &inherit, leased, by_path: true };
                         spawn::spawn_fd(cmd, file.as_fd(), &self.name, how).map_err(exec_err)
                     } else {
@@ -233,7 +242,7 @@ impl Prepared {
                         // check; the folder checks keep others from swapping it.
                         let _ = leased;
                         drop(file);
-                        inherit_in_child(cmd, entry.inherited());
+                        inherit_in_child(cmd, inherit);
                         cmd.spawn().map_err(exec_err)
                     }
                 }
@@ -264,29 +273,24 @@ impl Prepared {
             #[cfg(target_os = "linux")]
             Image::Memfd(image) => exec_err(image.exec(&self.name, args)),
             Image::File(entry) => {
-                let checked = if just_prepared { entry.take_checked() } else { None };
-                let cache::Checked { file, leased } = match checked.map_or_else(|| entry.open(), Ok)
-                {
-                    Ok(checked) => checked,
-                    Err(e) => return e,
-                };
+                let (cache::Checked { file, leased }, inherit) =
+                    match Self::checked(entry, just_prepared) {
+                        Ok(checked) => checked,
+                        Err(e) => return e,
+                    };
                 cfg_if::cfg_if! {
                     if #[cfg(target_os = "linux")] {
                         use std::os::fd::AsFd as _;
                         let argv: Vec<OsString> = std::iter::once(OsString::from(&self.name))
                             .chain(args.into_iter().map(|a| a.as_ref().to_owned()))
                             .collect();
-                        let mut inherit = entry.inherited();
-                        if self.script {
-                            inherit.push(std::os::fd::AsRawFd::as_raw_fd(&file));
-                        }
                         let how = spawn::How { inherit: &inherit, leased, by_path: true };
                         exec_err(spawn::exec_fd(file.as_fd(), &argv, how))
                     } else {
                         let _ = leased;
                         drop(file);
                         let mut cmd = self.command();
-                        inherit_in_child(&mut cmd, entry.inherited());
+                        inherit_in_child(&mut cmd, inherit);
                         exec_err(cmd.args(args).exec())
                     }
                 }
@@ -397,11 +401,7 @@ impl Launcher {
     #[cfg(target_os = "linux")]
     fn prepare_memfd(&self, payload: &Payload) -> Result<Prepared> {
         let image = self.memfd.image(payload)?;
-        Ok(Prepared {
-            name: payload.name().to_owned(),
-            image: Image::Memfd(image),
-            script: payload.kind() == Kind::Script,
-        })
+        Ok(Prepared { name: payload.name().to_owned(), image: Image::Memfd(image) })
     }
 
     #[cfg(not(target_os = "linux"))]
@@ -411,11 +411,7 @@ impl Launcher {
 
     fn prepare_cache(&self, payload: &Payload) -> Result<Prepared> {
         let entry = self.cache.entry(payload)?;
-        Ok(Prepared {
-            name: payload.name().to_owned(),
-            image: Image::File(entry),
-            script: payload.kind() == Kind::Script,
-        })
+        Ok(Prepared { name: payload.name().to_owned(), image: Image::File(entry) })
     }
 
     /// Falls back to the cache after the kernel refused exec from memory,
@@ -529,21 +525,13 @@ impl Launch for Launcher {
 impl Launch for CacheLauncher {
     fn prepare(&self, payload: &Payload) -> Result<Prepared> {
         let entry = self.entry(payload)?;
-        Ok(Prepared {
-            name: payload.name().to_owned(),
-            image: Image::File(entry),
-            script: payload.kind() == Kind::Script,
-        })
+        Ok(Prepared { name: payload.name().to_owned(), image: Image::File(entry) })
     }
 }
 
 #[cfg(target_os = "linux")]
 impl Launch for MemfdLauncher {
     fn prepare(&self, payload: &Payload) -> Result<Prepared> {
-        Ok(Prepared {
-            name: payload.name().to_owned(),
-            image: Image::Memfd(self.image(payload)?),
-            script: payload.kind() == Kind::Script,
-        })
+        Ok(Prepared { name: payload.name().to_owned(), image: Image::Memfd(self.image(payload)?) })
     }
 }
