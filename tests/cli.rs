@@ -179,7 +179,7 @@ fn version_and_help() {
     let env = TestEnv::new();
     let out = ok(&env.stigmer().arg("--version").output().unwrap());
     // The first line names the target, as the release archive's name does.
-    let target = env!("STIGMER_TARGET");
+    let target = stigmer_payloads::TARGET;
     assert!(target.starts_with(std::env::consts::ARCH), "{target}");
     assert!(target.contains(std::env::consts::OS), "{target}");
     let first = format!("stigmer {} ({target})\n", env!("CARGO_PKG_VERSION"));

@@ -68,7 +68,7 @@ fn build_with(dir: &Path) -> (Output, PathBuf) {
     let features: &[&str] =
         if cfg!(feature = "compress") { &["--features", "compress"] } else { &[] };
     // For the target this test was built for (a musl test run builds musl).
-    let triple = env!("STIGMER_TARGET");
+    let triple = stigmer_payloads::TARGET;
     let o = Command::new(cargo)
         .args(["build", "--offline", "--bin", "stigmer", "--target", triple])
         .args(features)
@@ -173,15 +173,17 @@ fn a_60_mb_payload_never_passes_through_the_launchers_memory() {
     for _ in lines {}
     assert!(server.wait().unwrap().success());
 
-    // Filling the cache with 60 MB takes long enough to notice: on a
-    // terminal (a pty from script(1)) stigmer shows a progress bar, and
-    // clears it before the payload runs; on a pipe it prints nothing.
+    // On a terminal (a pty from script(1)) stigmer shows a progress bar
+    // while it fills the cache (here from the first byte: how long 60 MB
+    // takes depends on the build), and clears it before the payload runs;
+    // on a pipe it prints nothing.
     require!(have("script"), "script (util-linux) is not installed");
     let fresh = env.dir.path().join("fresh-home");
     let command = format!("{} --backend cache run big --quiet", stigmer.display());
     let o = Command::new("script")
         .args(["--quiet", "--return", "--command", &command, "/dev/null"])
         .env("STIGMER_HOME", &fresh)
+        .env("STIGMER_TEST_PROGRESS_AT_ONCE", "1")
         .output()
         .unwrap();
     let terminal = String::from_utf8_lossy(&o.stdout);
@@ -191,6 +193,7 @@ fn a_60_mb_payload_never_passes_through_the_launchers_memory() {
     let o = Command::new(&stigmer)
         .args(["--backend", "cache", "run", "big", "--quiet"])
         .env("STIGMER_HOME", &fresh)
+        .env("STIGMER_TEST_PROGRESS_AT_ONCE", "1")
         .output()
         .unwrap();
     ok(&o);

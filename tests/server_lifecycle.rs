@@ -381,8 +381,9 @@ fn a_panic_in_the_supervisor_kills_every_service_group_itself() {
         assert_eq!(status.code(), Some(128 + 6), "{backend}: 128 + SIGABRT");
         let (_, _, err) = server.finish(10);
         assert!(
-            err.iter().any(|l| l.starts_with("stigmer: the supervisor panicked at src/")
-                && l.ends_with("STIGMER_TEST_PANIC is set: panicking; all services killed")),
+            err.iter()
+                .any(|l| l.starts_with("stigmer: the supervisor panicked at crates/stigmer/src/")
+                    && l.ends_with("STIGMER_TEST_PANIC is set: panicking; all services killed")),
             "{backend}: {}",
             err.join("\n")
         );

@@ -34,19 +34,14 @@ mod catalog;
 pub mod doctor;
 pub mod env;
 mod error;
-mod kind;
 pub mod launch;
 pub mod manifest;
 mod payload;
 pub mod supervise;
-// Shared with build.rs, which checks payload names with it; the manifest
-// checks service names with the same rule.
-#[allow(dead_code)]
-mod scan;
 
-pub use catalog::{Catalog, Embedded, MANIFEST};
+pub use catalog::{Bundle, Catalog, Embedded, MANIFEST};
 pub use error::{Error, Result};
-pub use kind::Kind;
 pub use launch::{Backend, Choice, Launch, Launcher, Plan, Prepared};
 pub use manifest::{Manifest, ManifestError};
 pub use payload::{Digest, Encoding, Payload};
+pub use stigmer_build::Kind;

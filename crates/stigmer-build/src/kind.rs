@@ -5,9 +5,8 @@
 //! interpreter, and a PyInstaller one-file binary needs a real path and an
 //! exec-capable `TMPDIR`, so it always goes through the cache.
 //!
-//! This file is std-only on purpose: `build.rs` includes it with `#[path]` so
-//! that kinds are decided once, at build time, by the same code the library
-//! documents and tests.
+//! Kinds are decided once, at build time, by [`Kind::detect`]; the runtime
+//! library re-exports this type and reads the kind from the build's table.
 
 use std::fmt;
 

@@ -237,7 +237,7 @@ fn one_line(text: &str) -> String {
 /// digits, '.', '_', '-': nothing to escape, and how the supervisor shows
 /// it), escaped and quoted otherwise.
 fn label(name: &str) -> String {
-    match crate::scan::check_name(name) {
+    match stigmer_build::check_name(name) {
         Ok(()) => name.to_owned(),
         Err(_) => format!("{name:?}"),
     }
@@ -391,8 +391,8 @@ fn check_service(
     problems: &mut Vec<String>,
 ) -> Node {
     let mut node = Node { name: name.to_owned(), depends_on: Vec::new(), service: None };
-    if let Err(e) = crate::scan::check_name(name) {
-        problems.push(e);
+    if let Err(e) = stigmer_build::check_name(name) {
+        problems.push(e.to_string());
     }
     let Some(fields) = value.as_table() else {
         problems.push("must be a table: write [services.NAME] and keys below".into());

@@ -13,6 +13,16 @@ use stigmer::launch::{FillProgress, FillTicker};
 /// How long a fill runs before it gets a bar.
 const NOTICE: Duration = Duration::from_millis(300);
 
+/// [`NOTICE`], or nothing in a debug build run with
+/// `STIGMER_TEST_PROGRESS_AT_ONCE` set: how fast a fill is depends on the
+/// machine and the build, and a test of the bar must not.
+fn notice() -> Duration {
+    let at_once = cfg!(debug_assertions)
+        && std::env::var_os(stigmer::env::STIGMER_TEST_PROGRESS_AT_ONCE)
+            .is_some_and(|v| !v.is_empty());
+    if at_once { Duration::ZERO } else { NOTICE }
+}
+
 /// The bars of the fills in progress.
 #[derive(Debug)]
 pub(crate) struct Bars {
@@ -35,7 +45,13 @@ impl FillProgress for Bars {
         {
             bar.set_style(style.progress_chars("=> "));
         }
-        Box::new(Ticker { multi: self.multi.clone(), bar, started: Instant::now(), shown: false })
+        Box::new(Ticker {
+            multi: self.multi.clone(),
+            bar,
+            started: Instant::now(),
+            notice: notice(),
+            shown: false,
+        })
     }
 }
 
@@ -43,13 +59,14 @@ struct Ticker {
     multi: MultiProgress,
     bar: ProgressBar,
     started: Instant,
+    notice: Duration,
     shown: bool,
 }
 
 impl FillTicker for Ticker {
     fn advance(&mut self, bytes: u64) {
         self.bar.inc(bytes);
-        if !self.shown && self.started.elapsed() >= NOTICE {
+        if !self.shown && self.started.elapsed() >= self.notice {
             self.shown = true;
             self.bar = self.multi.add(self.bar.clone());
         }

@@ -29,6 +29,12 @@ pub const STIGMER_DOCTOR_PROBE: &str = "STIGMER_DOCTOR_PROBE";
 /// before the process ends.
 pub const STIGMER_TEST_PANIC: &str = "STIGMER_TEST_PANIC";
 
+/// Test-only, and honoured only by debug builds: when set and not empty,
+/// `stigmer` shows the cache's progress bar (on a terminal) from the first
+/// byte instead of after 300 ms, so a test of the bar does not depend on how
+/// fast the machine fills the cache.
+pub const STIGMER_TEST_PROGRESS_AT_ONCE: &str = "STIGMER_TEST_PROGRESS_AT_ONCE";
+
 /// The cache root: `$STIGMER_HOME`, else `$HOME/.stigmer`.
 pub fn home() -> Result<PathBuf> {
     home_from(std::env::var_os(STIGMER_HOME), std::env::var_os("HOME"))

@@ -6,7 +6,7 @@
 //! execs in place from a single-threaded process.
 
 mod cli;
-mod payloads;
+
 mod progress;
 mod stderr;
 
@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     // the host allows it; that copy exits here.
     stigmer::doctor::answer_probe();
     let mut args: Vec<OsString> = std::env::args_os().collect();
-    let catalog = payloads::catalog();
+    let catalog = stigmer_payloads::catalog();
 
     // Multi-call: `ln -s stigmer workflow-runner; ./workflow-runner --help`
     // runs the payload with every argument.
@@ -100,7 +100,8 @@ fn main() -> ExitCode {
 /// compare against the release notes.
 fn long_version(catalog: &Catalog) -> String {
     let width = catalog.payloads().iter().map(|p| p.name().len()).max().unwrap_or(0);
-    let mut text = format!("{} ({})\npayloads:", env!("CARGO_PKG_VERSION"), env!("STIGMER_TARGET"));
+    let mut text =
+        format!("{} ({})\npayloads:", env!("CARGO_PKG_VERSION"), stigmer_payloads::TARGET);
     for p in catalog.payloads() {
         text.push_str(&format!(
             "\n  {:width$}  {:>11} bytes  sha256 {}",

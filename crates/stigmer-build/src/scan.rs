@@ -1,57 +1,64 @@
 //! Finding the payloads in a payload folder, at build time.
 //!
-//! `build.rs` includes this file with `#[path]`; the library compiles it only
-//! for its unit tests. It is std-only so the build script needs no
-//! dependencies. Every problem is one line that names the file and the fix,
-//! because it reaches the user as a build error or a `cargo:warning`.
+//! Every problem is one line that names the file and the fix, because it
+//! reaches the user as a build error or a `cargo:warning`.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::{Error, NameError, NameProblem};
+
 /// The manifest's file name inside a payload folder.
-pub(crate) const MANIFEST: &str = "services.toml";
+pub const MANIFEST: &str = "services.toml";
 
 /// What a payload folder holds.
 #[derive(Debug, Default)]
-pub(crate) struct Scan {
+#[non_exhaustive]
+pub struct Scan {
     /// The payloads, sorted by name.
-    pub(crate) payloads: Vec<Found>,
+    pub payloads: Vec<Found>,
     /// The path of `services.toml`, if there is one.
-    pub(crate) manifest: Option<PathBuf>,
+    pub manifest: Option<PathBuf>,
     /// Files that were skipped, with why and how to include them.
-    pub(crate) warnings: Vec<String>,
+    pub warnings: Vec<String>,
 }
 
 /// One payload found in the folder.
-#[derive(Debug)]
-pub(crate) struct Found {
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Found {
     /// The payload's name: its file name.
-    pub(crate) name: String,
+    pub name: String,
     /// Where it is.
-    pub(crate) path: PathBuf,
+    pub path: PathBuf,
 }
 
 /// Checks that `name` can be a payload's name: a plain file name that is
-/// safe on every platform, in a shell and as a multi-call link.
-pub(crate) fn check_name(name: &str) -> Result<(), String> {
-    let fix =
-        "rename it to letters, digits, '.', '_' and '-' (at most 64, not starting with '.' or '-')";
-    if name.is_empty() || name.len() > 64 {
-        return Err(format!("payload name {name:?} must be 1 to 64 characters: {fix}"));
-    }
-    if name.starts_with(['.', '-']) {
-        return Err(format!("payload name {name:?} starts with '.' or '-': {fix}"));
-    }
-    if let Some(c) =
+/// safe on every platform, in a shell and as a multi-call link: letters,
+/// digits, '.', '_' and '-', at most 64, not starting with '.' or '-', and
+/// neither `stigmer` nor `services.toml`.
+///
+/// ```
+/// assert!(stigmer_build::check_name("workflow-runner").is_ok());
+/// let err = stigmer_build::check_name("a b").unwrap_err();
+/// assert!(err.to_string().contains("rename it"));
+/// ```
+pub fn check_name(name: &str) -> Result<(), NameError> {
+    let problem = if name.is_empty() || name.len() > 64 {
+        NameProblem::Length
+    } else if name.starts_with(['.', '-']) {
+        NameProblem::Leading
+    } else if let Some(c) =
         name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
-        return Err(format!("payload name {name:?} contains {c:?}: {fix}"));
-    }
-    if name == "stigmer" || name == MANIFEST {
-        return Err(format!("payload name {name:?} is reserved by stigmer: rename the file"));
-    }
-    Ok(())
+        NameProblem::Char(c)
+    } else if name == "stigmer" || name == MANIFEST {
+        NameProblem::Reserved
+    } else {
+        return Ok(());
+    };
+    Err(NameError { name: name.to_owned(), problem })
 }
 
 /// Lists the payloads in `dir`: every regular executable file whose name
@@ -60,30 +67,24 @@ pub(crate) fn check_name(name: &str) -> Result<(), String> {
 /// Hidden files (dotfiles) are ignored silently; other files that are not
 /// payloads give a warning. A missing folder or an unsafe name is an error;
 /// whether a folder without payloads is one is the caller's choice.
-pub(crate) fn scan(dir: &Path) -> Result<Scan, String> {
-    let entries = fs::read_dir(dir).map_err(|e| {
-        format!(
-            "cannot read the payload folder {}: {e} (create it and put the executables \
-             there, or set STIGMER_PAYLOAD_DIR to the folder that holds them)",
-            dir.display()
-        )
-    })?;
+pub fn scan(dir: &Path) -> Result<Scan, Error> {
+    let entries =
+        fs::read_dir(dir).map_err(|source| Error::Folder { dir: dir.to_owned(), source })?;
     let mut scan = Scan::default();
     for entry in entries {
-        let entry = entry.map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+        let entry = entry.map_err(|source| Error::Read { path: dir.to_owned(), source })?;
         let path = entry.path();
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            return Err(format!(
-                "payload file {} has a name that is not UTF-8: rename it",
-                path.display()
-            ));
+            return Err(Error::NotUtf8 { path });
         };
         if name.starts_with('.') {
             continue;
         }
         // Follow symlinks: a folder of links to build outputs is common.
-        let meta = fs::metadata(&path)
-            .map_err(|e| format!("cannot read payload file {}: {e}", path.display()))?;
+        let meta = match fs::metadata(&path) {
+            Ok(meta) => meta,
+            Err(source) => return Err(Error::Read { path, source }),
+        };
         if name == MANIFEST && meta.is_file() {
             scan.manifest = Some(path);
             continue;
@@ -103,26 +104,16 @@ pub(crate) fn scan(dir: &Path) -> Result<Scan, String> {
             ));
             continue;
         }
-        check_name(&name).map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Err(source) = check_name(&name) {
+            return Err(Error::Name { path, source });
+        }
         if meta.len() == 0 {
-            return Err(format!(
-                "payload file {} is empty: rebuild it or remove it",
-                path.display()
-            ));
+            return Err(Error::EmptyPayload { path });
         }
         scan.payloads.push(Found { name, path });
     }
     scan.payloads.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(scan)
-}
-
-/// The error for a payload folder that holds no payload.
-pub(crate) fn empty_error(dir: &Path) -> String {
-    format!(
-        "the payload folder {} holds no executable files: put the payloads there (chmod +x), \
-         or unset STIGMER_PAYLOAD_DIR to embed the demo payloads",
-        dir.display()
-    )
 }
 
 #[cfg(test)]
@@ -141,7 +132,7 @@ mod tests {
             check_name(ok).unwrap();
         }
         for bad in ["", ".hidden", "-rf", "a b", "a/b", "ünï", "stigmer", "services.toml"] {
-            let err = check_name(bad).unwrap_err();
+            let err = check_name(bad).unwrap_err().to_string();
             assert!(err.contains(&format!("{bad:?}")), "{err}");
         }
         assert!(check_name(&"x".repeat(65)).is_err());
@@ -170,14 +161,15 @@ mod tests {
     #[test]
     fn errors_name_the_file_and_the_fix() {
         let dir = tempfile::tempdir().unwrap();
-        let err = scan(&dir.path().join("missing")).unwrap_err();
+        let err = scan(&dir.path().join("missing")).unwrap_err().to_string();
         assert!(err.contains("missing") && err.contains("STIGMER_PAYLOAD_DIR"), "{err}");
 
         assert!(scan(dir.path()).unwrap().payloads.is_empty());
-        assert!(empty_error(dir.path()).contains("STIGMER_PAYLOAD_DIR"));
+        let empty = Error::Empty { dir: dir.path().to_owned() }.to_string();
+        assert!(empty.contains("STIGMER_PAYLOAD_DIR"), "{empty}");
 
         file(dir.path(), "bad name", 0o755);
-        let err = scan(dir.path()).unwrap_err();
+        let err = scan(dir.path()).unwrap_err().to_string();
         assert!(err.contains("bad name") && err.contains("rename"), "{err}");
     }
 }

@@ -1,0 +1,38 @@
+//! The payloads the `stigmer` binary carries: the one place that embeds
+//! them, apart from the command's code so that editing the command does not
+//! embed them again.
+//!
+//! `build.rs` finds them (`platform/<target-triple>/`, `STIGMER_PAYLOAD_DIR`
+//! or the demo set) and `stigmer-build` writes their table; the bytes are
+//! `include_bytes!`, so debug and test builds embed them too: payloads are
+//! never read from disk at run time.
+
+use stigmer::{Bundle, Catalog};
+
+/// The payloads and the `services.toml` this build embeds.
+pub static BUNDLE: Bundle = stigmer::include_payloads!();
+
+/// The target triple this build is for.
+pub const TARGET: &str = env!("STIGMER_TARGET");
+
+/// The catalogue of embedded payloads.
+pub fn catalog() -> Catalog {
+    BUNDLE.catalog()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_time_hashes_match_the_embedded_bytes() {
+        let catalog = catalog();
+        for p in catalog.payloads() {
+            if *p.encoding() == stigmer::Encoding::Raw {
+                assert_eq!(stigmer::Digest::of(p.data()), p.sha256(), "{}", p.name());
+                assert_eq!(p.data().len() as u64, p.len());
+            }
+        }
+        assert!(!catalog.payloads().is_empty());
+    }
+}
