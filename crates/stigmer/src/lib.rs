@@ -7,19 +7,34 @@
 //! from a private, content-addressed cache under `~/.stigmer/bin/`, verified
 //! against the build-time sha256 before every launch.
 //!
-//! The library is payload-neutral: a program embeds its own folder with
-//! rust-embed and builds a [`Catalog`] from it, then launches payloads with a
-//! [`Launcher`]:
+//! The library is payload-neutral: a program embeds its own payloads with
+//! the `stigmer-build` helper in its `build.rs` and includes the generated
+//! table with [`include_payloads!`] (a [`Bundle`]), which becomes a
+//! [`Catalog`]; or it makes a [`Payload`] from bytes at hand. It launches
+//! payloads with a [`Launcher`], through the [`Launch`] trait:
 //!
-//! ```no_run
+//! ```
 //! use stigmer::{Catalog, Choice, Launch, Launcher, Payload};
 //!
-//! let catalog = Catalog::new(vec![Payload::from_bytes("true", std::fs::read("/bin/true")?)], None);
-//! let launcher = Launcher::new(Choice::Auto, stigmer::env::home().ok());
-//! let prepared = launcher.prepare(catalog.get("true")?)?;
-//! let status = prepared.spawn(&mut prepared.command())?.wait()?;
-//! assert!(status.success());
+//! let bytes = std::fs::read("/bin/sh")?;
+//! let catalog = Catalog::new(vec![Payload::from_bytes("sh", bytes)], None);
+//! let home = tempfile::tempdir()?; // where the cache would live
+//! let launcher = Launcher::new(Choice::Auto, Some(home.path().to_owned()));
+//! let prepared = launcher.prepare(catalog.get("sh")?)?;
+//! let mut cmd = prepared.command();
+//! cmd.args(["-c", "exit 3"]);
+//! let status = prepared.spawn(&mut cmd)?.wait()?;
+//! assert_eq!(status.code(), Some(3));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! A program that carries its payloads (see `examples/hello-tenant` in the
+//! repository):
+//!
+//! ```ignore
+//! // build.rs: stigmer_build::Embed::folder("payloads")?.write()?;
+//! static PAYLOADS: stigmer::Bundle = stigmer::include_payloads!();
+//! let catalog = PAYLOADS.catalog();
 //! ```
 //!
 //! | platform | default backend | fallback |
