@@ -325,21 +325,22 @@ impl Embed {
         self.write_to(&out)
     }
 
-    /// Writes the table to `out`/[`GENERATED`], and the compressed frames
-    /// (if any) under `out/stigmer-frames/`.
+    /// Writes the table to `out`/[`GENERATED`], and the stored bytes of
+    /// every payload under `out/stigmer-payloads/`, named by sha256.
     pub fn write_to(self, out: &Path) -> Result<Embedded, Error> {
         if self.compress && !cfg!(feature = "compress") {
             return Err(Error::NoCompress);
         }
-        let frames_dir = out.join("stigmer-frames");
-        if self.compress {
-            fs::create_dir_all(&frames_dir)
-                .map_err(|source| Error::Write { path: frames_dir.clone(), source })?;
-        }
+        let stored_dir = out.join("stigmer-payloads");
+        fs::create_dir_all(&stored_dir)
+            .map_err(|source| Error::Write { path: stored_dir.clone(), source })?;
+        let asm = Asm::for_target();
+        let prefix = symbol_prefix();
         let mut kept = Vec::new();
-        let mut table = String::new();
+        // The block's items (the bytes, their symbols) and the table's rows.
+        let (mut items, mut entries) = (String::new(), String::new());
         let mut embedded = Vec::new();
-        for p in &self.payloads {
+        for (i, p) in self.payloads.iter().enumerate() {
             let bytes =
                 fs::read(&p.path).map_err(|source| Error::Read { path: p.path.clone(), source })?;
             if bytes.is_empty() {
@@ -347,10 +348,14 @@ impl Embed {
             }
             let kind = Kind::detect(&bytes);
             let sha256: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+            let hex: String = sha256.iter().map(|b| format!("{b:02x}")).collect();
+            // The bytes that were hashed are the bytes embedded: the build
+            // embeds its own copy, kept under the sha256, so an edit racing
+            // the build cannot slip other bytes under this digest, and an
+            // unchanged payload is neither copied nor compressed again.
             let (stored, encoding) = if self.compress {
-                let hex: String = sha256.iter().map(|b| format!("{b:02x}")).collect();
-                let path = frames_dir.join(format!("{hex}.zst"));
-                let lens_path = frames_dir.join(format!("{hex}.lens"));
+                let path = stored_dir.join(format!("{hex}.zst"));
+                let lens_path = stored_dir.join(format!("{hex}.lens"));
                 let lens = match fs::read_to_string(&lens_path) {
                     Ok(lens) if path.exists() => lens,
                     _ => {
@@ -364,22 +369,31 @@ impl Embed {
                         lens
                     }
                 };
-                kept.extend([path.clone(), lens_path]);
+                kept.push(lens_path);
                 let encoding = format!(
                     "::stigmer::Encoding::Zstd {{ frame_len: {FRAME_LEN}, \
                      frames: ::std::borrow::Cow::Borrowed(&[{lens}]) }}"
                 );
                 (path, encoding)
             } else {
-                (p.path.clone(), "::stigmer::Encoding::Raw".to_owned())
+                let path = stored_dir.join(&hex);
+                if fs::metadata(&path).ok().map(|m| m.len()) != Some(bytes.len() as u64) {
+                    write_if_changed(&path, &bytes)?;
+                }
+                (path, "::stigmer::Encoding::Raw".to_owned())
             };
-            let stored = literal(&stored)?;
+            let stored_len = fs::metadata(&stored)
+                .map_err(|source| Error::Read { path: stored.clone(), source })?
+                .len();
+            let symbol = format!("{prefix}_{i}");
+            asm.push(&mut items, &symbol, &stored, stored_len)?;
+            kept.push(stored);
             writeln!(
-                table,
-                "        ::stigmer::Embedded::new({:?}, ::stigmer::Kind::{kind:?}, {}, {sha256:?}, \
-                 {encoding}, include_bytes!({stored})),",
-                p.name,
-                bytes.len()
+                items,
+                "    #[allow(unsafe_code)]\n    // SAFETY: the global_asm! above defines this symbol as\n    \
+                 // exactly this many bytes, in a read-only section nothing writes.\n    \
+                 unsafe extern \"C\" {{\n        #[link_name = {symbol:?}]\n        \
+                 safe static PAYLOAD_{i}: [u8; {stored_len}];\n    }}"
             )
             .unwrap();
             embedded.push(EmbeddedPayload {
@@ -388,10 +402,16 @@ impl Embed {
                 size: bytes.len() as u64,
                 sha256,
             });
+            writeln!(
+                entries,
+                "        ::stigmer::Embedded::new({:?}, ::stigmer::Kind::{kind:?}, {}, {sha256:?}, \
+                 {encoding}, &PAYLOAD_{i}),",
+                p.name,
+                bytes.len()
+            )
+            .unwrap();
         }
-        if self.compress {
-            remove_others(&frames_dir, &kept);
-        }
+        remove_others(&stored_dir, &kept);
         let manifest = match &self.manifest {
             Some(path) => {
                 format!("::std::option::Option::Some(include_bytes!({}))", literal(path)?)
@@ -400,7 +420,7 @@ impl Embed {
         };
         let generated = format!(
             "// Generated by stigmer-build from {:?}; do not edit.\n\
-             {{\n    static PAYLOADS: [::stigmer::Embedded; {}] = [\n{table}    ];\n    \
+             {{\n{items}    static PAYLOADS: [::stigmer::Embedded; {}] = [\n{entries}    ];\n    \
              ::stigmer::Bundle::new(&PAYLOADS, {manifest})\n}}\n",
             self.source,
             self.payloads.len(),
@@ -409,6 +429,91 @@ impl Embed {
         write_if_changed(&path, generated.as_bytes())?;
         Ok(Embedded { payloads: embedded, generated: path })
     }
+}
+
+/// How the generated `global_asm!` places a payload's bytes in the
+/// executable, by object format.
+///
+/// The bytes go in with the assembler's `.incbin`, not `include_bytes!`:
+/// rustc keeps an `include_bytes!` static's bytes in the crate's metadata
+/// and, for LTO, in its bitcode too (a 180 MB payload set made a 357 MB
+/// rlib and a 178 MB rmeta that every build re-read), while `.incbin`
+/// leaves them to the assembler, which reads the file once. Each payload
+/// starts on a 4 KiB boundary, in a read-only section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Asm {
+    /// ELF (Linux and the BSDs).
+    Elf,
+    /// Mach-O (macOS): symbols take a leading `_`, and read-only data
+    /// lives in `__TEXT,__const`.
+    MachO,
+}
+
+impl Asm {
+    /// The format of the target a build script builds for
+    /// (`CARGO_CFG_TARGET_VENDOR`), else of this host.
+    fn for_target() -> Asm {
+        let apple = match std::env::var("CARGO_CFG_TARGET_VENDOR") {
+            Ok(vendor) => vendor == "apple",
+            Err(_) => cfg!(target_vendor = "apple"),
+        };
+        if apple { Asm::MachO } else { Asm::Elf }
+    }
+
+    /// The assembly that defines `symbol` as the `len` bytes of the file at
+    /// `path`, one line per item.
+    fn lines(self, symbol: &str, path: &Path, len: u64) -> Result<Vec<String>, Error> {
+        let path = std::path::absolute(path)
+            .map_err(|source| Error::Read { path: path.to_owned(), source })?;
+        // The assembler's string syntax, inside a format string of asm!:
+        // refuse what would need escaping in either.
+        let file = match path.to_str() {
+            Some(s) if !s.contains(['"', '\\', '{', '}', '\n']) => s.to_owned(),
+            _ => return Err(Error::NotUtf8 { path }),
+        };
+        let (section, sym, visibility) = match self {
+            Asm::Elf => {
+                (".pushsection .rodata.stigmer_payloads,\"a\"", symbol.to_owned(), ".hidden")
+            }
+            Asm::MachO => (".pushsection __TEXT,__const", format!("_{symbol}"), ".private_extern"),
+        };
+        Ok(vec![
+            section.to_owned(),
+            ".p2align 12".to_owned(),
+            format!(".globl {sym}"),
+            format!("{visibility} {sym}"),
+            format!("{sym}:"),
+            format!(".incbin \"{file}\", 0, {len}"),
+            ".popsection".to_owned(),
+        ])
+    }
+
+    /// Appends a module whose `global_asm!` defines `symbol` as the `len`
+    /// bytes of the file at `path`.
+    fn push(self, out: &mut String, symbol: &str, path: &Path, len: u64) -> Result<(), Error> {
+        let lines: Vec<String> =
+            self.lines(symbol, path, len)?.iter().map(|l| format!("{l:?}")).collect();
+        writeln!(
+            out,
+            "    #[allow(unsafe_code)]\n    mod {symbol} {{\n        \
+             ::core::arch::global_asm!({});\n    }}",
+            lines.join(", ")
+        )
+        .unwrap();
+        Ok(())
+    }
+}
+
+/// A prefix for the payload symbols of the package being built, unique in
+/// the program that links it.
+fn symbol_prefix() -> String {
+    let name = std::env::var("CARGO_PKG_NAME").unwrap_or_default();
+    let version = std::env::var("CARGO_PKG_VERSION").unwrap_or_default();
+    let clean: String = format!("{name}_{version}")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("__stigmer_payload_{clean}")
 }
 
 /// A path as a Rust string literal, for `include_bytes!`.
@@ -539,6 +644,62 @@ mod tests {
         assert!(err.contains("rename it"), "{err}");
     }
 
+    /// The payload symbols assemble for every object format stigmer ships
+    /// (the macOS ones cannot be linked here, but LLVM's assembler checks
+    /// them), and each holds exactly the payload's bytes.
+    #[test]
+    #[allow(clippy::print_stderr)] // a skipped test says why
+    fn payload_bytes_assemble_for_elf_and_mach_o() {
+        let mc = std::process::Command::new("llvm-mc").arg("--version").output();
+        if !mc.is_ok_and(|o| o.status.success()) {
+            let no_skip = std::env::var_os("STIGMER_TEST_NO_SKIP").is_some_and(|v| v == "1");
+            assert!(!no_skip, "llvm-mc is not installed (Debian: apt install llvm)");
+            eprintln!("skipped: llvm-mc is not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("payload");
+        let bytes: Vec<u8> = (0..=255).cycle().take(5000).collect();
+        fs::write(&file, &bytes).unwrap();
+        let cases = [
+            (Asm::Elf, "x86_64-linux-gnu", "p_0"),
+            (Asm::Elf, "aarch64-linux-gnu", "p_0"),
+            (Asm::MachO, "arm64-apple-macos", "_p_0"),
+            (Asm::MachO, "x86_64-apple-macos", "_p_0"),
+        ];
+        for (asm, triple, symbol) in cases {
+            let source = dir.path().join(format!("{triple}.s"));
+            let object = dir.path().join(format!("{triple}.o"));
+            let mut text = asm.lines("p_0", &file, 4000).unwrap().join("\n");
+            text.push('\n');
+            fs::write(&source, text).unwrap();
+            let o = std::process::Command::new("llvm-mc")
+                .args([&format!("-triple={triple}"), "-filetype=obj", "-o"])
+                .arg(&object)
+                .arg(&source)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{triple}: {}", String::from_utf8_lossy(&o.stderr));
+            let o = std::process::Command::new("llvm-objdump")
+                .args(["-t", "-h"])
+                .arg(&object)
+                .output()
+                .unwrap();
+            let listing = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                listing.lines().any(|l| l.ends_with(&format!(" {symbol}"))),
+                "{triple}: {listing}"
+            );
+            // The section is 4000 bytes of the file (a skip and a count),
+            // found in the object as they are.
+            let object = fs::read(&object).unwrap();
+            assert!(
+                object.windows(4000).any(|w| w == &bytes[..4000]),
+                "{triple}: the bytes are not in the object"
+            );
+        }
+    }
+
     #[cfg(feature = "compress")]
     #[test]
     fn frames_are_kept_by_sha256_and_pruned() {
@@ -549,7 +710,7 @@ mod tests {
         let e = Embed::new().payload("big", &exe).unwrap().compress(true);
         let code = fs::read_to_string(e.write_to(out.path()).unwrap().generated).unwrap();
         assert!(code.contains("Encoding::Zstd { frame_len: 1048576"), "{code}");
-        let frames = out.path().join("stigmer-frames");
+        let frames = out.path().join("stigmer-payloads");
         assert_eq!(fs::read_dir(&frames).unwrap().count(), 2);
         fs::write(&exe, vec![8u8; 100]).unwrap();
         Embed::new().payload("big", &exe).unwrap().compress(true).write_to(out.path()).unwrap();
