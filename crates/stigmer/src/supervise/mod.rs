@@ -74,6 +74,7 @@ use self::reap::Exit;
 use self::restart::{Decision, History};
 
 pub use self::guard::Guard;
+pub use self::readiness::NotReady;
 
 /// How long descendants that escaped their service's process group get
 /// between SIGTERM and SIGKILL on the way out.
@@ -374,7 +375,7 @@ enum Event {
     NotReady {
         svc: usize,
         run: u64,
-        why: String,
+        why: NotReady,
     },
     RestartDue {
         svc: usize,
@@ -500,7 +501,7 @@ impl Supervisor {
                     let verdict = match &what {
                         Check::Log(text) => {
                             tokio::time::sleep(ready.timeout).await;
-                            Err(format!("no output line contained {text:?}"))
+                            Err(NotReady::NoLine { text: text.clone() })
                         }
                         check => readiness::wait(check, ready.timeout).await,
                     };
