@@ -44,6 +44,7 @@
 //!   end (stdout may be a pipe nobody reads).
 
 mod crash;
+mod failure;
 pub mod guard;
 mod logs;
 mod readiness;
@@ -70,11 +71,12 @@ use crate::manifest::{Check, Manifest, Restart, Service};
 use crate::{Catalog, Error, Launch as _, Launcher, Prepared, Result};
 
 use self::logs::{Format, Line, Stream};
-use self::reap::Exit;
 use self::restart::{Decision, History};
 
+pub use self::failure::Failure;
 pub use self::guard::Guard;
 pub use self::readiness::NotReady;
+pub use self::reap::Exit;
 
 /// How long descendants that escaped their service's process group get
 /// between SIGTERM and SIGKILL on the way out.
@@ -97,12 +99,12 @@ pub struct Options {
 }
 
 /// How the server ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Outcome {
     /// A requested shutdown in which every service stopped in time.
     Clean,
     /// Anything else, with the reason.
-    Failed(String),
+    Failed(Failure),
 }
 
 /// Runs the services of `manifest` until they are stopped. Must be called
@@ -206,9 +208,8 @@ pub async fn serve(
         }
     }
     sup.stop_escapees(&mut signals, &mut events).await;
-    let outcome = sup.outcome();
     let hurry = sup.hurry;
-    drop(sup);
+    let outcome = sup.outcome();
     // Every reader has ended with its service; wait a little for the last
     // lines, unless stdout is stuck (a pipe nobody reads) or we must go.
     if !hurry {
@@ -389,10 +390,10 @@ enum Event {
     GuardGone,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 enum Shutdown {
     Requested(Signal),
-    Failed(String),
+    Failed(Failure),
     /// The guard process ended (already logged).
     GuardGone,
 }
@@ -420,11 +421,12 @@ impl Supervisor {
     }
 
     fn spawn(&mut self, i: usize) {
-        if let Some(taken) = address_taken(&self.services[i].spec) {
+        if let Some((address, holder)) = address_taken(&self.services[i].spec) {
             let svc = &mut self.services[i];
             svc.state = State::Done { clean: false };
-            let msg = format!("cannot start {}: {taken}", svc.spec.name);
-            self.begin_shutdown(Shutdown::Failed(msg));
+            let service = svc.spec.name.clone();
+            let failure = Failure::AddressInUse { service, address, holder };
+            self.begin_shutdown(Shutdown::Failed(failure));
             return;
         }
         let home = self.home;
@@ -445,8 +447,8 @@ impl Supervisor {
             Ok(c) => c,
             Err(e) => {
                 svc.state = State::Done { clean: false };
-                let msg = format!("{}: {e}", svc.spec.name);
-                self.begin_shutdown(Shutdown::Failed(msg));
+                let failure = Failure::Spawn { service: svc.spec.name.clone(), source: e };
+                self.begin_shutdown(Shutdown::Failed(failure));
                 return;
             }
         };
@@ -538,13 +540,12 @@ impl Supervisor {
             Event::NotReady { svc, run, why } => {
                 let s = &self.services[svc];
                 if s.run == run && matches!(s.state, State::Running { ready: false, .. }) {
-                    let timeout = s.spec.ready.as_ref().map(|r| r.timeout).unwrap_or_default();
-                    let msg = format!(
-                        "{} was not ready within {}: {why}",
-                        s.spec.name,
-                        humantime::format_duration(timeout)
-                    );
-                    self.begin_shutdown(Shutdown::Failed(msg));
+                    let failure = Failure::NotReady {
+                        service: s.spec.name.clone(),
+                        timeout: s.spec.ready.as_ref().map(|r| r.timeout).unwrap_or_default(),
+                        source: why,
+                    };
+                    self.begin_shutdown(Shutdown::Failed(failure));
                 }
             }
             Event::RestartDue { svc, run } => {
@@ -613,11 +614,8 @@ impl Supervisor {
                 match (decision, spec.restart) {
                     (Decision::Done, Restart::No) => {
                         s.state = State::Done { clean: false };
-                        let msg = format!(
-                            "{} exited ({exit}) and its restart policy is \"no\"",
-                            spec.name
-                        );
-                        self.begin_shutdown(Shutdown::Failed(msg));
+                        let failure = Failure::NotRestarted { service: spec.name.clone(), exit };
+                        self.begin_shutdown(Shutdown::Failed(failure));
                     }
                     (Decision::Done, _) => {
                         info!(
@@ -644,13 +642,13 @@ impl Supervisor {
                     }
                     (Decision::GiveUp, _) => {
                         s.state = State::Done { clean: false };
-                        let msg = format!(
-                            "{} exited ({exit}) after {} restarts within {}: giving up",
-                            spec.name,
-                            spec.max_restarts,
-                            humantime::format_duration(spec.restart_window)
-                        );
-                        self.begin_shutdown(Shutdown::Failed(msg));
+                        let failure = Failure::GaveUp {
+                            service: spec.name.clone(),
+                            exit,
+                            max_restarts: spec.max_restarts,
+                            window: spec.restart_window,
+                        };
+                        self.begin_shutdown(Shutdown::Failed(failure));
                     }
                 }
             }
@@ -754,8 +752,8 @@ impl Supervisor {
         if self.shutdown.is_some() {
             return;
         }
-        if let Shutdown::Failed(msg) = &why {
-            error!("{msg}; stopping all services");
+        if let Shutdown::Failed(failure) = &why {
+            error!("{failure}; stopping all services");
         }
         self.shutdown = Some(why);
         for s in &mut self.services {
@@ -791,25 +789,25 @@ impl Supervisor {
         }
     }
 
-    fn outcome(&self) -> Outcome {
-        match &self.shutdown {
-            Some(Shutdown::Failed(msg)) => Outcome::Failed(msg.clone()),
-            Some(Shutdown::GuardGone) => Outcome::Failed("the guard process ended".into()),
+    fn outcome(self) -> Outcome {
+        match self.shutdown {
+            Some(Shutdown::Failed(failure)) => Outcome::Failed(failure),
+            Some(Shutdown::GuardGone) => Outcome::Failed(Failure::GuardGone),
             Some(Shutdown::Requested(sig)) => {
-                let killed: Vec<&str> = self
+                let killed: Vec<String> = self
                     .services
-                    .iter()
+                    .into_iter()
                     .filter(|s| s.state == State::Done { clean: false })
-                    .map(|s| s.spec.name.as_str())
+                    .map(|s| s.spec.name)
                     .collect();
                 if killed.is_empty() {
                     info!("all services stopped after {sig}");
                     Outcome::Clean
                 } else {
-                    Outcome::Failed(format!("{} had to be killed", killed.join(", ")))
+                    Outcome::Failed(Failure::Killed { services: killed })
                 }
             }
-            None => Outcome::Failed("every service exited on its own".into()),
+            None => Outcome::Failed(Failure::AllExited),
         }
     }
 }
@@ -832,19 +830,17 @@ fn spawn_service(home: ThreadId, prepared: &Prepared, cmd: &mut Command) -> Resu
     prepared.spawn(cmd)
 }
 
-/// Why service `spec` cannot start now, if something already answers on
-/// the address of its `tcp` or `http` readiness check: that answer would
-/// pass the check, and the service could not listen anyway.
-fn address_taken(spec: &Service) -> Option<String> {
+/// If something already answers on the address of service `spec`'s `tcp`
+/// or `http` readiness check (that answer would pass the check, and the
+/// service could not listen anyway): the address, and who holds it where
+/// that can be told.
+fn address_taken(spec: &Service) -> Option<(std::net::SocketAddr, Option<String>)> {
     let addr = match &spec.ready.as_ref()?.check {
         Check::Tcp(addr) | Check::Http { addr, .. } => *addr,
         Check::Log(_) => return None,
     };
     std::net::TcpStream::connect_timeout(&addr, ADDRESS_CHECK).ok()?;
-    Some(match sys::who_listens(addr) {
-        Some(who) => format!("{addr} is already in use, by {who}"),
-        None => format!("{addr} is already in use"),
-    })
+    Some((addr, sys::who_listens(addr)))
 }
 
 /// Test-only (debug builds): with `STIGMER_TEST_PANIC` set, a task panics
