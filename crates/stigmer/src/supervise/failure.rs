@@ -99,6 +99,28 @@ pub enum Failure {
     AllExited,
 }
 
+/// Why the shell could not spawn a service; the machine names the service.
+#[derive(Debug)]
+pub(crate) enum SpawnError {
+    /// Something already answers on its readiness check's address.
+    AddressInUse { address: SocketAddr, holder: Option<String> },
+    /// Starting its payload failed.
+    Launch(crate::Error),
+}
+
+impl SpawnError {
+    /// The server's failure, for service `service`.
+    pub(crate) fn into_failure(self, service: &str) -> Failure {
+        let service = service.to_owned();
+        match self {
+            SpawnError::AddressInUse { address, holder } => {
+                Failure::AddressInUse { service, address, holder }
+            }
+            SpawnError::Launch(source) => Failure::Spawn { service, source },
+        }
+    }
+}
+
 /// ", by HOLDER" when the holder is known.
 struct By<'a>(Option<&'a str>);
 
