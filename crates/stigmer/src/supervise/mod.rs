@@ -73,7 +73,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::manifest::{Check, Manifest, Service};
-use crate::{Catalog, Error, Launch as _, Launcher, Prepared, Result};
+use crate::{Catalog, Error, Launch, Prepared, Result};
 
 use self::failure::SpawnError;
 use self::logs::{Format, Line, Stream};
@@ -113,18 +113,23 @@ pub enum Outcome {
     Failed(Failure),
 }
 
-/// Runs the services of `manifest` until they are stopped. Must be called
-/// inside a tokio runtime with I/O, time and signals enabled, from
-/// `block_on` on a thread that lives as long as the supervisor: services
-/// are spawned from that thread (their death signal is tied to it). `guard` is
-/// the supervisor's end of [`guard::split`], if there is a guard.
+/// Runs the services of `manifest` until they are stopped, with payloads
+/// prepared by `launcher` (a [`Launcher`](crate::Launcher), or any
+/// [`Launch`]). Must be called inside a tokio runtime with I/O, time and
+/// signals enabled, from `block_on` on a thread that lives as long as the
+/// supervisor: services are spawned from that thread (their death signal is
+/// tied to it). `guard` is the supervisor's end of [`guard::split`], if
+/// there is a guard.
+///
+/// Every payload is prepared before any service starts: if one cannot be,
+/// this returns that error and nothing has started.
 ///
 /// It installs a panic hook for the whole process: a panic on any thread
 /// SIGKILLs every service group, then aborts.
 pub async fn serve(
     manifest: Manifest,
     catalog: &Catalog,
-    launcher: Arc<Launcher>,
+    launcher: Arc<dyn Launch + Send + Sync>,
     options: Options,
     guard: Option<Guard>,
 ) -> Result<Outcome> {
@@ -272,7 +277,7 @@ impl Signals {
 async fn prepare_all(
     manifest: &Manifest,
     catalog: &Catalog,
-    launcher: &Arc<Launcher>,
+    launcher: &Arc<dyn Launch + Send + Sync>,
 ) -> Result<HashMap<String, Prepared>> {
     let mut tasks = Vec::new();
     for s in &manifest.services {
