@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, FromArgMatches as _};
-use stigmer::{Catalog, Choice, Launcher, Manifest, env, supervise};
+use stigmer::{Catalog, Choice, Launch, Launcher, Manifest, env, supervise};
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{CacheCmd, Cli, Cmd};
@@ -202,7 +202,8 @@ fn server(
     };
     let color =
         io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let launcher = Arc::new(launcher(choice, quiet));
+    // The supervisor takes any `Launch`; the CLI's is the real one.
+    let launcher: Arc<dyn Launch + Send + Sync> = Arc::new(launcher(choice, quiet));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let options = supervise::Options { json_logs, color };
     // On this thread: services are spawned from it, and their death signal

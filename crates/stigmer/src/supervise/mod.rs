@@ -11,7 +11,11 @@
 //!
 //! In the supervisor one task owns all the state. Everything that happens
 //! (a signal, a child that ended, a readiness verdict, a timer) reaches it
-//! as an event, so the rules can be read in one place:
+//! as an event, and the rules are in one place: the `machine` module, a
+//! state machine that decides and does nothing else. This module is the
+//! shell around it: it feeds it events with the time they are handled at,
+//! and carries out the actions it returns (spawn, start a readiness check,
+//! signal a group, arm a timer). The rules:
 //!
 //! - A service starts once every service it depends on is ready. The
 //!   payloads are prepared in parallel before anything starts. A service
@@ -44,8 +48,10 @@
 //!   end (stdout may be a pipe nobody reads).
 
 mod crash;
+mod failure;
 pub mod guard;
 mod logs;
+mod machine;
 mod readiness;
 mod reap;
 mod restart;
@@ -64,16 +70,19 @@ use nix::unistd::Pid;
 use tokio::io::AsyncReadExt as _;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
-use crate::manifest::{Check, Manifest, Restart, Service};
-use crate::{Catalog, Error, Launch as _, Launcher, Prepared, Result};
+use crate::manifest::{Check, Manifest, Service};
+use crate::{Catalog, Error, Launch, Prepared, Result};
 
+use self::failure::SpawnError;
 use self::logs::{Format, Line, Stream};
-use self::reap::Exit;
-use self::restart::{Decision, History};
+use self::machine::{Action, Event, Machine, Timer};
 
+pub use self::failure::Failure;
 pub use self::guard::Guard;
+pub use self::readiness::NotReady;
+pub use self::reap::Exit;
 
 /// How long descendants that escaped their service's process group get
 /// between SIGTERM and SIGKILL on the way out.
@@ -96,26 +105,31 @@ pub struct Options {
 }
 
 /// How the server ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Outcome {
     /// A requested shutdown in which every service stopped in time.
     Clean,
     /// Anything else, with the reason.
-    Failed(String),
+    Failed(Failure),
 }
 
-/// Runs the services of `manifest` until they are stopped. Must be called
-/// inside a tokio runtime with I/O, time and signals enabled, from
-/// `block_on` on a thread that lives as long as the supervisor: services
-/// are spawned from that thread (their death signal is tied to it). `guard` is
-/// the supervisor's end of [`guard::split`], if there is a guard.
+/// Runs the services of `manifest` until they are stopped, with payloads
+/// prepared by `launcher` (a [`Launcher`](crate::Launcher), or any
+/// [`Launch`]). Must be called inside a tokio runtime with I/O, time and
+/// signals enabled, from `block_on` on a thread that lives as long as the
+/// supervisor: services are spawned from that thread (their death signal is
+/// tied to it). `guard` is the supervisor's end of [`guard::split`], if
+/// there is a guard.
+///
+/// Every payload is prepared before any service starts: if one cannot be,
+/// this returns that error and nothing has started.
 ///
 /// It installs a panic hook for the whole process: a panic on any thread
 /// SIGKILLs every service group, then aborts.
 pub async fn serve(
     manifest: Manifest,
     catalog: &Catalog,
-    launcher: Arc<Launcher>,
+    launcher: Arc<dyn Launch + Send + Sync>,
     options: Options,
     guard: Option<Guard>,
 ) -> Result<Outcome> {
@@ -140,74 +154,39 @@ pub async fn serve(
     let (lines, written) =
         logs::writer(Format { names, json: options.json_logs, color: options.color })
             .map_err(|source| Error::Exec { name: "stigmer server".into(), source })?;
-    // Dependencies by index, both ways, so that each start or stop decision
-    // costs the edges it looks at, not a search by name of every service.
-    let index: HashMap<&str, usize> =
-        manifest.services.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
-    let deps: Vec<Vec<usize>> = manifest
-        .services
-        .iter()
-        .map(|s| s.depends_on.iter().filter_map(|d| index.get(d.as_str()).copied()).collect())
-        .collect();
-    drop(index);
-    let mut dependents = vec![Vec::new(); deps.len()];
-    for (i, ds) in deps.iter().enumerate() {
-        for &d in ds {
-            dependents[d].push(i);
-        }
-    }
-    let services = manifest
-        .services
-        .into_iter()
-        .zip(deps.into_iter().zip(dependents))
-        .map(|(spec, (deps, dependents))| {
-            let prepared = prepared[&spec.payload].clone();
-            Svc {
-                spec,
-                prepared,
-                deps,
-                dependents,
-                state: State::Waiting,
-                run: 0,
-                history: History::default(),
-            }
-        })
-        .collect();
+    let prepared = manifest.services.iter().map(|s| prepared[&s.payload].clone()).collect();
     let mut sup = Supervisor {
-        services,
+        machine: Machine::new(manifest.services, t0),
+        prepared,
         events: events_tx,
         lines,
-        shutdown: None,
-        t0,
-        all_ready: false,
-        hurry: false,
         home: std::thread::current().id(),
     };
 
-    loop {
-        // First what already happened (the guard may have died while the
-        // payloads were prepared): nothing starts after that.
-        while let Ok(event) = events.try_recv() {
-            sup.on_event(event);
-        }
-        sup.start_what_can_start();
-        sup.stop_what_can_stop();
-        if sup.services.iter().all(|s| matches!(s.state, State::Done { .. })) {
-            break;
-        }
+    // First what already happened (the guard may have died while the
+    // payloads were prepared): nothing starts after that.
+    while let Ok(event) = events.try_recv() {
+        sup.feed(event);
+    }
+    sup.machine.start(Instant::now());
+    sup.act();
+    while !sup.machine.finished() {
         tokio::select! {
-            Some(event) = events.recv() => sup.on_event(event),
+            Some(event) = events.recv() => sup.feed(event),
             sig = signals.recv() => match sig {
                 Sig::Child => sup.on_child(),
-                Sig::Stop(sig) => sup.on_stop_request(sig),
-                Sig::Reload => sup.reload(),
+                Sig::Stop(sig) => sup.feed(Event::Stop(sig)),
+                Sig::Reload => {
+                    test_panic();
+                    sup.feed(Event::Reload);
+                }
             },
         }
     }
-    sup.stop_escapees(&mut signals, &mut events).await;
-    let outcome = sup.outcome();
-    let hurry = sup.hurry;
-    drop(sup);
+    let Supervisor { machine, .. } = sup;
+    let mut hurry = machine.hurry();
+    stop_escapees(&mut hurry, &mut signals, &mut events).await;
+    let outcome = machine.outcome();
     // Every reader has ended with its service; wait a little for the last
     // lines, unless stdout is stuck (a pipe nobody reads) or we must go.
     if !hurry {
@@ -298,7 +277,7 @@ impl Signals {
 async fn prepare_all(
     manifest: &Manifest,
     catalog: &Catalog,
-    launcher: &Arc<Launcher>,
+    launcher: &Arc<dyn Launch + Send + Sync>,
 ) -> Result<HashMap<String, Prepared>> {
     let mut tasks = Vec::new();
     for s in &manifest.services {
@@ -324,138 +303,92 @@ async fn prepare_all(
     Ok(prepared)
 }
 
+/// The shell around the [`Machine`]: it owns what touches the system.
 struct Supervisor {
-    services: Vec<Svc>,
+    machine: Machine,
+    /// Each service's payload, by index.
+    prepared: Vec<Prepared>,
     events: mpsc::UnboundedSender<Event>,
     lines: mpsc::Sender<Line>,
-    shutdown: Option<Shutdown>,
-    t0: Instant,
-    all_ready: bool,
-    /// Set when there is no time for grace any more: a second stop signal,
-    /// or the guard is gone.
-    hurry: bool,
     /// The thread that runs the supervisor, the only one that spawns.
     home: ThreadId,
 }
 
-struct Svc {
-    spec: Service,
-    prepared: Prepared,
-    /// The services it depends on, by index.
-    deps: Vec<usize>,
-    /// The services that depend on it, by index.
-    dependents: Vec<usize>,
-    state: State,
-    /// Counts spawns, so events about an earlier run are ignored.
-    run: u64,
-    history: History,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    /// Not started: its dependencies are not ready yet.
-    Waiting,
-    /// Running; `ready` once its readiness check passed.
-    Running { pid: Pid, ready: bool, since: Instant },
-    /// Waiting to be restarted.
-    Backoff,
-    /// Sent its stop signal; `killed` once SIGKILL was needed.
-    Stopping { pid: Pid, killed: bool },
-    /// Finished; `clean` unless it had to be killed or failed to start.
-    Done { clean: bool },
-}
-
-#[derive(Debug)]
-enum Event {
-    Ready {
-        svc: usize,
-        run: u64,
-    },
-    NotReady {
-        svc: usize,
-        run: u64,
-        why: String,
-    },
-    RestartDue {
-        svc: usize,
-        run: u64,
-    },
-    StopDeadline {
-        svc: usize,
-        run: u64,
-    },
-    /// The guard process ended (its end of the pipe closed).
-    GuardGone,
-}
-
-#[derive(Clone, Debug)]
-enum Shutdown {
-    Requested(Signal),
-    Failed(String),
-    /// The guard process ended (already logged).
-    GuardGone,
-}
-
 impl Supervisor {
-    fn start_what_can_start(&mut self) {
-        if self.shutdown.is_some() {
-            return;
-        }
-        for i in 0..self.services.len() {
-            if self.services[i].state != State::Waiting {
-                continue;
-            }
-            let deps_ready = self.services[i]
-                .deps
-                .iter()
-                .all(|&d| matches!(self.services[d].state, State::Running { ready: true, .. }));
-            if deps_ready {
-                self.spawn(i);
-                if self.shutdown.is_some() {
-                    return;
+    /// Hands `event` to the machine, then does what it asks.
+    fn feed(&mut self, event: Event) {
+        self.machine.handle(Instant::now(), event);
+        self.act();
+    }
+
+    /// Carries out the machine's actions, in order, until it asks for no
+    /// more (a spawn's result is handed back to it at once).
+    fn act(&mut self) {
+        while let Some(action) = self.machine.next_action() {
+            match action {
+                Action::Spawn { svc, run } => {
+                    let event = match self.spawn(svc, run) {
+                        Ok(pid) => Event::Spawned { svc, pid },
+                        Err(error) => Event::SpawnFailed { svc, error },
+                    };
+                    self.machine.handle(Instant::now(), event);
                 }
+                Action::CheckReady { svc, run } => self.check_ready(svc, run),
+                Action::Signal { pid, signal, .. } => {
+                    let _ = killpg(pid, signal);
+                }
+                Action::Arm { at, timer } => self.arm(at, timer),
             }
         }
     }
 
-    fn spawn(&mut self, i: usize) {
-        if let Some(taken) = address_taken(&self.services[i].spec) {
-            let svc = &mut self.services[i];
-            svc.state = State::Done { clean: false };
-            let msg = format!("cannot start {}: {taken}", svc.spec.name);
-            self.begin_shutdown(Shutdown::Failed(msg));
-            return;
+    /// Reaps every child that ended and tells the machine about services.
+    fn on_child(&mut self) {
+        for (pid, exit) in reap::reap() {
+            match self.machine.service_of(pid) {
+                Some(svc) => {
+                    crash::record(svc, None);
+                    self.feed(Event::Exited { svc, exit });
+                }
+                None => debug!("reaped orphan {pid} ({exit})"),
+            }
         }
-        let home = self.home;
-        let svc = &mut self.services[i];
-        svc.run += 1;
-        let run = svc.run;
-        let mut cmd = svc.prepared.command();
-        cmd.args(&svc.spec.args)
-            .envs(&svc.spec.env)
+    }
+
+    /// Reports [`Event::Timer`] with `timer` at `at`.
+    fn arm(&self, at: Instant, timer: Timer) {
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            let _ = events.send(Event::Timer(timer));
+        });
+    }
+
+    /// Spawns run `run` of service `i`, with its output read line by line
+    /// (and watched for its `log` check), and returns its pid.
+    fn spawn(&self, i: usize, run: u64) -> Result<Pid, SpawnError> {
+        let spec = self.machine.spec(i);
+        if let Some((address, holder)) = address_taken(spec) {
+            return Err(SpawnError::AddressInUse { address, holder });
+        }
+        let prepared = &self.prepared[i];
+        let mut cmd = prepared.command();
+        cmd.args(&spec.args)
+            .envs(&spec.env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        if let Some(cwd) = &svc.spec.cwd {
+        if let Some(cwd) = &spec.cwd {
             cmd.current_dir(cwd);
         }
-        let mut child = match spawn_service(home, &svc.prepared, &mut cmd) {
-            Ok(c) => c,
-            Err(e) => {
-                svc.state = State::Done { clean: false };
-                let msg = format!("{}: {e}", svc.spec.name);
-                self.begin_shutdown(Shutdown::Failed(msg));
-                return;
-            }
-        };
+        let mut child = spawn_service(self.home, prepared, &mut cmd).map_err(SpawnError::Launch)?;
         // The child is never waited for through std: see `reap`.
         let pid = Pid::from_raw(child.id() as i32);
         crash::record(i, Some(pid));
-        svc.state = State::Running { pid, ready: false, since: Instant::now() };
-        info!("{}: started (pid {pid}, {})", svc.spec.name, svc.prepared.backend());
+        info!("{}: started (pid {pid}, {})", spec.name, prepared.backend());
 
-        let log_check = match &svc.spec.ready {
+        let log_check = match &spec.ready {
             Some(r) => match &r.check {
                 Check::Log(text) => Some(text.clone().into_bytes()),
                 _ => None,
@@ -471,7 +404,7 @@ impl Supervisor {
             let pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
                 Ok(p) => p,
                 Err(e) => {
-                    warn!("{}: cannot read its {stream:?}: {e}", svc.spec.name);
+                    warn!("{}: cannot read its {stream:?}: {e}", spec.name);
                     continue;
                 }
             };
@@ -488,327 +421,80 @@ impl Supervisor {
             }));
         }
         drop(child);
+        Ok(pid)
+    }
 
+    /// Starts the readiness check of run `run` of service `i`. (A `log`
+    /// check is made by the readers of its output; here only its timeout
+    /// runs.)
+    fn check_ready(&self, i: usize, run: u64) {
+        let Some(ready) = self.machine.spec(i).ready.clone() else { return };
         let events = self.events.clone();
-        match svc.spec.ready.clone() {
-            None => {
-                let _ = events.send(Event::Ready { svc: i, run });
-            }
-            Some(ready) => {
-                tokio::spawn(async move {
-                    let what = ready.check.clone();
-                    let verdict = match &what {
-                        Check::Log(text) => {
-                            tokio::time::sleep(ready.timeout).await;
-                            Err(format!("no output line contained {text:?}"))
-                        }
-                        check => readiness::wait(check, ready.timeout).await,
-                    };
-                    let event = match verdict {
-                        Ok(()) => Event::Ready { svc: i, run },
-                        Err(why) => Event::NotReady { svc: i, run, why },
-                    };
-                    let _ = events.send(event);
-                });
-            }
-        }
-    }
-
-    fn on_event(&mut self, event: Event) {
-        match event {
-            Event::Ready { svc, run } => {
-                let s = &mut self.services[svc];
-                if s.run != run {
-                    return;
+        tokio::spawn(async move {
+            let verdict = match ready.check {
+                Check::Log(text) => {
+                    tokio::time::sleep(ready.timeout).await;
+                    Err(NotReady::NoLine { text })
                 }
-                if let State::Running { pid, ready: false, since } = s.state {
-                    s.state = State::Running { pid, ready: true, since };
-                    info!("{}: ready in {:.2}s", s.spec.name, since.elapsed().as_secs_f64());
-                }
-                let all = self
-                    .services
-                    .iter()
-                    .all(|s| matches!(s.state, State::Running { ready: true, .. }));
-                if all && !self.all_ready && self.shutdown.is_none() {
-                    self.all_ready = true;
-                    info!("all services running ({:.2}s)", self.t0.elapsed().as_secs_f64());
-                }
-            }
-            Event::NotReady { svc, run, why } => {
-                let s = &self.services[svc];
-                if s.run == run && matches!(s.state, State::Running { ready: false, .. }) {
-                    let timeout = s.spec.ready.as_ref().map(|r| r.timeout).unwrap_or_default();
-                    let msg = format!(
-                        "{} was not ready within {}: {why}",
-                        s.spec.name,
-                        humantime::format_duration(timeout)
-                    );
-                    self.begin_shutdown(Shutdown::Failed(msg));
-                }
-            }
-            Event::RestartDue { svc, run } => {
-                let s = &self.services[svc];
-                if s.run == run && s.state == State::Backoff && self.shutdown.is_none() {
-                    self.spawn(svc);
-                }
-            }
-            Event::StopDeadline { svc, run } => {
-                let s = &mut self.services[svc];
-                if let (true, State::Stopping { pid, killed: false }) = (s.run == run, s.state) {
-                    warn!(
-                        "{}: still running {} after {}: killing it",
-                        s.spec.name,
-                        humantime::format_duration(s.spec.stop_timeout),
-                        s.spec.stop_signal
-                    );
-                    let _ = killpg(pid, Signal::SIGKILL);
-                    s.state = State::Stopping { pid, killed: true };
-                }
-            }
-            Event::GuardGone => {
-                error!("the guard process is gone: killing all services now");
-                self.begin_shutdown(Shutdown::GuardGone);
-                self.kill_all();
-            }
-        }
-    }
-
-    fn on_child(&mut self) {
-        for (pid, exit) in reap::reap() {
-            let Some(i) = self.services.iter().position(|s| match s.state {
-                State::Running { pid: p, .. } | State::Stopping { pid: p, .. } => p == pid,
-                _ => false,
-            }) else {
-                debug!("reaped orphan {pid} ({exit})");
-                continue;
+                check => readiness::wait(&check, ready.timeout).await,
             };
-            // Whatever the leader left in its group goes with it.
-            let _ = killpg(pid, Signal::SIGKILL);
-            self.on_exit(i, exit);
-        }
+            let event = match verdict {
+                Ok(()) => Event::Ready { svc: i, run },
+                Err(why) => Event::NotReady { svc: i, run, why },
+            };
+            let _ = events.send(event);
+        });
     }
+}
 
-    fn on_exit(&mut self, i: usize, exit: Exit) {
-        crash::record(i, None);
-        let s = &mut self.services[i];
-        match s.state {
-            State::Stopping { killed, .. } => {
-                info!("{}: stopped ({exit})", s.spec.name);
-                s.state = State::Done { clean: !killed };
-            }
-            State::Running { .. } if self.shutdown.is_some() => {
-                info!("{}: exited ({exit})", s.spec.name);
-                s.state = State::Done { clean: true };
-            }
-            State::Running { .. } => {
-                let spec = &s.spec;
-                let decision = s.history.decide(
-                    spec.restart,
-                    exit.failed(),
-                    spec.max_restarts,
-                    spec.restart_window,
-                    Instant::now(),
-                );
-                match (decision, spec.restart) {
-                    (Decision::Done, Restart::No) => {
-                        s.state = State::Done { clean: false };
-                        let msg = format!(
-                            "{} exited ({exit}) and its restart policy is \"no\"",
-                            spec.name
-                        );
-                        self.begin_shutdown(Shutdown::Failed(msg));
-                    }
-                    (Decision::Done, _) => {
-                        info!(
-                            "{}: exited ({exit}); not restarted (restart = \"{}\")",
-                            spec.name, spec.restart
-                        );
-                        s.state = State::Done { clean: true };
-                    }
-                    (Decision::RestartAfter(delay), _) => {
-                        warn!(
-                            "{}: exited ({exit}); restarting in {} ({} of {} allowed in {})",
-                            spec.name,
-                            humantime::format_duration(delay),
-                            s.history.count(),
-                            spec.max_restarts,
-                            humantime::format_duration(spec.restart_window)
-                        );
-                        s.state = State::Backoff;
-                        let (events, run) = (self.events.clone(), s.run);
-                        tokio::spawn(async move {
-                            tokio::time::sleep(delay).await;
-                            let _ = events.send(Event::RestartDue { svc: i, run });
-                        });
-                    }
-                    (Decision::GiveUp, _) => {
-                        s.state = State::Done { clean: false };
-                        let msg = format!(
-                            "{} exited ({exit}) after {} restarts within {}: giving up",
-                            spec.name,
-                            spec.max_restarts,
-                            humantime::format_duration(spec.restart_window)
-                        );
-                        self.begin_shutdown(Shutdown::Failed(msg));
-                    }
-                }
-            }
-            _ => {}
+/// After the services: sends SIGTERM to every child left (a descendant that
+/// left its service's process group and was reparented here), SIGKILL after
+/// [`ESCAPEE_GRACE`] (at once in a `hurry`, which a stop signal or the
+/// guard's end sets), and returns once no child is left.
+async fn stop_escapees(
+    hurry: &mut bool,
+    signals: &mut Signals,
+    events: &mut mpsc::UnboundedReceiver<Event>,
+) {
+    let me = nix::unistd::getpid();
+    let mut told: Vec<Pid> = Vec::new();
+    let deadline = tokio::time::Instant::now() + ESCAPEE_GRACE;
+    loop {
+        let (ended, none_left) = reap::reap_all();
+        for (pid, exit) in ended {
+            debug!("reaped {pid} ({exit})");
         }
-    }
-
-    fn on_stop_request(&mut self, sig: Signal) {
-        if self.shutdown.is_none() {
-            info!("{sig}: stopping all services");
-            self.begin_shutdown(Shutdown::Requested(sig));
+        if none_left {
             return;
         }
-        warn!("{sig} again: killing all services now");
-        self.kill_all();
-    }
-
-    /// SIGKILLs every service group at once, and gives up all grace.
-    fn kill_all(&mut self) {
-        self.hurry = true;
-        for s in &mut self.services {
-            if let State::Running { pid, .. } | State::Stopping { pid, .. } = s.state {
-                let _ = killpg(pid, Signal::SIGKILL);
-                s.state = State::Stopping { pid, killed: true };
+        for pid in sys::children(me) {
+            if *hurry {
+                let _ = kill(pid, Signal::SIGKILL);
+            } else if !told.contains(&pid) {
+                let name = sys::name(pid).unwrap_or_default();
+                info!("pid {pid} ({name}) left its service's process group: sending SIGTERM");
+                let _ = kill(pid, Signal::SIGTERM);
+                told.push(pid);
             }
         }
-    }
-
-    /// SIGUSR1: each running service with a `reload_signal` gets it.
-    fn reload(&self) {
-        test_panic();
-        if self.shutdown.is_some() {
-            return;
-        }
-        let mut none = true;
-        for s in &self.services {
-            if let (State::Running { pid, .. }, Some(sig)) = (s.state, s.spec.reload_signal) {
-                info!("{}: reload ({sig})", s.spec.name);
-                let _ = killpg(pid, sig);
-                none = false;
-            }
-        }
-        if none {
-            info!("SIGUSR1: no running service has a reload_signal");
-        }
-    }
-
-    /// After the services: sends SIGTERM to every child left (a descendant
-    /// that left its service's process group and was reparented here),
-    /// SIGKILL after [`ESCAPEE_GRACE`] (at once in a hurry), and returns
-    /// once no child is left.
-    async fn stop_escapees(
-        &mut self,
-        signals: &mut Signals,
-        events: &mut mpsc::UnboundedReceiver<Event>,
-    ) {
-        let me = nix::unistd::getpid();
-        let mut told: Vec<Pid> = Vec::new();
-        let deadline = tokio::time::Instant::now() + ESCAPEE_GRACE;
-        loop {
-            let (ended, none_left) = reap::reap_all();
-            for (pid, exit) in ended {
-                debug!("reaped {pid} ({exit})");
-            }
-            if none_left {
-                return;
-            }
-            for pid in sys::children(me) {
-                if self.hurry {
-                    let _ = kill(pid, Signal::SIGKILL);
-                } else if !told.contains(&pid) {
-                    let name = sys::name(pid).unwrap_or_default();
-                    info!("pid {pid} ({name}) left its service's process group: sending SIGTERM");
-                    let _ = kill(pid, Signal::SIGTERM);
-                    told.push(pid);
+        tokio::select! {
+            sig = signals.recv() => {
+                if let Sig::Stop(sig) = sig {
+                    warn!("{sig} again: killing what is left now");
+                    *hurry = true;
                 }
             }
-            tokio::select! {
-                sig = signals.recv() => {
-                    if let Sig::Stop(sig) = sig {
-                        warn!("{sig} again: killing what is left now");
-                        self.hurry = true;
-                    }
-                }
-                () = tokio::time::sleep(Duration::from_millis(20)) => {}
-                () = tokio::time::sleep_until(deadline), if !self.hurry => {
-                    warn!("processes still running {} after SIGTERM: killing them",
-                        humantime::format_duration(ESCAPEE_GRACE));
-                    self.hurry = true;
-                }
-                Some(event) = events.recv() => {
-                    if matches!(event, Event::GuardGone) {
-                        self.hurry = true;
-                    }
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            () = tokio::time::sleep_until(deadline), if !*hurry => {
+                warn!("processes still running {} after SIGTERM: killing them",
+                    humantime::format_duration(ESCAPEE_GRACE));
+                *hurry = true;
+            }
+            Some(event) = events.recv() => {
+                if matches!(event, Event::GuardGone) {
+                    *hurry = true;
                 }
             }
-        }
-    }
-
-    fn begin_shutdown(&mut self, why: Shutdown) {
-        if self.shutdown.is_some() {
-            return;
-        }
-        if let Shutdown::Failed(msg) = &why {
-            error!("{msg}; stopping all services");
-        }
-        self.shutdown = Some(why);
-        for s in &mut self.services {
-            if matches!(s.state, State::Waiting | State::Backoff) {
-                s.state = State::Done { clean: true };
-            }
-        }
-    }
-
-    /// In a shutdown, sends its stop signal to every running service that
-    /// no running service depends on (reverse dependency order).
-    fn stop_what_can_stop(&mut self) {
-        if self.shutdown.is_none() {
-            return;
-        }
-        for i in 0..self.services.len() {
-            let State::Running { pid, .. } = self.services[i].state else { continue };
-            let needed = self.services[i].dependents.iter().any(|&j| {
-                matches!(self.services[j].state, State::Running { .. } | State::Stopping { .. })
-            });
-            if needed {
-                continue;
-            }
-            let s = &mut self.services[i];
-            debug!("{}: sending {}", s.spec.name, s.spec.stop_signal);
-            let _ = killpg(pid, s.spec.stop_signal);
-            s.state = State::Stopping { pid, killed: false };
-            let (events, run, timeout) = (self.events.clone(), s.run, s.spec.stop_timeout);
-            tokio::spawn(async move {
-                tokio::time::sleep(timeout).await;
-                let _ = events.send(Event::StopDeadline { svc: i, run });
-            });
-        }
-    }
-
-    fn outcome(&self) -> Outcome {
-        match &self.shutdown {
-            Some(Shutdown::Failed(msg)) => Outcome::Failed(msg.clone()),
-            Some(Shutdown::GuardGone) => Outcome::Failed("the guard process ended".into()),
-            Some(Shutdown::Requested(sig)) => {
-                let killed: Vec<&str> = self
-                    .services
-                    .iter()
-                    .filter(|s| s.state == State::Done { clean: false })
-                    .map(|s| s.spec.name.as_str())
-                    .collect();
-                if killed.is_empty() {
-                    info!("all services stopped after {sig}");
-                    Outcome::Clean
-                } else {
-                    Outcome::Failed(format!("{} had to be killed", killed.join(", ")))
-                }
-            }
-            None => Outcome::Failed("every service exited on its own".into()),
         }
     }
 }
@@ -831,19 +517,17 @@ fn spawn_service(home: ThreadId, prepared: &Prepared, cmd: &mut Command) -> Resu
     prepared.spawn(cmd)
 }
 
-/// Why service `spec` cannot start now, if something already answers on
-/// the address of its `tcp` or `http` readiness check: that answer would
-/// pass the check, and the service could not listen anyway.
-fn address_taken(spec: &Service) -> Option<String> {
+/// If something already answers on the address of service `spec`'s `tcp`
+/// or `http` readiness check (that answer would pass the check, and the
+/// service could not listen anyway): the address, and who holds it where
+/// that can be told.
+fn address_taken(spec: &Service) -> Option<(std::net::SocketAddr, Option<String>)> {
     let addr = match &spec.ready.as_ref()?.check {
         Check::Tcp(addr) | Check::Http { addr, .. } => *addr,
         Check::Log(_) => return None,
     };
     std::net::TcpStream::connect_timeout(&addr, ADDRESS_CHECK).ok()?;
-    Some(match sys::who_listens(addr) {
-        Some(who) => format!("{addr} is already in use, by {who}"),
-        None => format!("{addr} is already in use"),
-    })
+    Some((addr, sys::who_listens(addr)))
 }
 
 /// Test-only (debug builds): with `STIGMER_TEST_PANIC` set, a task panics

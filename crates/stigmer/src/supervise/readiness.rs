@@ -7,9 +7,13 @@
 //! plus a few milliseconds even when a listener never completes a
 //! handshake (a full backlog drops SYNs), and its message names the limit
 //! that applied.
+//!
+//! A check that fails says why with a [`NotReady`]: the supervisor puts it
+//! after "NAME was not ready within T: ", so each message is a phrase
+//! that fits there.
 
-use std::fmt;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -23,10 +27,64 @@ const POLL: Duration = Duration::from_millis(50);
 /// The longest one attempt may take.
 const ATTEMPT: Duration = Duration::from_secs(2);
 
+/// Why a service's readiness check did not pass: the last failure before
+/// its timeout ran out.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotReady {
+    /// Connecting, sending the request or reading the answer failed.
+    #[error("{0}")]
+    Io(#[source] io::Error),
+
+    /// One attempt took `limit` (2s), the most one may take.
+    #[error("no answer within {} (the limit of one attempt)", ms(*limit))]
+    AttemptTimedOut {
+        /// The limit of one attempt.
+        limit: Duration,
+    },
+
+    /// The attempt under way when the check's timeout ran out.
+    #[error("no answer before the {} timeout ran out", ms(*within))]
+    TimedOut {
+        /// The check's timeout.
+        within: Duration,
+    },
+
+    /// The HTTP answer's status was not 2xx.
+    #[error("answered {status_line:?}")]
+    Status {
+        /// The answer's first line.
+        status_line: String,
+    },
+
+    /// The answer had no HTTP status line.
+    #[error("no HTTP status line in the answer")]
+    NoStatusLine,
+
+    /// No line of the service's output contained the text of its `log`
+    /// check.
+    #[error("no output line contained {text:?}")]
+    NoLine {
+        /// The text looked for.
+        text: String,
+    },
+}
+
+impl From<io::Error> for NotReady {
+    fn from(e: io::Error) -> NotReady {
+        NotReady::Io(e)
+    }
+}
+
+/// A duration cut to whole milliseconds, as humantime writes it.
+fn ms(d: Duration) -> String {
+    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
+}
+
 /// Polls `check` until it passes (`Ok`) or `within` runs out (`Err` with
 /// the last failure). Returns within `within` (at most [`MAX_DURATION`])
 /// plus a few milliseconds; makes at least one attempt.
-pub(crate) async fn wait(check: &Check, within: Duration) -> Result<(), String> {
+pub(crate) async fn wait(check: &Check, within: Duration) -> Result<(), NotReady> {
     let within = within.min(MAX_DURATION);
     let deadline = Instant::now() + within;
     loop {
@@ -35,10 +93,7 @@ pub(crate) async fn wait(check: &Check, within: Duration) -> Result<(), String> 
         let attempt = match check {
             Check::Http { addr, host, path, .. } => bounded(limit, http(*addr, host, path)).await,
             Check::Tcp(addr) => {
-                bounded(limit, async {
-                    TcpStream::connect(addr).await.map(drop).map_err(|e| e.to_string())
-                })
-                .await
+                bounded(limit, async { Ok(TcpStream::connect(addr).await.map(drop)?) }).await
             }
             Check::Log(_) => return std::future::pending().await,
         };
@@ -63,15 +118,13 @@ struct Limit {
     within: Duration,
 }
 
-impl fmt::Display for Limit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = |d: Duration| {
-            humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
-        };
+impl Limit {
+    /// The failure of an attempt that ran out of time.
+    fn ran_out(self) -> NotReady {
         if self.cap == ATTEMPT {
-            write!(f, "no answer within {} (the limit of one attempt)", ms(ATTEMPT))
+            NotReady::AttemptTimedOut { limit: ATTEMPT }
         } else {
-            write!(f, "no answer before the {} timeout ran out", ms(self.within))
+            NotReady::TimedOut { within: self.within }
         }
     }
 }
@@ -79,22 +132,22 @@ impl fmt::Display for Limit {
 /// Runs `attempt` for at most `limit.cap`.
 async fn bounded(
     limit: Limit,
-    attempt: impl Future<Output = Result<(), String>>,
-) -> Result<(), String> {
-    timeout(limit.cap, attempt).await.unwrap_or_else(|_| Err(limit.to_string()))
+    attempt: impl Future<Output = Result<(), NotReady>>,
+) -> Result<(), NotReady> {
+    timeout(limit.cap, attempt).await.unwrap_or_else(|_| Err(limit.ran_out()))
 }
 
 /// One `GET`: `Ok` for a 2xx status. The caller bounds it in time.
-async fn http(addr: SocketAddr, host: &str, path: &str) -> Result<(), String> {
-    let mut conn = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+async fn http(addr: SocketAddr, host: &str, path: &str) -> Result<(), NotReady> {
+    let mut conn = TcpStream::connect(addr).await?;
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: stigmer\r\nConnection: close\r\n\r\n"
     );
-    conn.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    conn.write_all(request.as_bytes()).await?;
     let mut head = Vec::new();
     let mut buf = [0; 512];
     while !head.contains(&b'\n') && head.len() < 4096 {
-        let n = conn.read(&mut buf).await.map_err(|e| e.to_string())?;
+        let n = conn.read(&mut buf).await?;
         if n == 0 {
             break;
         }
@@ -104,8 +157,8 @@ async fn http(addr: SocketAddr, host: &str, path: &str) -> Result<(), String> {
     let status_line = status_line.lines().next().unwrap_or("");
     match status_line.split_whitespace().nth(1) {
         Some(code) if code.starts_with('2') && code.len() == 3 => Ok(()),
-        Some(_) => Err(format!("answered {status_line:?}")),
-        None => Err("no HTTP status line in the answer".to_owned()),
+        Some(_) => Err(NotReady::Status { status_line: status_line.to_owned() }),
+        None => Err(NotReady::NoStatusLine),
     }
 }
 
@@ -136,7 +189,7 @@ mod tests {
         wait(&http_check(ok), Duration::from_secs(2)).await.unwrap();
         let bad = serve_once("HTTP/1.1 503 Service Unavailable\r\n\r\n").await;
         let err = wait(&http_check(bad), Duration::from_millis(300)).await.unwrap_err();
-        assert!(err.contains("503"), "{err}");
+        assert_eq!(err.to_string(), r#"answered "HTTP/1.1 503 Service Unavailable""#);
     }
 
     #[tokio::test]
@@ -145,7 +198,10 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let err = wait(&Check::Tcp(addr), Duration::from_millis(200)).await.unwrap_err();
-        assert!(err.to_lowercase().contains("refused"), "{err}");
+        assert!(
+            matches!(&err, NotReady::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+        );
+        assert!(err.to_string().to_lowercase().contains("refused"), "{err}");
     }
 
     /// A listener whose accept queue is full and never drained: the kernel
@@ -179,7 +235,7 @@ mod tests {
             "took {took:?} against {within:?}: {err}"
         );
         assert!(took + Duration::from_millis(60) >= within, "gave up early, after {took:?}: {err}");
-        err
+        err.to_string()
     }
 
     #[tokio::test]
@@ -218,11 +274,29 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let start = std::time::Instant::now();
         let attempt = bounded(Limit { cap: ATTEMPT, within }, async {
-            TcpStream::connect(addr).await.map(drop).map_err(|e| e.to_string())
+            Ok(TcpStream::connect(addr).await.map(drop)?)
         })
         .await;
         assert!(start.elapsed() < ATTEMPT + Duration::from_millis(500));
-        assert_eq!(attempt.unwrap_err(), "no answer within 2s (the limit of one attempt)");
+        assert_eq!(
+            attempt.unwrap_err().to_string(),
+            "no answer within 2s (the limit of one attempt)"
+        );
+    }
+
+    #[test]
+    fn messages_are_phrases() {
+        let no_line = NotReady::NoLine { text: "up \"now\"".into() };
+        assert_eq!(no_line.to_string(), r#"no output line contained "up \"now\"""#);
+        let timed_out = NotReady::TimedOut { within: Duration::from_micros(2_600_400) };
+        assert_eq!(timed_out.to_string(), "no answer before the 2s 600ms timeout ran out");
+        assert_eq!(NotReady::NoStatusLine.to_string(), "no HTTP status line in the answer");
+        let io = NotReady::from(std::io::Error::from_raw_os_error(nix::libc::ECONNREFUSED));
+        assert_eq!(
+            io.to_string(),
+            std::io::Error::from_raw_os_error(nix::libc::ECONNREFUSED).to_string()
+        );
+        assert!(std::error::Error::source(&io).is_some());
     }
 
     #[tokio::test]

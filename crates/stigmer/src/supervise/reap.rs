@@ -22,7 +22,7 @@ use nix::unistd::Pid;
 
 /// How a process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Exit {
+pub enum Exit {
     /// It exited with this status.
     Code(i32),
     /// A signal killed it.
@@ -31,7 +31,7 @@ pub(crate) enum Exit {
 
 impl Exit {
     /// A non-zero status or a signal.
-    pub(crate) fn failed(self) -> bool {
+    pub fn failed(self) -> bool {
         self != Exit::Code(0)
     }
 }
