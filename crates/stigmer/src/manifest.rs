@@ -16,7 +16,9 @@
 //! Everything that can fail at start is checked before anything starts, and
 //! every problem is reported, one line each, naming the service, the key and
 //! the fix. Every value that comes from the file is printed escaped, so a
-//! problem line never holds a control character. Services come out in
+//! problem line never holds a control character. A program reads the same
+//! problems as values with [`ManifestError::details`]: each [`Problem`] has
+//! its service, its [`Key`] and a [`ProblemKind`]. Services come out in
 //! dependency order, planned in O(n log n) for n services.
 //!
 //! Limits: every duration is at most [`MAX_DURATION`] (24h); `ready.timeout`
