@@ -58,5 +58,5 @@ pub use catalog::{Bundle, Catalog, Embedded, MANIFEST};
 pub use error::{Error, Result};
 pub use launch::{Backend, Choice, Launch, Launcher, Plan, Prepared};
 pub use manifest::{Manifest, ManifestError};
-pub use payload::{Digest, Encoding, Payload};
+pub use payload::{Digest, Encoding, ParseDigestError, Payload};
 pub use stigmer_build::Kind;

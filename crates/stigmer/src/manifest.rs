@@ -16,7 +16,9 @@
 //! Everything that can fail at start is checked before anything starts, and
 //! every problem is reported, one line each, naming the service, the key and
 //! the fix. Every value that comes from the file is printed escaped, so a
-//! problem line never holds a control character. Services come out in
+//! problem line never holds a control character. A program reads the same
+//! problems as values with [`ManifestError::details`]: each [`Problem`] has
+//! its service, its [`Key`] and a [`ProblemKind`]. Services come out in
 //! dependency order, planned in O(n log n) for n services.
 //!
 //! Limits: every duration is at most [`MAX_DURATION`] (24h); `ready.timeout`
@@ -30,10 +32,16 @@ use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::path::PathBuf;
 use std::str::FromStr as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde::de::DeserializeOwned;
+
+mod problem;
+
+pub use problem::{Key, ManifestError, Problem, ProblemKind};
+use problem::{LIST_AT_MOST, one_line};
 
 /// The longest duration any key takes (`ready.timeout`, `stop_timeout`,
 /// `restart_window`): 24 hours. Everything the supervisor computes from a
@@ -47,31 +55,6 @@ pub const MIN_READY_TIMEOUT: Duration = Duration::from_millis(1);
 /// at first) forgets every restart before the next, so the service is
 /// restarted for ever, every 250ms: a choice, not a mistake.
 pub const MIN_RESTART_WINDOW: Duration = Duration::ZERO;
-
-/// Every problem found in a manifest, in the order found: each one line,
-/// starting with the manifest's name, then the service, the key and the fix,
-/// with no control character in it.
-///
-/// `Display` writes the problems one per line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ManifestError {
-    problems: Vec<String>,
-}
-
-impl ManifestError {
-    /// The problems, each one line; never empty.
-    pub fn problems(&self) -> &[String] {
-        &self.problems
-    }
-}
-
-impl fmt::Display for ManifestError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.problems.join("\n"))
-    }
-}
-
-impl std::error::Error for ManifestError {}
 
 /// A checked manifest, services in dependency order.
 #[derive(Clone, Debug)]
@@ -166,92 +149,10 @@ impl fmt::Display for Restart {
     }
 }
 
-/// The keys of a service, each with an example of its value for the fix.
-const KEYS: &[(&str, &str)] = &[
-    ("payload", "payload = \"api\""),
-    ("args", "args = [\"--port\", \"8080\"]"),
-    ("env", "env = { NAME = \"value\" }"),
-    ("cwd", "cwd = \"/srv/api\""),
-    ("ready", "ready = { tcp = \"127.0.0.1:8080\", timeout = \"20s\" }"),
-    ("depends_on", "depends_on = [\"db\"]"),
-    ("restart", "restart = \"on-failure\""),
-    ("max_restarts", "max_restarts = 5"),
-    ("restart_window", "restart_window = \"60s\""),
-    ("stop_signal", "stop_signal = \"SIGTERM\""),
-    ("stop_timeout", "stop_timeout = \"10s\""),
-    ("reload_signal", "reload_signal = \"SIGHUP\""),
-];
-const READY_KEYS: &[(&str, &str)] = &[
-    ("http", "ready = { http = \"http://127.0.0.1:8080/healthz\" }"),
-    ("tcp", "ready = { tcp = \"127.0.0.1:8080\" }"),
-    ("log", "ready = { log = \"listening\" }"),
-    ("timeout", "ready = { tcp = \"127.0.0.1:8080\", timeout = \"20s\" }"),
-];
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_RESTARTS: u32 = 5;
-/// Up to this many names are listed in a message; more are counted.
-const LIST_AT_MOST: usize = 20;
-
-/// The problems found so far, each already prefixed with the manifest's name.
-struct Problems {
-    source: String,
-    list: Vec<String>,
-}
-
-impl Problems {
-    fn push(&mut self, problem: impl fmt::Display) {
-        self.list.push(one_line(&format!("{}: {problem}", self.source)));
-    }
-
-    fn into_error(self) -> ManifestError {
-        ManifestError { problems: self.list }
-    }
-}
-
-/// `text` as one line with no control character: line breaks become "; ",
-/// other control characters (C0, DEL, C1) and the characters that move or
-/// reorder text on a terminal are escaped as `\u{..}`.
-fn one_line(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for (i, line) in text.lines().map(str::trim).filter(|l| !l.is_empty()).enumerate() {
-        if i > 0 {
-            out.push_str("; ");
-        }
-        for c in line.chars() {
-            let reorders = matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}')
-                || ('\u{202a}'..='\u{202e}').contains(&c)
-                || ('\u{2066}'..='\u{2069}').contains(&c);
-            if c.is_control() || reorders {
-                out.extend(c.escape_unicode());
-            } else {
-                out.push(c);
-            }
-        }
-    }
-    out
-}
-
-/// A service's name in a message: as is when it is a valid name (letters,
-/// digits, '.', '_', '-': nothing to escape, and how the supervisor shows
-/// it), escaped and quoted otherwise.
-fn label(name: &str) -> String {
-    match stigmer_build::check_name(name) {
-        Ok(()) => name.to_owned(),
-        Err(_) => format!("{name:?}"),
-    }
-}
-
-/// A list of service names for a message, cut at [`LIST_AT_MOST`].
-fn some_names<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> String {
-    let n = names.len();
-    let mut shown: Vec<String> = names.take(LIST_AT_MOST).map(label).collect();
-    if n > LIST_AT_MOST {
-        shown.push(format!("and {} more", n - LIST_AT_MOST));
-    }
-    shown.join(", ")
-}
 
 /// One service as far as it could be read: its dependencies are known even
 /// when another key is wrong, so that unknown dependencies and cycles are
@@ -274,15 +175,11 @@ impl Manifest {
         match std::str::from_utf8(bytes) {
             Ok(text) => Manifest::parse(text, source, payloads),
             Err(e) => {
-                let at = e.valid_up_to();
-                let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
-                let byte = bytes.get(at).copied().unwrap_or_default();
-                let mut p = Problems { source: one_line(source), list: Vec::new() };
-                p.push(format_args!(
-                    "line {line}, byte offset {at}: byte 0x{byte:02x} is not UTF-8: \
-                     save the manifest as UTF-8 text"
-                ));
-                Err(p.into_error())
+                let offset = e.valid_up_to();
+                let line = bytes[..offset].iter().filter(|&&b| b == b'\n').count() + 1;
+                let byte = bytes.get(offset).copied().unwrap_or_default();
+                let problem = Problem::file(ProblemKind::NotUtf8 { line, offset, byte });
+                Err(ManifestError::new(&one_line(source), vec![problem]))
             }
         }
     }
@@ -292,7 +189,9 @@ impl Manifest {
     /// carries. Checks everything that can fail when a service starts, and
     /// reports every problem found.
     pub fn parse(text: &str, source: &str, payloads: &[&str]) -> Result<Manifest, ManifestError> {
-        let mut p = Problems { source: one_line(source), list: Vec::new() };
+        let source = one_line(source);
+        let mut p: Vec<Problem> = Vec::new();
+        let fail = |p: Vec<Problem>| Err(ManifestError::new(&source, p));
         let table: toml::Table = match toml::from_str(text) {
             Ok(table) => table,
             Err(e) => {
@@ -300,43 +199,38 @@ impl Manifest {
                     let end = s.start.min(text.len());
                     text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
                 });
-                let at = line.map(|l| format!("line {l}: ")).unwrap_or_default();
-                p.push(format_args!("{at}{} (fix the TOML syntax)", e.message()));
-                return Err(p.into_error());
+                let message = e.message().to_owned();
+                p.push(Problem::file(ProblemKind::Syntax { line, message }));
+                return fail(p);
             }
         };
         for key in table.keys().filter(|k| *k != "services") {
-            p.push(format_args!(
-                "unknown top-level key {key:?}: services are written [services.NAME]"
-            ));
+            p.push(Problem::file(ProblemKind::UnknownTopLevelKey { key: key.clone() }));
         }
         let services = match table.get("services") {
             None => None,
             Some(toml::Value::Table(t)) => Some(t),
             Some(_) => {
-                p.push("`services` must be a table of services: write [services.NAME]");
-                return Err(p.into_error());
+                p.push(Problem::file(ProblemKind::ServicesNotTable));
+                return fail(p);
             }
         };
         let Some(services) = services.filter(|s| !s.is_empty()) else {
             // A misspelt [services.NAME] is reported above: say it once.
-            if p.list.is_empty() {
-                p.push("no [services.NAME] table: add at least one service");
+            if p.is_empty() {
+                p.push(Problem::file(ProblemKind::NoServices));
             }
-            return Err(p.into_error());
+            return fail(p);
         };
         let payloads: HashSet<&str> = payloads.iter().copied().collect();
-        let mut known: Vec<&str> = payloads.iter().copied().collect();
-        known.sort_unstable();
-        let known = known.join(", ");
+        let mut carried: Vec<String> = payloads.iter().map(|&p| p.to_owned()).collect();
+        carried.sort_unstable();
         let mut nodes: Vec<Node> = services
             .iter()
             .map(|(name, value)| {
                 let mut problems = Vec::new();
-                let node = check_service(name, value, &payloads, &known, &mut problems);
-                for problem in problems {
-                    p.push(format_args!("service {}: {problem}", label(name)));
-                }
+                let node = check_service(name, value, &payloads, &carried, &mut problems);
+                p.extend(problems.into_iter().map(|kind| Problem::service(name, kind)));
                 node
             })
             .collect();
@@ -344,11 +238,9 @@ impl Manifest {
         // (preserve_order) would keep file order: ties go by name either way.
         nodes.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         let (plan, graph_problems) = order(&nodes);
-        for problem in graph_problems {
-            p.push(problem);
-        }
-        if !p.list.is_empty() {
-            return Err(p.into_error());
+        p.extend(graph_problems);
+        if !p.is_empty() {
+            return fail(p);
         }
         let mut slots: Vec<Option<Service>> = nodes.into_iter().map(|n| n.service).collect();
         let services = plan.into_iter().filter_map(|i| slots[i].take()).collect();
@@ -361,164 +253,139 @@ impl Manifest {
     }
 }
 
-/// Reads `key` of `fields` as a `T`; a value of the wrong type is a problem
-/// that names the key and shows an example.
+/// Reads `key` of `fields` (a service's keys, or `ready`'s) as a `T`; a
+/// value of the wrong type is a problem that names the key and shows an
+/// example.
 fn field<T: DeserializeOwned>(
     fields: &toml::Table,
-    key: &str,
-    problems: &mut Vec<String>,
+    key: Key,
+    problems: &mut Vec<ProblemKind>,
 ) -> Option<T> {
-    let value = fields.get(key)?;
+    let value = fields.get(key.name())?;
     match value.clone().try_into::<T>() {
         Ok(v) => Some(v),
         Err(e) => {
-            let example = example(KEYS, key);
-            problems.push(format!("{key}: {}: write e.g. {example}", one_line(e.message())));
+            problems.push(ProblemKind::WrongType { key, message: one_line(e.message()) });
             None
         }
     }
-}
-
-fn example(keys: &[(&str, &'static str)], key: &str) -> &'static str {
-    keys.iter().find(|(k, _)| *k == key).map_or("", |(_, e)| e)
 }
 
 fn check_service(
     name: &str,
     value: &toml::Value,
     payloads: &HashSet<&str>,
-    known: &str,
-    problems: &mut Vec<String>,
+    carried: &[String],
+    problems: &mut Vec<ProblemKind>,
 ) -> Node {
     let mut node = Node { name: name.to_owned(), depends_on: Vec::new(), service: None };
-    if let Err(e) = stigmer_build::check_name(name) {
-        problems.push(e.to_string());
+    if let Err(source) = stigmer_build::check_name(name) {
+        problems.push(ProblemKind::BadName { source });
     }
     let Some(fields) = value.as_table() else {
-        problems.push("must be a table: write [services.NAME] and keys below".into());
+        problems.push(ProblemKind::ServiceNotTable);
         return node;
     };
-    let names: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
+    let names = Key::SERVICE.map(Key::name);
     for key in fields.keys().filter(|k| !names.contains(&k.as_str())) {
-        problems.push(format!("unknown key {key:?} (known keys: {})", names.join(", ")));
+        problems.push(ProblemKind::UnknownKey { key: key.clone() });
     }
 
-    let depends_on: Vec<String> = field(fields, "depends_on", problems).unwrap_or_default();
+    let depends_on: Vec<String> = field(fields, Key::DependsOn, problems).unwrap_or_default();
     node.depends_on = depends_on.clone();
 
     // A payload of the wrong type is reported once, as such.
-    let payload: Option<String> = match fields.contains_key("payload") {
-        true => field(fields, "payload", problems),
+    let payload: Option<String> = match fields.contains_key(Key::Payload.name()) {
+        true => field(fields, Key::Payload, problems),
         false => Some(name.to_owned()),
     };
     if let Some(payload) = payload.as_deref().filter(|p| !payloads.contains(p)) {
-        problems.push(format!(
-            "payload {payload:?} is not in this build (it carries {known}): set `payload` to one of them"
-        ));
+        problems.push(ProblemKind::UnknownPayload {
+            payload: payload.to_owned(),
+            carried: carried.to_vec(),
+        });
     }
 
-    let args: Vec<String> = field(fields, "args", problems).unwrap_or_default();
-    for (i, arg) in args.iter().enumerate() {
+    let args: Vec<String> = field(fields, Key::Args, problems).unwrap_or_default();
+    for (index, arg) in args.iter().enumerate() {
         if arg.contains('\0') {
-            problems.push(format!(
-                "args[{i}] {arg:?} holds a NUL byte, which no argument can: remove it"
-            ));
+            problems.push(ProblemKind::NulInArg { index, arg: arg.clone() });
         }
     }
 
-    let env: BTreeMap<String, String> = field(fields, "env", problems).unwrap_or_default();
-    for (key, value) in &env {
-        if key.is_empty() || key.contains(['=', '\0']) {
-            problems.push(format!("env key {key:?} is not a variable name: remove the '=' or NUL"));
+    let env: BTreeMap<String, String> = field(fields, Key::Env, problems).unwrap_or_default();
+    for (name, value) in &env {
+        if name.is_empty() || name.contains(['=', '\0']) {
+            problems.push(ProblemKind::BadEnvName { name: name.clone() });
         }
         if value.contains('\0') {
-            problems.push(format!(
-                "env {key:?} = {value:?} holds a NUL byte, which no variable can: remove it"
-            ));
+            problems.push(ProblemKind::NulInEnvValue { name: name.clone(), value: value.clone() });
         }
     }
 
-    let cwd = field::<String>(fields, "cwd", problems)
+    let cwd = field::<String>(fields, Key::Cwd, problems)
         .and_then(|cwd| check_cwd(&cwd).map_err(|e| problems.push(e)).ok());
 
-    let ready = match fields.get("ready") {
+    let ready = match fields.get(Key::Ready.name()) {
         None => None,
         Some(toml::Value::Table(ready)) => check_ready(ready, problems),
         Some(_) => {
-            field::<toml::Table>(fields, "ready", problems);
+            field::<toml::Table>(fields, Key::Ready, problems);
             None
         }
     };
 
-    let restart = match field::<String>(fields, "restart", problems).as_deref() {
+    let restart = match field::<String>(fields, Key::Restart, problems).as_deref() {
         None | Some("no") => Some(Restart::No),
         Some("on-failure") => Some(Restart::OnFailure),
         Some("always") => Some(Restart::Always),
         Some(other) => {
-            problems.push(format!(
-                "restart {other:?} is not a policy: use \"no\", \"on-failure\" or \"always\""
-            ));
+            problems.push(ProblemKind::UnknownRestart { value: other.to_owned() });
             None
         }
     };
 
-    let max_restarts = match field::<i64>(fields, "max_restarts", problems) {
+    let max_restarts = match field::<i64>(fields, Key::MaxRestarts, problems) {
         None => Some(DEFAULT_MAX_RESTARTS),
         Some(n) => match u32::try_from(n) {
             Ok(n) if n <= MAX_RESTARTS => Some(n),
             _ => {
-                problems.push(format!(
-                    "max_restarts {n} is out of range: use 0 (give up at the first exit) to {MAX_RESTARTS}"
-                ));
+                problems.push(ProblemKind::MaxRestartsOutOfRange { value: n });
                 None
             }
         },
     };
 
-    let text = |key: &str, problems: &mut Vec<String>| field::<String>(fields, key, problems);
-    let stop_signal = match text("stop_signal", problems) {
-        None => Some(Signal::SIGTERM),
-        Some(s) => match signal("stop_signal", &s) {
+    let text = |key: Key, problems: &mut Vec<ProblemKind>| field::<String>(fields, key, problems);
+    let signal_of = |key: Key, problems: &mut Vec<ProblemKind>| {
+        let value = text(key, problems)?;
+        let parsed = match signal(key, &value) {
             Ok(Signal::SIGKILL | Signal::SIGSTOP) => {
-                problems.push(format!(
-                    "stop_signal {s:?} cannot be a stop request: use SIGTERM, SIGINT, SIGQUIT or SIGHUP"
-                ));
-                None
+                Err(ProblemKind::UncatchableSignal { key, value })
             }
-            Ok(sig) => Some(sig),
-            Err(e) => {
-                problems.push(e);
-                None
-            }
-        },
+            other => other,
+        };
+        Some(parsed.map_err(|e| problems.push(e)).ok())
     };
-    let reload_signal = match text("reload_signal", problems) {
+    let stop_signal = match signal_of(Key::StopSignal, problems) {
+        None => Some(Signal::SIGTERM),
+        Some(sig) => sig,
+    };
+    let reload_signal = match signal_of(Key::ReloadSignal, problems) {
         None => Some(None),
-        Some(s) => match signal("reload_signal", &s) {
-            Ok(Signal::SIGKILL | Signal::SIGSTOP) => {
-                problems.push(format!(
-                    "reload_signal {s:?} cannot be SIGKILL or SIGSTOP: use e.g. \"SIGHUP\" or \"SIGUSR1\""
-                ));
-                None
-            }
-            Ok(sig) => Some(Some(sig)),
-            Err(e) => {
-                problems.push(e);
-                None
-            }
-        },
+        Some(sig) => sig.map(Some),
     };
     let stop_timeout = duration(
-        "stop_timeout",
-        text("stop_timeout", problems),
+        Key::StopTimeout,
+        text(Key::StopTimeout, problems),
         DEFAULT_STOP_TIMEOUT,
         Duration::ZERO,
     )
     .map_err(|e| problems.push(e))
     .ok();
     let restart_window = duration(
-        "restart_window",
-        text("restart_window", problems),
+        Key::RestartWindow,
+        text(Key::RestartWindow, problems),
         DEFAULT_RESTART_WINDOW,
         MIN_RESTART_WINDOW,
     )
@@ -557,95 +424,68 @@ fn check_service(
 
 /// Resolves `cwd` against stigmer's working folder and checks that it is
 /// a folder that can be entered.
-fn check_cwd(cwd: &str) -> Result<PathBuf, String> {
+fn check_cwd(cwd: &str) -> Result<PathBuf, ProblemKind> {
     if cwd.is_empty() {
-        return Err("cwd is empty: give a folder, or remove cwd to run in stigmer's".into());
+        return Err(ProblemKind::EmptyCwd);
     }
     if cwd.contains('\0') {
-        return Err(format!("cwd {cwd:?} holds a NUL byte, which no path can: remove it"));
+        return Err(ProblemKind::NulInCwd { cwd: cwd.to_owned() });
     }
     let path = std::path::absolute(cwd)
-        .map_err(|e| format!("cwd {cwd:?}: cannot resolve it against the current folder: {e}"))?;
-    let shown = if path.as_os_str() == cwd {
-        format!("cwd {path:?}")
-    } else {
-        format!("cwd {cwd:?} (here {path:?})")
-    };
+        .map_err(|e| ProblemKind::CwdUnresolved { cwd: cwd.to_owned(), source: Arc::new(e) })?;
+    let cwd = cwd.to_owned();
     match std::fs::metadata(&path) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(format!("{shown} is not a folder: give a folder")),
+        Ok(_) => return Err(ProblemKind::CwdNotFolder { cwd, path }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(format!(
-                "{shown} does not exist: create it or fix cwd (a relative cwd is relative to the folder stigmer runs in)"
-            ));
+            return Err(ProblemKind::CwdMissing { cwd, path });
         }
-        Err(e) => return Err(format!("{shown} cannot be read: {e}")),
+        Err(e) => return Err(ProblemKind::CwdUnreadable { cwd, path, source: Arc::new(e) }),
     }
-    nix::unistd::access(&path, nix::unistd::AccessFlags::X_OK)
-        .map_err(|e| format!("{shown} cannot be entered: {e}: fix its permissions"))?;
-    Ok(path)
+    match nix::unistd::access(&path, nix::unistd::AccessFlags::X_OK) {
+        Ok(()) => Ok(path),
+        Err(source) => Err(ProblemKind::CwdNotEnterable { cwd, path, source }),
+    }
 }
 
-/// A signal written `"SIGTERM"`, `"TERM"` or `"sigterm"`.
-fn signal(key: &str, s: &str) -> Result<Signal, String> {
+/// A signal written `"SIGTERM"`, `"TERM"` or `"sigterm"`, for `key`.
+fn signal(key: Key, s: &str) -> Result<Signal, ProblemKind> {
     let upper = s.to_ascii_uppercase();
     let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
-    Signal::from_str(&full)
-        .map_err(|_| format!("{key} {s:?} is not a signal: write e.g. \"SIGTERM\" or \"SIGHUP\""))
+    Signal::from_str(&full).map_err(|_| ProblemKind::NotASignal { key, value: s.to_owned() })
 }
 
-/// `value` (or `default`) as a duration from `min` to [`MAX_DURATION`].
+/// `value` of `key` (or `default`) as a duration from `min` to
+/// [`MAX_DURATION`].
 fn duration(
-    key: &str,
+    key: Key,
     value: Option<String>,
     default: Duration,
     min: Duration,
-) -> Result<Duration, String> {
-    let Some(v) = value else { return Ok(default) };
-    let d = humantime::parse_duration(&v).map_err(|_| {
-        format!("{key} {v:?} is not a duration: write e.g. \"10s\", \"500ms\" or \"2m\"")
-    })?;
-    let (min_text, max_text) =
-        (humantime::format_duration(min), humantime::format_duration(MAX_DURATION));
+) -> Result<Duration, ProblemKind> {
+    let Some(value) = value else { return Ok(default) };
+    let Ok(d) = humantime::parse_duration(&value) else {
+        return Err(ProblemKind::NotADuration { key, value });
+    };
     if d > MAX_DURATION {
-        return Err(format!("{key} {v:?} is longer than {max_text}: use at most \"{max_text}\""));
+        return Err(ProblemKind::TooLong { key, value, max: MAX_DURATION });
     }
     if d < min {
-        let why = if key == "ready.timeout" {
-            "give the service time to become ready, e.g. \"20s\", or remove `ready` to count it ready once started"
-        } else {
-            "e.g. \"60s\""
-        };
-        return Err(format!("{key} {v:?} is shorter than {min_text}: {why}"));
+        return Err(ProblemKind::TooShort { key, value, min });
     }
     Ok(d)
 }
 
-fn check_ready(ready: &toml::Table, problems: &mut Vec<String>) -> Option<Ready> {
+fn check_ready(ready: &toml::Table, problems: &mut Vec<ProblemKind>) -> Option<Ready> {
     let before = problems.len();
-    let names: Vec<&str> = READY_KEYS.iter().map(|(k, _)| *k).collect();
+    let names = Key::READY.map(Key::name);
     for key in ready.keys().filter(|k| !names.contains(&k.as_str())) {
-        problems.push(format!(
-            "unknown key {:?} (ready takes one of http, tcp, log, and timeout)",
-            format!("ready.{key}")
-        ));
+        problems.push(ProblemKind::UnknownReadyKey { key: key.clone() });
     }
-    let mut text = |key: &str| {
-        let value = ready.get(key)?;
-        match value.clone().try_into::<String>() {
-            Ok(v) => Some(v),
-            Err(e) => {
-                problems.push(format!(
-                    "ready.{key}: {}: write e.g. {}",
-                    one_line(e.message()),
-                    example(READY_KEYS, key)
-                ));
-                None
-            }
-        }
-    };
-    let (http, tcp, log, timeout) = (text("http"), text("tcp"), text("log"), text("timeout"));
-    let timeout = duration("ready.timeout", timeout, DEFAULT_READY_TIMEOUT, MIN_READY_TIMEOUT)
+    let mut text = |key: Key| field::<String>(ready, key, problems);
+    let (http, tcp, log, timeout) =
+        (text(Key::ReadyHttp), text(Key::ReadyTcp), text(Key::ReadyLog), text(Key::ReadyTimeout));
+    let timeout = duration(Key::ReadyTimeout, timeout, DEFAULT_READY_TIMEOUT, MIN_READY_TIMEOUT)
         .map_err(|e| problems.push(e))
         .ok();
     if problems.len() > before {
@@ -653,12 +493,10 @@ fn check_ready(ready: &toml::Table, problems: &mut Vec<String>) -> Option<Ready>
     }
     let check = match (http, tcp, log) {
         (Some(url), None, None) => http_check(&url),
-        (None, Some(addr), None) => socket_addr("ready.tcp", &addr).map(Check::Tcp),
+        (None, Some(addr), None) => socket_addr(Key::ReadyTcp, &addr).map(Check::Tcp),
         (None, None, Some(text)) if !text.is_empty() => Ok(Check::Log(text)),
-        (None, None, Some(_)) => {
-            Err("ready.log is empty: give the text of the line that means ready".into())
-        }
-        _ => Err("ready takes exactly one of http, tcp or log: e.g. ready = { tcp = \"127.0.0.1:8080\" }".into()),
+        (None, None, Some(_)) => Err(ProblemKind::EmptyReadyLog),
+        _ => Err(ProblemKind::NotOneCheck),
     };
     match (check, timeout) {
         (Ok(check), Some(timeout)) => Some(Ready { check, timeout }),
@@ -670,16 +508,10 @@ fn check_ready(ready: &toml::Table, problems: &mut Vec<String>) -> Option<Ready>
     }
 }
 
-fn http_check(url: &str) -> Result<Check, String> {
-    let bad = || {
-        format!(
-            "ready.http {url:?} is not an http:// URL: write e.g. \"http://127.0.0.1:8080/healthz\""
-        )
-    };
+fn http_check(url: &str) -> Result<Check, ProblemKind> {
+    let bad = || ProblemKind::NotHttpUrl { url: url.to_owned() };
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!(
-            "ready.http {url:?} holds a space or control character: percent-encode it (%20)"
-        ));
+        return Err(ProblemKind::SpaceInUrl { url: url.to_owned() });
     }
     let rest = url.strip_prefix("http://").ok_or_else(bad)?;
     let (authority, path) = match rest.find('/') {
@@ -691,7 +523,7 @@ fn http_check(url: &str) -> Result<Check, String> {
     }
     let with_port =
         if has_port(authority) { authority.to_owned() } else { format!("{authority}:80") };
-    let addr = socket_addr("ready.http", &with_port)?;
+    let addr = socket_addr(Key::ReadyHttp, &with_port)?;
     Ok(Check::Http { url: url.to_owned(), addr, host: authority.to_owned(), path: path.to_owned() })
 }
 
@@ -704,21 +536,18 @@ fn has_port(authority: &str) -> bool {
     }
 }
 
-fn socket_addr(key: &str, text: &str) -> Result<SocketAddr, String> {
-    let fix =
-        || format!("{key} {text:?} is not a host:port address: write e.g. \"127.0.0.1:8080\"");
-    if let Ok(addr) = text.parse() {
+fn socket_addr(key: Key, address: &str) -> Result<SocketAddr, ProblemKind> {
+    let fix = || ProblemKind::NotHostPort { key, address: address.to_owned() };
+    if let Ok(addr) = address.parse() {
         return Ok(addr);
     }
-    let (host, port) = text.rsplit_once(':').ok_or_else(fix)?;
+    let (host, port) = address.rsplit_once(':').ok_or_else(fix)?;
     port.parse::<u16>().map_err(|_| fix())?;
     if host.is_empty() || host.contains('\0') {
         return Err(fix());
     }
-    text.to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or_else(|| {
-        format!(
-            "{key} {text:?}: cannot resolve {host:?}: use an IP address or a name in /etc/hosts"
-        )
+    address.to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or_else(|| {
+        ProblemKind::Unresolved { key, address: address.to_owned(), host: host.to_owned() }
     })
 }
 
@@ -727,29 +556,35 @@ fn socket_addr(key: &str, text: &str) -> Result<SocketAddr, String> {
 /// O(n log n + edges)). Also returns the problems: a service that depends on
 /// itself or on an unknown service, and the dependency cycles (each found by
 /// one walk over the services left unplanned, so linear in all).
-fn order(nodes: &[Node]) -> (Vec<usize>, Vec<String>) {
+fn order(nodes: &[Node]) -> (Vec<usize>, Vec<Problem>) {
     let n = nodes.len();
     let index: HashMap<&str, usize> =
         nodes.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
     let mut problems = Vec::new();
+    // The first services by name, listed when a dependency is unknown.
+    let some_services: Vec<String> =
+        nodes.iter().take(LIST_AT_MOST).map(|s| s.name.clone()).collect();
     // deps[i]: the indices i depends on; dependents[j]: those depending on j.
     let mut deps: Vec<Vec<usize>> = vec![Vec::new(); n];
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
     for (i, s) in nodes.iter().enumerate() {
         for dep in &s.depends_on {
             match index.get(dep.as_str()) {
-                Some(&j) if j == i => problems.push(format!(
-                    "service {}: depends_on names itself: remove {dep:?}",
-                    label(&s.name)
+                Some(&j) if j == i => problems.push(Problem::service(
+                    &s.name,
+                    ProblemKind::DependsOnItself { name: dep.clone() },
                 )),
                 Some(&j) => {
                     deps[i].push(j);
                     dependents[j].push(i);
                 }
-                None => problems.push(format!(
-                    "service {}: depends_on {dep:?} is not a service here (services: {}): fix the name",
-                    label(&s.name),
-                    some_names(nodes.iter().map(|s| s.name.as_str())),
+                None => problems.push(Problem::service(
+                    &s.name,
+                    ProblemKind::UnknownDependency {
+                        name: dep.clone(),
+                        services: some_services.clone(),
+                        count: n,
+                    },
                 )),
             }
         }
@@ -773,12 +608,12 @@ fn order(nodes: &[Node]) -> (Vec<usize>, Vec<String>) {
     (plan, problems)
 }
 
-/// Describes the dependency cycles among the services left unplanned
-/// (`waiting[i] > 0`), as `a -> b -> a`: from each service not yet seen,
+/// Finds the dependency cycles among the services left unplanned
+/// (`waiting[i] > 0`), each as `a, b, a`: from each service not yet seen,
 /// follow the first unplanned dependency until a service repeats. Every
 /// unplanned service has one, so each walk ends on a cycle or on an
 /// earlier walk; each service is walked once.
-fn cycles(nodes: &[Node], deps: &[Vec<usize>], waiting: &[usize]) -> Vec<String> {
+fn cycles(nodes: &[Node], deps: &[Vec<usize>], waiting: &[usize]) -> Vec<Problem> {
     const UNSEEN: usize = usize::MAX;
     const DONE: usize = usize::MAX - 1;
     // Per service: UNSEEN, DONE, or its position on the current walk.
@@ -802,15 +637,12 @@ fn cycles(nodes: &[Node], deps: &[Vec<usize>], waiting: &[usize]) -> Vec<String>
             }
         }
         if let Some(from) = looped {
-            let names: Vec<String> = path[from..]
+            let services = path[from..]
                 .iter()
                 .chain(std::iter::once(&current))
-                .map(|&i| label(&nodes[i].name))
+                .map(|&i| nodes[i].name.clone())
                 .collect();
-            found.push(format!(
-                "services {} form a dependency cycle: remove one of those depends_on",
-                names.join(" -> ")
-            ));
+            found.push(Problem::file(ProblemKind::Cycle { services }));
         }
         for &i in &path {
             at[i] = DONE;
@@ -818,6 +650,7 @@ fn cycles(nodes: &[Node], deps: &[Vec<usize>], waiting: &[usize]) -> Vec<String>
     }
     found
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1049,6 +882,47 @@ cwd = "/nonexistent/stigmer/test"
         assert_eq!(lines.len(), want.len(), "{err}");
         for (line, want) in lines.iter().zip(want) {
             assert!(line.contains(want), "{line}\nwant: {want}\nall:\n{err}");
+        }
+    }
+
+    #[test]
+    fn problems_are_typed_and_print_as_their_lines() {
+        let text = "bogus = 1\n\
+                    [services.api]\nstop_timeout = \"soon\"\ndepends_on = [\"db\"]\n\
+                    [services.runner]\nstop_signal = \"KILL\"\nready = { tcp = \"x\" }\n\
+                    [services.a]\npayload = \"api\"\ndepends_on = [\"b\"]\n\
+                    [services.b]\npayload = \"api\"\ndepends_on = [\"a\"]\n";
+        let err = Manifest::parse(text, "services.toml", PAYLOADS).unwrap_err();
+        let got: Vec<(Option<&str>, Option<Key>)> =
+            err.details().iter().map(|p| (p.service_name(), p.key())).collect();
+        assert_eq!(
+            got,
+            [
+                (None, None),
+                (Some("api"), Some(Key::StopTimeout)),
+                (Some("runner"), Some(Key::ReadyTcp)),
+                (Some("runner"), Some(Key::StopSignal)),
+                (Some("api"), Some(Key::DependsOn)),
+                (None, Some(Key::DependsOn)),
+            ],
+            "{err}"
+        );
+        let kinds = err.details().iter().map(Problem::kind);
+        assert!(matches!(
+            kinds.collect::<Vec<_>>()[..],
+            [
+                ProblemKind::UnknownTopLevelKey { .. },
+                ProblemKind::NotADuration { key: Key::StopTimeout, .. },
+                ProblemKind::NotHostPort { key: Key::ReadyTcp, .. },
+                ProblemKind::UncatchableSignal { key: Key::StopSignal, .. },
+                ProblemKind::UnknownDependency { count: 4, .. },
+                ProblemKind::Cycle { .. },
+            ]
+        ));
+        let ProblemKind::Cycle { services } = err.details()[5].kind() else { unreachable!() };
+        assert_eq!(services, &["a", "b", "a"]);
+        for (problem, line) in err.details().iter().zip(err.problems()) {
+            assert_eq!(line, &format!("services.toml: {problem}"));
         }
     }
 

@@ -34,21 +34,53 @@ impl fmt::Debug for Digest {
 }
 
 impl FromStr for Digest {
-    type Err = ();
+    type Err = ParseDigestError;
 
     /// Parses 64 lower- or upper-case hex digits.
-    fn from_str(s: &str) -> Result<Digest, ()> {
-        let bytes = s.as_bytes();
-        if bytes.len() != 64 {
-            return Err(());
+    fn from_str(s: &str) -> Result<Digest, ParseDigestError> {
+        if let Some((at, found)) = s.char_indices().find(|(_, c)| !c.is_ascii_hexdigit()) {
+            return Err(ParseDigestError::NotHex { at, found });
+        }
+        if s.len() != 64 {
+            return Err(ParseDigestError::Length { len: s.len() });
         }
         let mut out = [0; 32];
-        for (o, pair) in out.iter_mut().zip(bytes.chunks(2)) {
-            let pair = std::str::from_utf8(pair).map_err(|_| ())?;
-            *o = u8::from_str_radix(pair, 16).map_err(|_| ())?;
+        for (o, pair) in out.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+            *o = (hex_value(pair[0]) << 4) | hex_value(pair[1]);
         }
         Ok(Digest(out))
     }
+}
+
+/// The value of an ASCII hex digit.
+fn hex_value(digit: u8) -> u8 {
+    match digit {
+        b'0'..=b'9' => digit - b'0',
+        b'a'..=b'f' => digit - b'a' + 10,
+        _ => digit - b'A' + 10,
+    }
+}
+
+/// Why a text is not a [`Digest`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParseDigestError {
+    /// A character that is not a hex digit.
+    #[error(
+        "{found:?} at byte {at} is not a hex digit: a sha256 digest is 64 hex digits (0-9, a-f)"
+    )]
+    NotHex {
+        /// Its byte offset.
+        at: usize,
+        /// The character.
+        found: char,
+    },
+    /// Hex digits, but not 64 of them.
+    #[error("a sha256 digest is 64 hex digits, not {len}: give all 64")]
+    Length {
+        /// How many there are.
+        len: usize,
+    },
 }
 
 /// How a payload's bytes are stored in the binary.
@@ -187,8 +219,24 @@ mod tests {
         assert_eq!(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_eq!(hex.parse::<Digest>(), Ok(d));
         assert_eq!(hex.to_uppercase().parse::<Digest>(), Ok(d));
-        assert!("ba78".parse::<Digest>().is_err());
-        assert!("zz".repeat(32).parse::<Digest>().is_err());
+        assert_eq!("ba78".parse::<Digest>(), Err(ParseDigestError::Length { len: 4 }));
+        assert_eq!(
+            "zz".repeat(32).parse::<Digest>(),
+            Err(ParseDigestError::NotHex { at: 0, found: 'z' })
+        );
+        // u8::from_str_radix takes a sign; a digest does not.
+        let signed = "+a".repeat(32);
+        assert_eq!(signed.parse::<Digest>(), Err(ParseDigestError::NotHex { at: 0, found: '+' }));
+        let e = format!("{}é", &hex[..63]).parse::<Digest>().unwrap_err();
+        assert_eq!(e, ParseDigestError::NotHex { at: 63, found: 'é' });
+        assert_eq!(
+            e.to_string(),
+            "'é' at byte 63 is not a hex digit: a sha256 digest is 64 hex digits (0-9, a-f)"
+        );
+        assert_eq!(
+            "ab".parse::<Digest>().unwrap_err().to_string(),
+            "a sha256 digest is 64 hex digits, not 2: give all 64"
+        );
     }
 
     #[test]

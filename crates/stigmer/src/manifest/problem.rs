@@ -1,0 +1,762 @@
+//! What can be wrong with a manifest, as types.
+//!
+//! A [`Problem`] says which service it concerns (if one), which key (if
+//! one: [`Problem::key`]) and what is wrong ([`ProblemKind`]), so a program
+//! can act on it without reading its text. Its text is still the point:
+//! every kind's message names the value and the fix, and a
+//! [`ManifestError`] prints each problem as one line that starts with the
+//! manifest's name and holds no control character.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use stigmer_build::NameError;
+
+use super::MAX_RESTARTS;
+
+/// Up to this many names are listed in a message; more are counted.
+pub(super) const LIST_AT_MOST: usize = 20;
+
+/// Every problem found in a manifest, in the order found: each one line,
+/// starting with the manifest's name, then the service, the key and the fix,
+/// with no control character in it.
+///
+/// `Display` writes the problems one per line. Two errors are equal when
+/// they print the same.
+#[derive(Clone, Debug)]
+pub struct ManifestError {
+    problems: Vec<Problem>,
+    /// Each problem as printed: computed once, as [`ManifestError::problems`]
+    /// lends them.
+    lines: Vec<String>,
+}
+
+impl ManifestError {
+    /// The problems of the manifest called `origin` (already one line), in
+    /// the order found; `problems` is not empty.
+    pub(super) fn new(origin: &str, problems: Vec<Problem>) -> ManifestError {
+        debug_assert!(!problems.is_empty());
+        let lines = problems.iter().map(|p| one_line(&format!("{origin}: {}", p.raw()))).collect();
+        ManifestError { problems, lines }
+    }
+
+    /// The problems as printed, each one line; never empty.
+    pub fn problems(&self) -> &[String] {
+        &self.lines
+    }
+
+    /// The problems as values, in the same order as
+    /// [`ManifestError::problems`]: which service and key each concerns,
+    /// and what is wrong.
+    pub fn details(&self) -> &[Problem] {
+        &self.problems
+    }
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.lines.join("\n"))
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+impl PartialEq for ManifestError {
+    fn eq(&self, other: &ManifestError) -> bool {
+        self.lines == other.lines
+    }
+}
+
+impl Eq for ManifestError {}
+
+/// One thing wrong with a manifest.
+///
+/// `Display` writes it as one line with no control character, without the
+/// manifest's name: `service api: stop_timeout "soon" is not a duration: …`.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Problem {
+    service: Option<String>,
+    kind: ProblemKind,
+}
+
+impl Problem {
+    /// A problem with the manifest as a whole, or with several services.
+    pub(super) fn file(kind: ProblemKind) -> Problem {
+        Problem { service: None, kind }
+    }
+
+    /// A problem with the service called `name`.
+    pub(super) fn service(name: &str, kind: ProblemKind) -> Problem {
+        Problem { service: Some(name.to_owned()), kind }
+    }
+
+    /// The service it concerns, as written in the manifest; `None` when it
+    /// concerns the file or several services (a dependency cycle).
+    pub fn service_name(&self) -> Option<&str> {
+        self.service.as_deref()
+    }
+
+    /// The key it concerns, if one the manifest knows.
+    pub fn key(&self) -> Option<Key> {
+        self.kind.key()
+    }
+
+    /// What is wrong.
+    pub fn kind(&self) -> &ProblemKind {
+        &self.kind
+    }
+
+    /// The problem as text, before it is made one clean line.
+    fn raw(&self) -> impl fmt::Display + '_ {
+        struct Raw<'a>(&'a Problem);
+        impl fmt::Display for Raw<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                match &self.0.service {
+                    Some(name) => write!(f, "service {}: {}", label(name), self.0.kind),
+                    None => write!(f, "{}", self.0.kind),
+                }
+            }
+        }
+        Raw(self)
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&one_line(&self.raw().to_string()))
+    }
+}
+
+impl std::error::Error for Problem {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.kind)
+    }
+}
+
+/// A key of a service, or of its `ready` table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Key {
+    /// `payload`.
+    Payload,
+    /// `args`.
+    Args,
+    /// `env`.
+    Env,
+    /// `cwd`.
+    Cwd,
+    /// `ready`.
+    Ready,
+    /// `depends_on`.
+    DependsOn,
+    /// `restart`.
+    Restart,
+    /// `max_restarts`.
+    MaxRestarts,
+    /// `restart_window`.
+    RestartWindow,
+    /// `stop_signal`.
+    StopSignal,
+    /// `stop_timeout`.
+    StopTimeout,
+    /// `reload_signal`.
+    ReloadSignal,
+    /// `ready.http`.
+    ReadyHttp,
+    /// `ready.tcp`.
+    ReadyTcp,
+    /// `ready.log`.
+    ReadyLog,
+    /// `ready.timeout`.
+    ReadyTimeout,
+}
+
+impl Key {
+    /// The keys of a service, in the order messages list them.
+    pub(super) const SERVICE: [Key; 12] = [
+        Key::Payload,
+        Key::Args,
+        Key::Env,
+        Key::Cwd,
+        Key::Ready,
+        Key::DependsOn,
+        Key::Restart,
+        Key::MaxRestarts,
+        Key::RestartWindow,
+        Key::StopSignal,
+        Key::StopTimeout,
+        Key::ReloadSignal,
+    ];
+    /// The keys of `ready`.
+    pub(super) const READY: [Key; 4] =
+        [Key::ReadyHttp, Key::ReadyTcp, Key::ReadyLog, Key::ReadyTimeout];
+
+    /// The key as messages write it: `stop_timeout`, `ready.tcp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Key::Payload => "payload",
+            Key::Args => "args",
+            Key::Env => "env",
+            Key::Cwd => "cwd",
+            Key::Ready => "ready",
+            Key::DependsOn => "depends_on",
+            Key::Restart => "restart",
+            Key::MaxRestarts => "max_restarts",
+            Key::RestartWindow => "restart_window",
+            Key::StopSignal => "stop_signal",
+            Key::StopTimeout => "stop_timeout",
+            Key::ReloadSignal => "reload_signal",
+            Key::ReadyHttp => "ready.http",
+            Key::ReadyTcp => "ready.tcp",
+            Key::ReadyLog => "ready.log",
+            Key::ReadyTimeout => "ready.timeout",
+        }
+    }
+
+    /// Its name in its own table: `tcp` for `ready.tcp`.
+    pub(super) fn name(self) -> &'static str {
+        let key = self.as_str();
+        key.strip_prefix("ready.").unwrap_or(key)
+    }
+
+    /// An example of its value, for a fix.
+    fn example(self) -> &'static str {
+        match self {
+            Key::Payload => "payload = \"api\"",
+            Key::Args => "args = [\"--port\", \"8080\"]",
+            Key::Env => "env = { NAME = \"value\" }",
+            Key::Cwd => "cwd = \"/srv/api\"",
+            Key::Ready | Key::ReadyTimeout => {
+                "ready = { tcp = \"127.0.0.1:8080\", timeout = \"20s\" }"
+            }
+            Key::DependsOn => "depends_on = [\"db\"]",
+            Key::Restart => "restart = \"on-failure\"",
+            Key::MaxRestarts => "max_restarts = 5",
+            Key::RestartWindow => "restart_window = \"60s\"",
+            Key::StopSignal => "stop_signal = \"SIGTERM\"",
+            Key::StopTimeout => "stop_timeout = \"10s\"",
+            Key::ReloadSignal => "reload_signal = \"SIGHUP\"",
+            Key::ReadyHttp => "ready = { http = \"http://127.0.0.1:8080/healthz\" }",
+            Key::ReadyTcp => "ready = { tcp = \"127.0.0.1:8080\" }",
+            Key::ReadyLog => "ready = { log = \"listening\" }",
+        }
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What is wrong: each kind carries the values its message shows, as
+/// written in the manifest.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProblemKind {
+    /// The file is not UTF-8.
+    #[error(
+        "line {line}, byte offset {offset}: byte 0x{byte:02x} is not UTF-8: \
+         save the manifest as UTF-8 text"
+    )]
+    NotUtf8 {
+        /// The line of the first bad byte, from 1.
+        line: usize,
+        /// Its offset in the file.
+        offset: usize,
+        /// The byte.
+        byte: u8,
+    },
+
+    /// The file is not TOML.
+    #[error("{}{message} (fix the TOML syntax)", at_line(*.line))]
+    Syntax {
+        /// The line where the parser stopped, from 1, if it said.
+        line: Option<usize>,
+        /// What the TOML parser says.
+        message: String,
+    },
+
+    /// A top-level key other than `services`.
+    #[error("unknown top-level key {key:?}: services are written [services.NAME]")]
+    UnknownTopLevelKey {
+        /// The key.
+        key: String,
+    },
+
+    /// `services` is not a table.
+    #[error("`services` must be a table of services: write [services.NAME]")]
+    ServicesNotTable,
+
+    /// There is no service.
+    #[error("no [services.NAME] table: add at least one service")]
+    NoServices,
+
+    /// The service's name cannot name a service.
+    #[error("{source}")]
+    BadName {
+        /// What is wrong with it.
+        #[source]
+        source: NameError,
+    },
+
+    /// The service is not a table.
+    #[error("must be a table: write [services.NAME] and keys below")]
+    ServiceNotTable,
+
+    /// A key a service does not take.
+    #[error("unknown key {key:?} (known keys: {})", service_keys())]
+    UnknownKey {
+        /// The key.
+        key: String,
+    },
+
+    /// A key `ready` does not take.
+    #[error(
+        "unknown key {:?} (ready takes one of http, tcp, log, and timeout)",
+        ready_key(.key)
+    )]
+    UnknownReadyKey {
+        /// The key, without `ready.`.
+        key: String,
+    },
+
+    /// A value of the wrong type.
+    #[error("{key}: {message}: write e.g. {}", key.example())]
+    WrongType {
+        /// The key.
+        key: Key,
+        /// What the TOML parser says, on one line.
+        message: String,
+    },
+
+    /// The payload is not one this build carries.
+    #[error(
+        "payload {payload:?} is not in this build (it carries {}): set `payload` to one of them",
+        carried.join(", ")
+    )]
+    UnknownPayload {
+        /// The payload.
+        payload: String,
+        /// The payloads this build carries, sorted.
+        carried: Vec<String>,
+    },
+
+    /// An argument holds a NUL byte.
+    #[error("args[{index}] {arg:?} holds a NUL byte, which no argument can: remove it")]
+    NulInArg {
+        /// Its index in `args`.
+        index: usize,
+        /// The argument.
+        arg: String,
+    },
+
+    /// A variable's name is empty or holds `=` or NUL.
+    #[error("env key {name:?} is not a variable name: remove the '=' or NUL")]
+    BadEnvName {
+        /// The name.
+        name: String,
+    },
+
+    /// A variable's value holds a NUL byte.
+    #[error("env {name:?} = {value:?} holds a NUL byte, which no variable can: remove it")]
+    NulInEnvValue {
+        /// The variable's name.
+        name: String,
+        /// Its value.
+        value: String,
+    },
+
+    /// `cwd` is empty.
+    #[error("cwd is empty: give a folder, or remove cwd to run in stigmer's")]
+    EmptyCwd,
+
+    /// `cwd` holds a NUL byte.
+    #[error("cwd {cwd:?} holds a NUL byte, which no path can: remove it")]
+    NulInCwd {
+        /// `cwd` as written.
+        cwd: String,
+    },
+
+    /// A relative `cwd` cannot be made absolute.
+    #[error("cwd {cwd:?}: cannot resolve it against the current folder: {source}")]
+    CwdUnresolved {
+        /// `cwd` as written.
+        cwd: String,
+        /// Why.
+        #[source]
+        source: Arc<io::Error>,
+    },
+
+    /// `cwd` is not a folder.
+    #[error("{} is not a folder: give a folder", cwd_shown(.cwd, .path))]
+    CwdNotFolder {
+        /// `cwd` as written.
+        cwd: String,
+        /// `cwd` made absolute.
+        path: PathBuf,
+    },
+
+    /// `cwd` does not exist.
+    #[error(
+        "{} does not exist: create it or fix cwd (a relative cwd is relative to the folder \
+         stigmer runs in)",
+        cwd_shown(.cwd, .path)
+    )]
+    CwdMissing {
+        /// `cwd` as written.
+        cwd: String,
+        /// `cwd` made absolute.
+        path: PathBuf,
+    },
+
+    /// `cwd` cannot be looked at.
+    #[error("{} cannot be read: {source}", cwd_shown(.cwd, .path))]
+    CwdUnreadable {
+        /// `cwd` as written.
+        cwd: String,
+        /// `cwd` made absolute.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Arc<io::Error>,
+    },
+
+    /// `cwd` cannot be entered.
+    #[error("{} cannot be entered: {source}: fix its permissions", cwd_shown(.cwd, .path))]
+    CwdNotEnterable {
+        /// `cwd` as written.
+        cwd: String,
+        /// `cwd` made absolute.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Errno,
+    },
+
+    /// `restart` is not a policy.
+    #[error("restart {value:?} is not a policy: use \"no\", \"on-failure\" or \"always\"")]
+    UnknownRestart {
+        /// The value.
+        value: String,
+    },
+
+    /// `max_restarts` is below 0 or above [`MAX_RESTARTS`].
+    #[error(
+        "max_restarts {value} is out of range: use 0 (give up at the first exit) to {MAX_RESTARTS}"
+    )]
+    MaxRestartsOutOfRange {
+        /// The value.
+        value: i64,
+    },
+
+    /// A value that is not a signal.
+    #[error("{key} {value:?} is not a signal: write e.g. \"SIGTERM\" or \"SIGHUP\"")]
+    NotASignal {
+        /// `stop_signal` or `reload_signal`.
+        key: Key,
+        /// The value.
+        value: String,
+    },
+
+    /// SIGKILL or SIGSTOP, which a service cannot handle, where it should.
+    #[error("{}", uncatchable(*.key, .value))]
+    UncatchableSignal {
+        /// `stop_signal` or `reload_signal`.
+        key: Key,
+        /// The value.
+        value: String,
+    },
+
+    /// A value that is not a duration.
+    #[error("{key} {value:?} is not a duration: write e.g. \"10s\", \"500ms\" or \"2m\"")]
+    NotADuration {
+        /// The key.
+        key: Key,
+        /// The value.
+        value: String,
+    },
+
+    /// A duration above the most the key takes.
+    #[error(
+        "{key} {value:?} is longer than {}: use at most \"{}\"",
+        humantime::format_duration(*.max),
+        humantime::format_duration(*.max)
+    )]
+    TooLong {
+        /// The key.
+        key: Key,
+        /// The value.
+        value: String,
+        /// The most it takes.
+        max: Duration,
+    },
+
+    /// A duration below the least the key takes.
+    #[error(
+        "{key} {value:?} is shorter than {}: {}",
+        humantime::format_duration(*.min),
+        too_short_fix(*.key)
+    )]
+    TooShort {
+        /// The key.
+        key: Key,
+        /// The value.
+        value: String,
+        /// The least it takes.
+        min: Duration,
+    },
+
+    /// `ready.log` is empty.
+    #[error("ready.log is empty: give the text of the line that means ready")]
+    EmptyReadyLog,
+
+    /// `ready` has none, or more than one, of `http`, `tcp` and `log`.
+    #[error(
+        "ready takes exactly one of http, tcp or log: e.g. ready = {{ tcp = \"127.0.0.1:8080\" }}"
+    )]
+    NotOneCheck,
+
+    /// `ready.http` holds a space or control character.
+    #[error("ready.http {url:?} holds a space or control character: percent-encode it (%20)")]
+    SpaceInUrl {
+        /// The URL.
+        url: String,
+    },
+
+    /// `ready.http` is not an `http://` URL stigmer can check.
+    #[error(
+        "ready.http {url:?} is not an http:// URL: write e.g. \"http://127.0.0.1:8080/healthz\""
+    )]
+    NotHttpUrl {
+        /// The URL.
+        url: String,
+    },
+
+    /// An address that is not `host:port`.
+    #[error("{key} {address:?} is not a host:port address: write e.g. \"127.0.0.1:8080\"")]
+    NotHostPort {
+        /// `ready.tcp` or `ready.http`.
+        key: Key,
+        /// The address (for `ready.http`, the URL's host and port).
+        address: String,
+    },
+
+    /// An address whose host does not resolve.
+    #[error(
+        "{key} {address:?}: cannot resolve {host:?}: use an IP address or a name in /etc/hosts"
+    )]
+    Unresolved {
+        /// `ready.tcp` or `ready.http`.
+        key: Key,
+        /// The address (for `ready.http`, the URL's host and port).
+        address: String,
+        /// Its host.
+        host: String,
+    },
+
+    /// A service depends on itself.
+    #[error("depends_on names itself: remove {name:?}")]
+    DependsOnItself {
+        /// Its name.
+        name: String,
+    },
+
+    /// A service depends on one the manifest does not have.
+    #[error(
+        "depends_on {name:?} is not a service here (services: {}): fix the name",
+        some_names(.services, *.count)
+    )]
+    UnknownDependency {
+        /// The name it depends on.
+        name: String,
+        /// The manifest's first services by name (at most 20).
+        services: Vec<String>,
+        /// How many services the manifest has.
+        count: usize,
+    },
+
+    /// Services that depend on each other in a circle.
+    #[error(
+        "services {} form a dependency cycle: remove one of those depends_on",
+        cycle(.services)
+    )]
+    Cycle {
+        /// The services along the cycle, the first again at the end:
+        /// `a`, `b`, `a`.
+        services: Vec<String>,
+    },
+}
+
+impl ProblemKind {
+    /// The key it concerns, if one the manifest knows.
+    pub fn key(&self) -> Option<Key> {
+        use ProblemKind::*;
+        Some(match self {
+            NotUtf8 { .. }
+            | Syntax { .. }
+            | UnknownTopLevelKey { .. }
+            | ServicesNotTable
+            | NoServices
+            | BadName { .. }
+            | ServiceNotTable
+            | UnknownKey { .. } => return None,
+            UnknownReadyKey { .. } | NotOneCheck => Key::Ready,
+            WrongType { key, .. }
+            | NotASignal { key, .. }
+            | UncatchableSignal { key, .. }
+            | NotADuration { key, .. }
+            | TooLong { key, .. }
+            | TooShort { key, .. }
+            | NotHostPort { key, .. }
+            | Unresolved { key, .. } => *key,
+            UnknownPayload { .. } => Key::Payload,
+            NulInArg { .. } => Key::Args,
+            BadEnvName { .. } | NulInEnvValue { .. } => Key::Env,
+            EmptyCwd
+            | NulInCwd { .. }
+            | CwdUnresolved { .. }
+            | CwdNotFolder { .. }
+            | CwdMissing { .. }
+            | CwdUnreadable { .. }
+            | CwdNotEnterable { .. } => Key::Cwd,
+            UnknownRestart { .. } => Key::Restart,
+            MaxRestartsOutOfRange { .. } => Key::MaxRestarts,
+            EmptyReadyLog => Key::ReadyLog,
+            SpaceInUrl { .. } | NotHttpUrl { .. } => Key::ReadyHttp,
+            DependsOnItself { .. } | UnknownDependency { .. } | Cycle { .. } => Key::DependsOn,
+        })
+    }
+}
+
+fn at_line(line: Option<usize>) -> String {
+    line.map(|l| format!("line {l}: ")).unwrap_or_default()
+}
+
+/// A key of `ready`, as a full name: `ready.tpc`.
+fn ready_key(key: &str) -> String {
+    format!("ready.{key}")
+}
+
+fn service_keys() -> String {
+    Key::SERVICE.map(Key::as_str).join(", ")
+}
+
+/// `cwd` in a message: as written, and where it led when that differs.
+fn cwd_shown(cwd: &str, path: &Path) -> String {
+    if path.as_os_str() == cwd {
+        format!("cwd {path:?}")
+    } else {
+        format!("cwd {cwd:?} (here {path:?})")
+    }
+}
+
+fn uncatchable(key: Key, value: &str) -> String {
+    match key {
+        Key::StopSignal => format!(
+            "{key} {value:?} cannot be a stop request: use SIGTERM, SIGINT, SIGQUIT or SIGHUP"
+        ),
+        _ => format!(
+            "{key} {value:?} cannot be SIGKILL or SIGSTOP: use e.g. \"SIGHUP\" or \"SIGUSR1\""
+        ),
+    }
+}
+
+fn too_short_fix(key: Key) -> &'static str {
+    if key == Key::ReadyTimeout {
+        "give the service time to become ready, e.g. \"20s\", or remove `ready` to count it \
+         ready once started"
+    } else {
+        "e.g. \"60s\""
+    }
+}
+
+/// Service names for a message: the first [`LIST_AT_MOST`] of `count`.
+fn some_names(names: &[String], count: usize) -> String {
+    let mut shown: Vec<String> = names.iter().take(LIST_AT_MOST).map(|n| label(n)).collect();
+    if count > LIST_AT_MOST {
+        shown.push(format!("and {} more", count - LIST_AT_MOST));
+    }
+    shown.join(", ")
+}
+
+fn cycle(names: &[String]) -> String {
+    names.iter().map(|n| label(n)).collect::<Vec<_>>().join(" -> ")
+}
+
+/// `text` as one line with no control character: line breaks become "; ",
+/// other control characters (C0, DEL, C1) and the characters that move or
+/// reorder text on a terminal are escaped as `\u{..}`.
+pub(super) fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.lines().map(str::trim).filter(|l| !l.is_empty()).enumerate() {
+        if i > 0 {
+            out.push_str("; ");
+        }
+        for c in line.chars() {
+            let reorders = matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}')
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c);
+            if c.is_control() || reorders {
+                out.extend(c.escape_unicode());
+            } else {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// A service's name in a message: as is when it is a valid name (letters,
+/// digits, '.', '_', '-': nothing to escape, and how the supervisor shows
+/// it), escaped and quoted otherwise.
+fn label(name: &str) -> String {
+    match stigmer_build::check_name(name) {
+        Ok(()) => name.to_owned(),
+        Err(_) => format!("{name:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_send_sync() {
+        fn check<T: Send + Sync + 'static>() {}
+        check::<ManifestError>();
+        check::<Problem>();
+    }
+
+    #[test]
+    fn keys_read_as_written() {
+        assert_eq!(Key::ReadyTimeout.to_string(), "ready.timeout");
+        assert_eq!(Key::ReadyTimeout.name(), "timeout");
+        assert_eq!(Key::StopSignal.name(), "stop_signal");
+        for key in Key::SERVICE.into_iter().chain(Key::READY) {
+            assert!(key.example().starts_with(key.as_str().split('.').next().unwrap()), "{key}");
+        }
+    }
+
+    #[test]
+    fn a_problem_prints_as_its_line_without_the_file() {
+        let p = Problem::service(
+            "a\u{1b}b",
+            ProblemKind::NotADuration { key: Key::StopTimeout, value: "soon\n".into() },
+        );
+        assert_eq!(p.key(), Some(Key::StopTimeout));
+        assert_eq!(p.service_name(), Some("a\u{1b}b"));
+        let e = ManifestError::new("services.toml", vec![p.clone()]);
+        assert_eq!(e.problems(), [format!("services.toml: {p}")]);
+        assert_eq!(
+            p.to_string(),
+            "service \"a\\u{1b}b\": stop_timeout \"soon\\n\" is not a duration: \
+             write e.g. \"10s\", \"500ms\" or \"2m\""
+        );
+    }
+}
