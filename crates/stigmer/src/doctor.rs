@@ -26,22 +26,9 @@ pub const PROBE_ENV: &str = crate::env::STIGMER_DOCTOR_PROBE;
 /// `STIGMER_DOCTOR_PROBE=1` in an environment changes nothing. Never
 /// answers off Linux, where there is no probe.
 pub fn answer_probe() {
-    if std::env::var_os(PROBE_ENV).is_some() && is_probe_exe() {
+    if std::env::var_os(PROBE_ENV).is_some() && crate::launch::is_probe_exe() {
         std::process::exit(0);
     }
-}
-
-/// Whether this process runs from the sealed memfd [`diagnose`] made (named
-/// "stigmer-doctor" by `launch::run_self_sealed`).
-#[cfg(target_os = "linux")]
-fn is_probe_exe() -> bool {
-    const PROBE_EXE: &str = "/memfd:stigmer-doctor (deleted)";
-    std::fs::read_link("/proc/self/exe").is_ok_and(|exe| exe.as_os_str() == PROBE_EXE)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn is_probe_exe() -> bool {
-    false
 }
 
 /// Everything `stigmer doctor` found.
@@ -249,36 +236,21 @@ fn seccomp() -> Option<String> {
     })
 }
 
-#[cfg(target_os = "linux")]
 fn memfd_report() -> Option<MemfdReport> {
-    use rustix::fs::MemfdFlags;
-
-    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
-    let create = match rustix::fs::memfd_create("stigmer-doctor", flags | MemfdFlags::EXEC) {
-        Ok(_) => Finding::ok("works with MFD_EXEC"),
-        Err(rustix::io::Errno::INVAL) => match rustix::fs::memfd_create("stigmer-doctor", flags) {
-            Ok(_) => Finding::ok("works (this kernel predates MFD_EXEC, 6.3)"),
-            Err(e) => Finding::bad(format!("refused: {}", std::io::Error::from(e))),
-        },
-        Err(e) => Finding::bad(format!("refused: {}", std::io::Error::from(e))),
+    let probe = crate::launch::probe_memfd(PROBE_ENV)?;
+    let create = match probe.create {
+        Ok(true) => Finding::ok("works with MFD_EXEC"),
+        Ok(false) => Finding::ok("works (this kernel predates MFD_EXEC, 6.3)"),
+        Err(e) => Finding::bad(format!("refused: {e}")),
     };
-    let noexec = std::fs::read_to_string("/proc/sys/vm/memfd_noexec")
-        .ok()
-        .and_then(|v| v.trim().parse().ok());
-    let start = std::time::Instant::now();
-    let exec = match crate::launch::run_self_sealed(PROBE_ENV) {
-        Ok(()) => Finding::ok(format!(
+    let exec = match probe.exec {
+        Ok(took) => Finding::ok(format!(
             "works: stigmer ran itself from a sealed memfd in {} ms",
-            start.elapsed().as_millis()
+            took.as_millis()
         )),
         Err(e) => Finding::bad(format!("refused: {e}")),
     };
-    Some(MemfdReport { create, noexec, exec })
-}
-
-#[cfg(not(target_os = "linux"))]
-fn memfd_report() -> Option<MemfdReport> {
-    None
+    Some(MemfdReport { create, noexec: probe.noexec, exec })
 }
 
 fn cache_report(launcher: &Launcher) -> CacheReport {
@@ -341,18 +313,8 @@ fn cache_report(launcher: &Launcher) -> CacheReport {
         root: Some(root),
         usable,
         free,
-        noexec: stat.as_ref().and_then(mount_noexec),
+        noexec: stat.as_ref().and_then(crate::launch::mount_noexec),
     }
-}
-
-#[cfg(target_os = "linux")]
-fn mount_noexec(stat: &nix::sys::statvfs::Statvfs) -> Option<bool> {
-    Some(stat.flags().contains(nix::sys::statvfs::FsFlags::ST_NOEXEC))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn mount_noexec(_: &nix::sys::statvfs::Statvfs) -> Option<bool> {
-    None
 }
 
 fn nearest_existing(path: &Path) -> Option<PathBuf> {
