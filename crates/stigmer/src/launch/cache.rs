@@ -94,6 +94,87 @@ enum HomeError {
     Unresolved(PathBuf, Arc<io::Error>),
 }
 
+/// Where a cache keeps things, under its root (see the module doc):
+///
+/// | path | what | locked by |
+/// |---|---|---|
+/// | `bin/v1/<sha256>/` | one folder per payload's bytes | every stigmer that may exec its entry (shared `flock`); `cache prune` (exclusive) |
+/// | `bin/v1/<sha256>/<name>` | the entry, read-only, checked before every launch | a read lease (Linux) from its check to its exec |
+/// | `bin/v1/<sha256>/.tmp-<pid>-...` | a fill in progress | its writer |
+/// | `tmp/run-...` | a private `TMPDIR` (PyInstaller one-file payloads) | the payload that uses it, and its stigmer |
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Layout {
+    /// The root: `$STIGMER_HOME` (or `~/.stigmer`), absolute.
+    pub root: PathBuf,
+    /// `bin/`, which holds one folder per layout version.
+    pub bin: PathBuf,
+    /// `bin/v1/`: one folder per payload sha256, holding its entry.
+    pub entries: PathBuf,
+    /// `tmp/`: private `TMPDIR`s.
+    pub tmp: PathBuf,
+}
+
+impl Layout {
+    fn new(root: &Path) -> Layout {
+        let bin = root.join("bin");
+        Layout { root: root.to_owned(), entries: bin.join(LAYOUT), bin, tmp: root.join("tmp") }
+    }
+
+    /// The folders stigmer makes on the way to the entries, root first.
+    pub fn folders(&self) -> [&Path; 3] {
+        [&self.root, &self.bin, &self.entries]
+    }
+}
+
+/// The cache as it stands: see [`CacheLauncher::survey`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Survey {
+    /// Where things are.
+    pub layout: Layout,
+    /// What the checks every launch makes say about its folders.
+    pub trust: Trust,
+    /// The deepest of [`Layout::folders`] that exists and is trusted, or
+    /// else the nearest folder above the root that exists: the file system
+    /// the entries are, or will be, on.
+    pub nearest: Option<PathBuf>,
+    /// Free bytes on that file system.
+    pub free: Option<u64>,
+    /// Whether that file system is mounted `noexec` (`None` where this
+    /// platform cannot tell).
+    pub noexec: Option<bool>,
+}
+
+/// What the checks every launch makes say about the cache's folders,
+/// without creating any: see [`CacheLauncher::survey`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Trust {
+    /// Every folder down to the entries exists, and all are trusted.
+    Ready,
+    /// The folders down to this one exist and are trusted; stigmer creates
+    /// the rest, private, inside it.
+    Partial(PathBuf),
+    /// The root does not exist; stigmer creates it, private, in this
+    /// folder, which it can write to.
+    Creatable(PathBuf),
+    /// The root does not exist, and this folder, where it would be made, is
+    /// not writable.
+    Unwritable(PathBuf),
+    /// The root does not exist, nor does any folder above it.
+    NoParent,
+    /// A folder of the cache, or one above it, cannot be trusted.
+    Refused(Error),
+}
+
+impl Trust {
+    /// Whether a launch can use the cache (creating what is missing).
+    pub fn is_usable(&self) -> bool {
+        matches!(self, Trust::Ready | Trust::Partial(_) | Trust::Creatable(_))
+    }
+}
+
 /// Told about cache fills as they go, to show progress: a first run on
 /// macOS fills an entry per payload, which takes a while for large ones.
 /// The `stigmer` binary draws a bar on a terminal.
@@ -230,18 +311,58 @@ impl CacheLauncher {
         }
     }
 
+    /// Where this cache keeps things, under its root.
+    pub fn layout(&self) -> Result<Layout> {
+        Ok(Layout::new(self.home()?))
+    }
+
     /// The folder that holds this layout's entries, created private if it is
     /// missing and refused if it, or any folder above it, cannot be trusted.
     pub fn bin_dir(&self) -> Result<PathBuf> {
-        let home = self.home()?;
-        trusted_ancestors(home)?;
-        private_dir(home, true)?;
-        trusted_ancestors(home)?;
-        let bin = home.join("bin");
-        private_dir(&bin, false)?;
-        let layout = bin.join(LAYOUT);
-        private_dir(&layout, false)?;
-        Ok(layout)
+        let layout = self.layout()?;
+        trusted_ancestors(&layout.root)?;
+        private_dir(&layout.root, true)?;
+        trusted_ancestors(&layout.root)?;
+        private_dir(&layout.bin, false)?;
+        private_dir(&layout.entries, false)?;
+        Ok(layout.entries)
+    }
+
+    /// The cache as it stands, inspected as a launch would check it but
+    /// without creating anything: what `stigmer doctor` reports.
+    pub fn survey(&self) -> Result<Survey> {
+        let layout = self.layout()?;
+        let mut refused = trusted_ancestors(&layout.root).err();
+        // The folders stigmer would use, down to the first that is missing;
+        // the rest would be created, private, inside the last that exists.
+        let mut existing = None;
+        for dir in layout.folders().into_iter().filter(|_| refused.is_none()) {
+            if fs::symlink_metadata(dir).is_err() {
+                break;
+            }
+            if let Err(e) = trusted_dir(dir) {
+                refused = Some(e);
+                break;
+            }
+            existing = Some(dir.to_owned());
+        }
+        let trust = match (refused, &existing) {
+            (Some(e), _) => Trust::Refused(e),
+            (None, Some(dir)) if *dir == layout.entries => Trust::Ready,
+            (None, Some(dir)) => Trust::Partial(dir.clone()),
+            (None, None) => match nearest_existing(&layout.root) {
+                Some(parent) if writable(&parent) => Trust::Creatable(parent),
+                Some(parent) => Trust::Unwritable(parent),
+                None => Trust::NoParent,
+            },
+        };
+        let nearest = existing.or_else(|| nearest_existing(&layout.root));
+        let stat = nearest.as_deref().and_then(|p| nix::sys::statvfs::statvfs(p).ok());
+        // The two fields' types differ between platforms.
+        #[allow(clippy::unnecessary_cast)]
+        let free = stat.as_ref().map(|s| s.blocks_available() as u64 * s.fragment_size() as u64);
+        let noexec = stat.as_ref().and_then(super::imp::mount_noexec);
+        Ok(Survey { layout, trust, nearest, free, noexec })
     }
 
     /// Makes sure a good entry for `payload` exists, locks its folder for as
@@ -273,7 +394,7 @@ impl CacheLauncher {
     /// by this process (and by the payload that inherits the lock). Folders
     /// that nobody holds are removed first.
     fn tmpdir(&self) -> Result<PrivateTmp> {
-        let tmp = self.home()?.join("tmp");
+        let tmp = self.layout()?.tmp;
         private_dir(&tmp, false)?;
         remove_unlocked_tmpdirs(&tmp);
         let err = |source| Error::Cache { op: "create a folder in", path: tmp.clone(), source };
@@ -404,7 +525,7 @@ fn resolve_home(path: &Path) -> io::Result<PathBuf> {
 /// owned by root or by this user and not writable by group or others (a
 /// sticky folder owned by root, such as `/tmp`, may be): otherwise someone
 /// else could rename the cache away and put their own in its place.
-pub(crate) fn trusted_ancestors(home: &Path) -> Result<()> {
+fn trusted_ancestors(home: &Path) -> Result<()> {
     let uid = nix::unistd::geteuid().as_raw();
     let mut above: Vec<&Path> = home.ancestors().skip(1).collect();
     above.reverse();
@@ -476,7 +597,7 @@ pub(crate) fn private_dir(dir: &Path, parents: bool) -> Result<()> {
 
 /// Refuses `dir` unless it is a real folder of ours that nobody else can
 /// write to. Creates nothing.
-pub(crate) fn trusted_dir(dir: &Path) -> Result<()> {
+fn trusted_dir(dir: &Path) -> Result<()> {
     let meta = fs::symlink_metadata(dir).map_err(|source| Error::Cache {
         op: "read the cache folder",
         path: dir.to_owned(),
@@ -873,7 +994,7 @@ pub fn prune(cache: &CacheLauncher, keep: &[&Payload]) -> Result<(Vec<Finding>, 
         }
         drop(lock);
     }
-    let tmp = home.join("tmp");
+    let tmp = cache.layout()?.tmp;
     if tmp.is_dir() {
         private_dir(&tmp, false)?;
         for path in remove_unlocked_tmpdirs(&tmp) {
@@ -940,4 +1061,45 @@ fn remove(path: &Path) -> Result<()> {
         _ => fs::remove_file(path),
     };
     res.map_err(|source| Error::Cache { op: "remove", path: path.to_owned(), source })
+}
+
+/// The nearest folder above `path` that exists.
+fn nearest_existing(path: &Path) -> Option<PathBuf> {
+    path.ancestors().skip(1).find(|p| p.is_dir()).map(Path::to_owned)
+}
+
+/// Whether this process may create entries in `dir`.
+fn writable(dir: &Path) -> bool {
+    nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK)
+        .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_survey_creates_nothing_and_follows_the_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CacheLauncher::new(Some(dir.path().join("home")));
+        let survey = cache.survey().unwrap();
+        let root = fs::canonicalize(dir.path()).unwrap().join("home");
+        assert_eq!(survey.layout.root, root);
+        assert_eq!(survey.layout.entries, root.join("bin").join(LAYOUT));
+        assert_eq!(survey.layout.tmp, root.join("tmp"));
+        assert!(matches!(&survey.trust, Trust::Creatable(p) if *p == root.parent().unwrap()));
+        assert!(survey.trust.is_usable());
+        assert!(!root.exists(), "a survey creates nothing");
+
+        fs::create_dir(&root).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(matches!(cache.survey().unwrap().trust, Trust::Partial(p) if p == root));
+        assert_eq!(cache.bin_dir().unwrap(), survey.layout.entries);
+        assert!(matches!(cache.survey().unwrap().trust, Trust::Ready));
+
+        fs::set_permissions(&survey.layout.bin, fs::Permissions::from_mode(0o777)).unwrap();
+        let trust = cache.survey().unwrap().trust;
+        assert!(matches!(&trust, Trust::Refused(Error::UntrustedCache { .. })), "{trust:?}");
+        assert!(!trust.is_usable());
+    }
 }

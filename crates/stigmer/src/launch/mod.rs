@@ -60,11 +60,13 @@ pub(crate) const IO_BUF: usize = 128 * 1024;
 
 pub use child::exit_code;
 
-pub use cache::{CacheLauncher, FillProgress, FillTicker, Finding, UNUSED_FOR, prune, verify};
-pub(crate) use cache::{trusted_ancestors, trusted_dir};
+pub use cache::{
+    CacheLauncher, FillProgress, FillTicker, Finding, Layout, Survey, Trust, UNUSED_FOR, prune,
+    verify,
+};
 pub use imp::MemfdLauncher;
+pub(crate) use imp::is_probe_exe;
 use imp::{EXEC_BY_FD, NATIVE};
-pub(crate) use imp::{is_probe_exe, mount_noexec};
 use lock::{flock, hold_bytes};
 
 /// What the kernel says to exec from memory here: what `stigmer doctor`
@@ -146,12 +148,41 @@ impl FromStr for Choice {
 
 /// How a payload will be launched, and why: what `stigmer list` shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Plan {
     /// The backend.
     pub backend: Backend,
     /// Why, in a few words.
     pub why: &'static str,
 }
+
+/// What a host allows, as far as the choice of a backend goes: what
+/// `stigmer doctor` found (see [`Launcher::plan_on`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Host {
+    /// Exec from a sealed memfd works.
+    pub(crate) memfd_exec: bool,
+    /// The cache can be used, and its entries can be exec'd.
+    pub(crate) cache: bool,
+}
+
+/// Why a payload cannot run on a host (see [`Launcher::plan_on`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stuck {
+    /// It needs exec from memory, which is refused, and the cache was not
+    /// allowed as a fallback (`--backend memfd`) or is unusable.
+    NoFallback,
+    /// It runs from the cache, which is unusable.
+    NeedsCache,
+}
+
+/// Why a payload runs from the cache after the kernel refused exec from
+/// memory in this process.
+const REFUSED: &str = "the kernel refuses exec from memory here";
+
+/// Why a payload will run from the cache on a host that refuses exec from
+/// memory.
+const REFUSED_ON_HOST: &str = "the kernel refuses exec from memory here: from the verified cache";
 
 /// A payload ready to run.
 #[derive(Clone, Debug)]
@@ -378,12 +409,25 @@ impl Launcher {
             && self.choice == Choice::Auto
             && self.memfd_refused.load(Ordering::Relaxed)
         {
-            return Plan {
-                backend: Backend::Cache,
-                why: "the kernel refuses exec from memory here",
-            };
+            return Plan { backend: Backend::Cache, why: REFUSED };
         }
         Plan { backend, why }
+    }
+
+    /// How `payload` would be launched on `host`: [`Launcher::plan`], with
+    /// the fallback [`Launch::prepare`] takes where exec from memory is
+    /// refused, or why it cannot run there.
+    pub(crate) fn plan_on(&self, payload: &Payload, host: Host) -> Result<Plan, Stuck> {
+        let plan = self.plan(payload);
+        match plan.backend {
+            Backend::Memfd if host.memfd_exec => Ok(plan),
+            Backend::Memfd if self.choice == Choice::Auto && host.cache => {
+                Ok(Plan { backend: Backend::Cache, why: REFUSED_ON_HOST })
+            }
+            Backend::Memfd => Err(Stuck::NoFallback),
+            Backend::Cache if host.cache => Ok(plan),
+            Backend::Cache => Err(Stuck::NeedsCache),
+        }
     }
 
     fn prepare_memfd(&self, payload: &Payload) -> Result<Prepared> {
@@ -559,6 +603,25 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, "#!/bin/sh\necho evil\n").unwrap();
         assert_eq!(output(&prepared, false, &[]), "good\n");
+    }
+
+    #[test]
+    fn a_host_that_refuses_exec_from_memory_gets_the_fallback_prepare_takes() {
+        let payload = Payload::from_bytes("probe", b"#!/bin/sh\ntrue\n".to_vec());
+        let plan = |choice, memfd_exec, cache| {
+            let launcher = Launcher::new(choice, None);
+            launcher.plan_on(&payload, Host { memfd_exec, cache }).map(|p| p.backend)
+        };
+        let (auto, cache, memfd) =
+            (Choice::Auto, Choice::Only(Backend::Cache), Choice::Only(Backend::Memfd));
+        assert_eq!(plan(auto, true, true), Ok(NATIVE));
+        assert_eq!(plan(auto, false, true), Ok(Backend::Cache));
+        let stuck = if NATIVE == Backend::Memfd { Stuck::NoFallback } else { Stuck::NeedsCache };
+        assert_eq!(plan(auto, false, false), Err(stuck));
+        assert_eq!(plan(memfd, true, true), Ok(Backend::Memfd));
+        assert_eq!(plan(memfd, false, true), Err(Stuck::NoFallback), "no fallback when chosen");
+        assert_eq!(plan(cache, true, true), Ok(Backend::Cache));
+        assert_eq!(plan(cache, true, false), Err(Stuck::NeedsCache));
     }
 
     #[test]
