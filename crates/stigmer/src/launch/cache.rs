@@ -55,7 +55,7 @@ use sha2::{Digest as _, Sha256};
 use tracing::{debug, warn};
 
 use super::buf::AlignedBuf;
-use crate::{Digest, Error, Payload, Result};
+use crate::{CacheOp, Digest, Error, Payload, Result};
 
 /// The version of the cache layout, part of every entry's path.
 const LAYOUT: &str = "v1";
@@ -304,7 +304,7 @@ impl CacheLauncher {
             Ok(home) => Ok(home),
             Err(HomeError::Missing) => Err(Error::NoHome),
             Err(HomeError::Unresolved(path, e)) => Err(Error::Cache {
-                op: "resolve the cache folder",
+                op: CacheOp::ResolveHome,
                 path: path.clone(),
                 source: io::Error::new(e.kind(), e.to_string()),
             }),
@@ -397,7 +397,7 @@ impl CacheLauncher {
         let tmp = self.layout()?.tmp;
         private_dir(&tmp, false)?;
         remove_unlocked_tmpdirs(&tmp);
-        let err = |source| Error::Cache { op: "create a folder in", path: tmp.clone(), source };
+        let err = |source| Error::Cache { op: CacheOp::CreateFolderIn, path: tmp.clone(), source };
         let dir = tempfile::Builder::new().prefix(RUN).tempdir_in(&tmp).map_err(err)?;
         let file = open_dir(dir.path()).map_err(err)?;
         let lock = Lock::new(file, LockOp::TryExclusive).map_err(err)?;
@@ -472,7 +472,7 @@ impl CacheLauncher {
             write_entry(dir, path, payload, replace, ticker)?;
         }
         Err(Error::Cache {
-            op: "settle the cache entry",
+            op: CacheOp::Settle,
             path: path.to_owned(),
             source: io::Error::other("it kept changing while stigmer wrote it"),
         })
@@ -535,11 +535,7 @@ fn trusted_ancestors(home: &Path) -> Result<()> {
             // The rest will be created by stigmer, private.
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(source) => {
-                return Err(Error::Cache {
-                    op: "read the folder above the cache",
-                    path: dir.to_owned(),
-                    source,
-                });
+                return Err(Error::Cache { op: CacheOp::ReadAbove, path: dir.to_owned(), source });
             }
         };
         let refuse = |reason: String, fix: String| Error::UntrustedCache {
@@ -585,11 +581,7 @@ pub(crate) fn private_dir(dir: &Path, parents: bool) -> Result<()> {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(source) => {
-            return Err(Error::Cache {
-                op: "create the cache folder",
-                path: dir.to_owned(),
-                source,
-            });
+            return Err(Error::Cache { op: CacheOp::CreateFolder, path: dir.to_owned(), source });
         }
     }
     trusted_dir(dir)
@@ -599,7 +591,7 @@ pub(crate) fn private_dir(dir: &Path, parents: bool) -> Result<()> {
 /// write to. Creates nothing.
 fn trusted_dir(dir: &Path) -> Result<()> {
     let meta = fs::symlink_metadata(dir).map_err(|source| Error::Cache {
-        op: "read the cache folder",
+        op: CacheOp::ReadFolder,
         path: dir.to_owned(),
         source,
     })?;
@@ -661,10 +653,10 @@ fn lock_entry_dir(dir: &Path) -> Result<Lock> {
             Ok(file) => file,
             // A prune took it between the two: make it again.
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(err("open the cache folder", e)),
+            Err(e) => return Err(err(CacheOp::OpenFolder, e)),
         };
-        let lock = Lock::new(file, LockOp::Shared).map_err(|e| err("lock the cache folder", e))?;
-        let held = lock.0.metadata().map_err(|e| err("read the cache folder", e))?;
+        let lock = Lock::new(file, LockOp::Shared).map_err(|e| err(CacheOp::LockFolder, e))?;
+        let held = lock.0.metadata().map_err(|e| err(CacheOp::ReadFolder, e))?;
         match fs::symlink_metadata(dir) {
             Ok(now) if (now.dev(), now.ino()) == (held.dev(), held.ino()) => {
                 let now = nix::sys::time::TimeSpec::UTIME_NOW;
@@ -677,7 +669,7 @@ fn lock_entry_dir(dir: &Path) -> Result<Lock> {
             _ => continue,
         }
     }
-    Err(err("lock the cache folder", io::Error::other("it kept being removed")))
+    Err(err(CacheOp::LockFolder, io::Error::other("it kept being removed")))
 }
 
 /// Checks the entry at `path` the way it will be trusted: opened without
@@ -765,7 +757,7 @@ fn write_entry(
     let tmp = tempfile::Builder::new()
         .prefix(&format!("{TEMP}{}-", std::process::id()))
         .tempfile_in(dir)
-        .map_err(|e| cache_err("create a file in", e))?;
+        .map_err(|e| cache_err(CacheOp::CreateFileIn, e))?;
     // Held until the rename: a cleaner that can take it knows the writer is
     // gone. Cleaners leave files younger than GRACE alone, so nothing takes
     // it before this.
@@ -788,7 +780,7 @@ fn write_entry(
         hasher.update(&buf[..n]);
         // Through the File itself: tempfile's own Write adds the path to
         // the error, which the message already names.
-        tmp.as_file().write_all(&buf[..n]).map_err(|e| cache_err("write a file in", e))?;
+        tmp.as_file().write_all(&buf[..n]).map_err(|e| cache_err(CacheOp::WriteFileIn, e))?;
         if let Some(ticker) = &mut ticker {
             ticker.advance(n as u64);
         }
@@ -803,8 +795,8 @@ fn write_entry(
     }
     tmp.as_file()
         .set_permissions(fs::Permissions::from_mode(0o500))
-        .map_err(|e| cache_err("set permissions in", e))?;
-    tmp.as_file().sync_all().map_err(|e| cache_err("sync a file in", e))?;
+        .map_err(|e| cache_err(CacheOp::SetPermissionsIn, e))?;
+    tmp.as_file().sync_all().map_err(|e| cache_err(CacheOp::SyncFileIn, e))?;
     let persisted = if replace { tmp.persist(path) } else { tmp.persist_noclobber(path) };
     match persisted {
         Ok(_) => {
@@ -815,7 +807,7 @@ fn write_entry(
         Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         // A cleaner took our file before we locked it: go round again.
         Err(e) if e.error.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(cache_err("rename a file in", e.error)),
+        Err(e) => Err(cache_err(CacheOp::RenameFileIn, e.error)),
     }
 }
 
@@ -947,7 +939,7 @@ pub fn prune(cache: &CacheLauncher, keep: &[&Payload]) -> Result<(Vec<Finding>, 
             continue;
         };
         let meta = lock.0.metadata().map_err(|source| Error::Cache {
-            op: "read the cache folder",
+            op: CacheOp::ReadFolder,
             path: dir.clone(),
             source,
         })?;
@@ -980,7 +972,7 @@ pub fn prune(cache: &CacheLauncher, keep: &[&Payload]) -> Result<(Vec<Finding>, 
             // the name next finds a new folder, never a half-removed one.
             let trash = bin.join(format!("{TRASH}{name}-{}", std::process::id()));
             fs::rename(&dir, &trash).map_err(|source| Error::Cache {
-                op: "remove",
+                op: CacheOp::Remove,
                 path: dir.clone(),
                 source,
             })?;
@@ -1044,7 +1036,7 @@ pub fn verify(cache: &CacheLauncher) -> Result<Vec<(Finding, bool)>> {
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<PathBuf>> {
-    let err = |source| Error::Cache { op: "read the cache folder", path: dir.to_owned(), source };
+    let err = |source| Error::Cache { op: CacheOp::ReadFolder, path: dir.to_owned(), source };
     let mut paths = fs::read_dir(dir)
         .map_err(err)?
         .map(|e| e.map(|e| e.path()))
@@ -1060,7 +1052,7 @@ fn remove(path: &Path) -> Result<()> {
         Ok(m) if m.is_dir() => fs::remove_dir_all(path),
         _ => fs::remove_file(path),
     };
-    res.map_err(|source| Error::Cache { op: "remove", path: path.to_owned(), source })
+    res.map_err(|source| Error::Cache { op: CacheOp::Remove, path: path.to_owned(), source })
 }
 
 /// The nearest folder above `path` that exists.

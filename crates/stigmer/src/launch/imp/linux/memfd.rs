@@ -38,7 +38,7 @@ use rustix::fs::{MemfdFlags, SealFlags};
 use tracing::debug;
 
 use crate::launch::buf::AlignedBuf;
-use crate::{Digest, Encoding, Error, Kind, Payload, Result};
+use crate::{Digest, Encoding, Error, Kind, MemfdOp, Payload, Result};
 
 #[cfg(feature = "compress")]
 mod frames;
@@ -95,7 +95,7 @@ impl MemfdLauncher {
     }
 }
 
-fn op_err<'a>(payload: &'a Payload, op: &'static str) -> impl FnOnce(io::Error) -> Error + 'a {
+fn op_err<'a>(payload: &'a Payload, op: MemfdOp) -> impl FnOnce(io::Error) -> Error + 'a {
     move |source| Error::Memfd { name: payload.name().to_owned(), op, source }
 }
 
@@ -103,7 +103,7 @@ fn op_err<'a>(payload: &'a Payload, op: &'static str) -> impl FnOnce(io::Error) 
 /// `MFD_EXEC` (6.3+). Under `vm.memfd_noexec=2` this fails with `EACCES`,
 /// which the caller treats as "use the cache".
 fn create(payload: &Payload) -> Result<Memfd> {
-    let (memfd, _) = memfd_create(payload.name()).map_err(op_err(payload, "memfd_create"))?;
+    let (memfd, _) = memfd_create(payload.name()).map_err(op_err(payload, MemfdOp::Create))?;
     Ok(memfd)
 }
 
@@ -178,13 +178,13 @@ fn fill(memfd: Memfd, payload: &Payload) -> Result<Memfd> {
         Some((exe, offset)) => send(file, exe, offset, payload.len()),
         None => Ok(false),
     }
-    .map_err(op_err(payload, "sendfile"))?;
+    .map_err(op_err(payload, MemfdOp::Sendfile))?;
     if sent {
         debug!(payload = payload.name(), "filled the memfd with sendfile() from the executable");
     } else {
         debug!(payload = payload.name(), "filling the memfd with write()");
         let mut file = file;
-        file.write_all(payload.data()).map_err(op_err(payload, "write"))?;
+        file.write_all(payload.data()).map_err(op_err(payload, MemfdOp::Write))?;
     }
     Ok(memfd)
 }
@@ -198,7 +198,7 @@ fn decode(file: &File, payload: &Payload, located: Option<(&File, u64)>) -> Resu
     // A write error is the memfd's; a read error is the decoder's.
     let failure = |e| match e {
         Failure::Read(e) => decode_err(e),
-        Failure::Write(e) => op_err(payload, "write")(e),
+        Failure::Write(e) => op_err(payload, MemfdOp::Write)(e),
     };
     #[cfg(feature = "compress")]
     if let Encoding::Zstd { frame_len, frames } = payload.encoding() {
@@ -321,7 +321,7 @@ fn seal(memfd: Memfd, payload: &Payload) -> Result<OwnedFd> {
             Err(e) => e,
         };
         if e.kind() != io::ErrorKind::ResourceBusy || delay > Duration::from_secs(1) {
-            return Err(op_err(payload, "F_ADD_SEALS")(e));
+            return Err(op_err(payload, MemfdOp::AddSeals)(e));
         }
         debug!(payload = payload.name(), "sealing: the memfd is still busy, retrying");
         std::thread::sleep(delay);
