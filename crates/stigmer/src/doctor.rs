@@ -33,6 +33,7 @@ pub fn answer_probe() {
 
 /// Everything `stigmer doctor` found.
 #[derive(Debug, Serialize)]
+#[non_exhaustive]
 pub struct Report {
     /// The kernel's name and release (`uname -sr`).
     pub kernel: String,
@@ -56,6 +57,7 @@ pub struct Report {
 
 /// What the kernel allows for exec from memory.
 #[derive(Debug, Serialize)]
+#[non_exhaustive]
 pub struct MemfdReport {
     /// `memfd_create` with `MFD_EXEC`.
     pub create: Finding,
@@ -67,6 +69,7 @@ pub struct MemfdReport {
 
 /// The cache as it stands.
 #[derive(Debug, Serialize)]
+#[non_exhaustive]
 pub struct CacheReport {
     /// `$STIGMER_HOME`, or `~/.stigmer`.
     pub root: Option<PathBuf>,
@@ -84,6 +87,7 @@ pub struct CacheReport {
 
 /// One answer: whether it is good, and what was seen.
 #[derive(Debug, Serialize)]
+#[non_exhaustive]
 pub struct Finding {
     /// Good for running payloads.
     pub ok: bool,
@@ -103,6 +107,7 @@ impl Finding {
 
 /// How one payload will run here.
 #[derive(Debug, Serialize)]
+#[non_exhaustive]
 pub struct PayloadReport {
     /// Its name.
     pub name: String,

@@ -868,6 +868,7 @@ fn remove_unlocked_temps(dir: &Path) -> Vec<PathBuf> {
 
 /// What [`prune`] and [`verify`] did to one path.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Finding {
     /// The entry, temporary file or folder.
     pub path: PathBuf,
