@@ -18,7 +18,7 @@
 //! every restart of a service too) the entry is opened without following
 //! links and checked: a regular file, ours, not writable by others, one
 //! link, the right size, the right sha256. On Linux that very descriptor is
-//! exec'd (`execveat`, see [`super::spawn`]), so no rename or swap of any
+//! exec'd (`execveat`, see `imp/linux/spawn.rs`), so no rename or swap of any
 //! path after the check changes what runs. On macOS (no exec by descriptor)
 //! the path is exec'd right after the check; the folder rules above keep
 //! other users from swapping it. A missing or bad entry is refilled from
