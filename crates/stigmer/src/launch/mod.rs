@@ -13,6 +13,14 @@
 //! [`Launcher`] picks between them: memfd on Linux, the cache elsewhere, the
 //! cache for payloads that need a real path (PyInstaller one-file), and the
 //! cache, with one warning, where the kernel refuses exec from memory.
+//!
+//! # Platform-specific behaviour
+//!
+//! The platform is chosen once, below, as one module: `imp/linux/` (memfds,
+//! exec by descriptor, read leases on cache entries) or `imp/other.rs`, which
+//! has the same items disabled: there [`MemfdLauncher`] fails with
+//! [`Error::MemfdUnsupported`], and a cache entry is exec'd by its path
+//! right after its check (`exec.rs`, compiled and tested on Linux too).
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -65,12 +73,12 @@ pub use cache::{
     verify,
 };
 pub use imp::MemfdLauncher;
-pub(crate) use imp::is_probe_exe;
 use imp::{EXEC_BY_FD, NATIVE};
+pub(crate) use imp::{is_probe_exe, probe_memfd};
 use lock::{flock, hold_bytes};
 
 /// What the kernel says to exec from memory here: what `stigmer doctor`
-/// reports (see [`probe_memfd`]).
+/// reports (see `imp::probe_memfd`).
 #[derive(Debug)]
 pub(crate) struct MemfdProbe {
     /// `memfd_create`, as a payload's memfd is made: whether the kernel
@@ -81,12 +89,6 @@ pub(crate) struct MemfdProbe {
     /// stigmer's own executable run from a sealed memfd: how long that took,
     /// or why it failed.
     pub(crate) exec: io::Result<Duration>,
-}
-
-/// Probes exec from memory, running stigmer's own executable from a
-/// sealed memfd with `env` set; `None` where there is no memfd.
-pub(crate) fn probe_memfd(env: &str) -> Option<MemfdProbe> {
-    imp::probe_memfd(env)
 }
 
 /// Makes payloads ready to run.

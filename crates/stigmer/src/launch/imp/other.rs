@@ -107,7 +107,7 @@ pub(crate) fn is_probe_exe() -> bool {
     false
 }
 
-/// No memfd here: nothing to probe.
+/// Probes exec from memory: there is no memfd here, so `None`.
 pub(crate) fn probe_memfd(_env: &str) -> Option<MemfdProbe> {
     None
 }
