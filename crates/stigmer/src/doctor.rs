@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::launch::{trusted_ancestors, trusted_dir};
-use crate::{Backend, Catalog, Choice, Launcher, Manifest, ManifestError};
+use crate::launch::{Host, Stuck, Trust};
+use crate::{Backend, Catalog, Launcher, Manifest, ManifestError};
 
 /// Set in the environment of the executable that [`diagnose`] runs from a
 /// memfd. A program embedding stigmer calls [`answer_probe`] first in
@@ -26,26 +26,14 @@ pub const PROBE_ENV: &str = crate::env::STIGMER_DOCTOR_PROBE;
 /// `STIGMER_DOCTOR_PROBE=1` in an environment changes nothing. Never
 /// answers off Linux, where there is no probe.
 pub fn answer_probe() {
-    if std::env::var_os(PROBE_ENV).is_some() && is_probe_exe() {
+    if std::env::var_os(PROBE_ENV).is_some() && crate::launch::is_probe_exe() {
         std::process::exit(0);
     }
 }
 
-/// Whether this process runs from the sealed memfd [`diagnose`] made (named
-/// "stigmer-doctor" by `launch::run_self_sealed`).
-#[cfg(target_os = "linux")]
-fn is_probe_exe() -> bool {
-    const PROBE_EXE: &str = "/memfd:stigmer-doctor (deleted)";
-    std::fs::read_link("/proc/self/exe").is_ok_and(|exe| exe.as_os_str() == PROBE_EXE)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn is_probe_exe() -> bool {
-    false
-}
-
 /// Everything `stigmer doctor` found.
 #[derive(Debug, Serialize)]
+#[non_exhaustive]
 pub struct Report {
     /// The kernel's name and release (`uname -sr`).
     pub kernel: String,
@@ -69,6 +57,7 @@ pub struct Report {
 
 /// What the kernel allows for exec from memory.
 #[derive(Debug, Serialize)]
+#[non_exhaustive]
 pub struct MemfdReport {
     /// `memfd_create` with `MFD_EXEC`.
     pub create: Finding,
@@ -80,6 +69,7 @@ pub struct MemfdReport {
 
 /// The cache as it stands.
 #[derive(Debug, Serialize)]
+#[non_exhaustive]
 pub struct CacheReport {
     /// `$STIGMER_HOME`, or `~/.stigmer`.
     pub root: Option<PathBuf>,
@@ -97,6 +87,7 @@ pub struct CacheReport {
 
 /// One answer: whether it is good, and what was seen.
 #[derive(Debug, Serialize)]
+#[non_exhaustive]
 pub struct Finding {
     /// Good for running payloads.
     pub ok: bool,
@@ -116,6 +107,7 @@ impl Finding {
 
 /// How one payload will run here.
 #[derive(Debug, Serialize)]
+#[non_exhaustive]
 pub struct PayloadReport {
     /// Its name.
     pub name: String,
@@ -158,8 +150,10 @@ pub fn diagnose(
     let manifest = manifest.and_then(|m| m.as_ref().ok());
     let memfd = memfd_report();
     let cache = cache_report(launcher);
-    let memory_works = memfd.as_ref().is_some_and(|m| m.exec.ok);
-    let cache_works = cache.usable.ok && cache.noexec != Some(true);
+    let host = Host {
+        memfd_exec: memfd.as_ref().is_some_and(|m| m.exec.ok),
+        cache: cache.usable.ok && cache.noexec != Some(true),
+    };
     let cache_problem = || match cache.noexec {
         Some(true) => format!("{} is on a noexec mount", show(cache.root.as_deref())),
         _ => cache.usable.detail.clone(),
@@ -169,21 +163,14 @@ pub fn diagnose(
         .payloads()
         .iter()
         .map(|p| {
-            let plan = launcher.plan(p);
-            let (backend, why, ok) = match plan.backend {
-                Backend::Memfd if memory_works => (Some(Backend::Memfd), plan.why.to_owned(), true),
-                Backend::Memfd if launcher.choice() == Choice::Auto && cache_works => (
-                    Some(Backend::Cache),
-                    "the kernel refuses exec from memory here: from the verified cache".to_owned(),
-                    true,
-                ),
-                Backend::Memfd => (
+            let (backend, why, ok) = match launcher.plan_on(p, host) {
+                Ok(plan) => (Some(plan.backend), plan.why.to_owned(), true),
+                Err(Stuck::NoFallback) => (
                     None,
                     "exec from memory is refused here and there is no fallback".into(),
                     false,
                 ),
-                Backend::Cache if cache_works => (Some(Backend::Cache), plan.why.to_owned(), true),
-                Backend::Cache => {
+                Err(Stuck::NeedsCache) => {
                     (None, format!("needs the cache, but {}", cache_problem()), false)
                 }
             };
@@ -249,41 +236,26 @@ fn seccomp() -> Option<String> {
     })
 }
 
-#[cfg(target_os = "linux")]
 fn memfd_report() -> Option<MemfdReport> {
-    use rustix::fs::MemfdFlags;
-
-    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
-    let create = match rustix::fs::memfd_create("stigmer-doctor", flags | MemfdFlags::EXEC) {
-        Ok(_) => Finding::ok("works with MFD_EXEC"),
-        Err(rustix::io::Errno::INVAL) => match rustix::fs::memfd_create("stigmer-doctor", flags) {
-            Ok(_) => Finding::ok("works (this kernel predates MFD_EXEC, 6.3)"),
-            Err(e) => Finding::bad(format!("refused: {}", std::io::Error::from(e))),
-        },
-        Err(e) => Finding::bad(format!("refused: {}", std::io::Error::from(e))),
+    let probe = crate::launch::probe_memfd(PROBE_ENV)?;
+    let create = match probe.create {
+        Ok(true) => Finding::ok("works with MFD_EXEC"),
+        Ok(false) => Finding::ok("works (this kernel predates MFD_EXEC, 6.3)"),
+        Err(e) => Finding::bad(format!("refused: {e}")),
     };
-    let noexec = std::fs::read_to_string("/proc/sys/vm/memfd_noexec")
-        .ok()
-        .and_then(|v| v.trim().parse().ok());
-    let start = std::time::Instant::now();
-    let exec = match crate::launch::run_self_sealed(PROBE_ENV) {
-        Ok(()) => Finding::ok(format!(
+    let exec = match probe.exec {
+        Ok(took) => Finding::ok(format!(
             "works: stigmer ran itself from a sealed memfd in {} ms",
-            start.elapsed().as_millis()
+            took.as_millis()
         )),
         Err(e) => Finding::bad(format!("refused: {e}")),
     };
-    Some(MemfdReport { create, noexec, exec })
-}
-
-#[cfg(not(target_os = "linux"))]
-fn memfd_report() -> Option<MemfdReport> {
-    None
+    Some(MemfdReport { create, noexec: probe.noexec, exec })
 }
 
 fn cache_report(launcher: &Launcher) -> CacheReport {
-    let root = match launcher.cache().home() {
-        Ok(root) => root.to_owned(),
+    let survey = match launcher.cache().survey() {
+        Ok(survey) => survey,
         Err(e) => {
             return CacheReport {
                 root: None,
@@ -295,71 +267,31 @@ fn cache_report(launcher: &Launcher) -> CacheReport {
             };
         }
     };
-    // The folders stigmer would use, down to the first that is missing;
-    // the rest would be created, private, inside the last that exists.
-    let chain = [root.clone(), root.join("bin"), root.join("bin").join("v1")];
-    let mut usable = trusted_ancestors(&root).err().map(|e| Finding::bad(e.to_string()));
-    let mut existing = None;
-    // The folders above it first, as every launch checks them.
-    for dir in chain.iter().filter(|_| usable.is_none()) {
-        if std::fs::symlink_metadata(dir).is_err() {
-            break;
-        }
-        if let Err(e) = trusted_dir(dir) {
-            usable = Some(Finding::bad(e.to_string()));
-            break;
-        }
-        existing = Some(dir.clone());
-    }
-    let usable = usable.unwrap_or_else(|| match &existing {
-        Some(dir) if *dir == chain[2] => Finding::ok("private and ours"),
-        Some(dir) => Finding::ok(format!(
+    let usable = match survey.trust {
+        Trust::Ready => Finding::ok("private and ours"),
+        Trust::Partial(dir) => Finding::ok(format!(
             "private and ours; stigmer creates the rest under {}",
             dir.display()
         )),
-        None => match nearest_existing(&root) {
-            Some(parent) if writable(&parent) => Finding::ok(format!(
-                "not created yet; stigmer creates it, private, in {}",
-                parent.display()
-            )),
-            Some(parent) => Finding::bad(format!(
-                "missing, and {} is not writable: set STIGMER_HOME to a writable folder",
-                parent.display()
-            )),
-            None => Finding::bad("missing, and no parent folder exists"),
-        },
-    });
-    let probe = existing.or_else(|| nearest_existing(&root));
-    let stat = probe.as_deref().and_then(|p| nix::sys::statvfs::statvfs(p).ok());
-    // The two fields' types differ between platforms.
-    #[allow(clippy::unnecessary_cast)]
-    let free = stat.as_ref().map(|s| s.blocks_available() as u64 * s.fragment_size() as u64);
+        Trust::Creatable(parent) => Finding::ok(format!(
+            "not created yet; stigmer creates it, private, in {}",
+            parent.display()
+        )),
+        Trust::Unwritable(parent) => Finding::bad(format!(
+            "missing, and {} is not writable: set STIGMER_HOME to a writable folder",
+            parent.display()
+        )),
+        Trust::NoParent => Finding::bad("missing, and no parent folder exists"),
+        Trust::Refused(e) => Finding::bad(e.to_string()),
+    };
+    let root = survey.layout.root;
     let meta = std::fs::symlink_metadata(&root).ok();
     CacheReport {
         owner: meta.as_ref().map(|m| m.uid()),
         mode: meta.as_ref().map(|m| format!("{:o}", m.mode() & 0o7777)),
         root: Some(root),
         usable,
-        free,
-        noexec: stat.as_ref().and_then(mount_noexec),
+        free: survey.free,
+        noexec: survey.noexec,
     }
-}
-
-#[cfg(target_os = "linux")]
-fn mount_noexec(stat: &nix::sys::statvfs::Statvfs) -> Option<bool> {
-    Some(stat.flags().contains(nix::sys::statvfs::FsFlags::ST_NOEXEC))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn mount_noexec(_: &nix::sys::statvfs::Statvfs) -> Option<bool> {
-    None
-}
-
-fn nearest_existing(path: &Path) -> Option<PathBuf> {
-    path.ancestors().skip(1).find(|p| p.is_dir()).map(Path::to_owned)
-}
-
-fn writable(dir: &Path) -> bool {
-    nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK)
-        .is_ok()
 }

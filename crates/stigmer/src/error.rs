@@ -5,6 +5,7 @@
 //! message is one line that names the thing and, where there is one, the fix;
 //! it already includes the cause, so print it with `{}`, not a chain.
 
+use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
@@ -42,8 +43,8 @@ pub enum Error {
     Memfd {
         /// The payload.
         name: String,
-        /// The call that failed.
-        op: &'static str,
+        /// The step that failed.
+        op: MemfdOp,
         /// Why.
         #[source]
         source: io::Error,
@@ -64,7 +65,7 @@ pub enum Error {
     #[error("cannot {op} {}: {source}; {}", path.display(), cache_fix(source))]
     Cache {
         /// What stigmer was doing.
-        op: &'static str,
+        op: CacheOp,
         /// The file or folder.
         path: PathBuf,
         /// Why.
@@ -130,6 +131,102 @@ pub enum Error {
     },
 }
 
+/// A step of making a payload's sealed memfd: what [`Error::Memfd`] says
+/// failed, in the words of the call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MemfdOp {
+    /// `memfd_create`.
+    Create,
+    /// Filling it from the executable with `sendfile`.
+    Sendfile,
+    /// Filling it with `write`.
+    Write,
+    /// Sealing it (`F_ADD_SEALS`).
+    AddSeals,
+}
+
+impl MemfdOp {
+    /// The call, as the error message names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemfdOp::Create => "memfd_create",
+            MemfdOp::Sendfile => "sendfile",
+            MemfdOp::Write => "write",
+            MemfdOp::AddSeals => "F_ADD_SEALS",
+        }
+    }
+}
+
+impl fmt::Display for MemfdOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What stigmer was doing to the cache when [`Error::Cache`] happened; the
+/// message reads "cannot {op} {path}".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CacheOp {
+    /// Making `STIGMER_HOME` absolute.
+    ResolveHome,
+    /// Reading a folder above the cache.
+    ReadAbove,
+    /// Creating one of the cache's folders.
+    CreateFolder,
+    /// Reading one of the cache's folders.
+    ReadFolder,
+    /// Opening an entry's folder, to lock it.
+    OpenFolder,
+    /// Locking an entry's folder.
+    LockFolder,
+    /// Creating a private `TMPDIR` in a folder.
+    CreateFolderIn,
+    /// Creating a fill's temporary file in a folder.
+    CreateFileIn,
+    /// Writing a fill's temporary file.
+    WriteFileIn,
+    /// Making a fill's temporary file read-only.
+    SetPermissionsIn,
+    /// Syncing a fill's temporary file.
+    SyncFileIn,
+    /// Renaming a fill's temporary file into place.
+    RenameFileIn,
+    /// Getting a good entry in place, which other writers kept changing.
+    Settle,
+    /// Removing an entry, a folder or a temporary file.
+    Remove,
+}
+
+impl CacheOp {
+    /// What stigmer was doing, as the error message says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheOp::ResolveHome => "resolve the cache folder",
+            CacheOp::ReadAbove => "read the folder above the cache",
+            CacheOp::CreateFolder => "create the cache folder",
+            CacheOp::ReadFolder => "read the cache folder",
+            CacheOp::OpenFolder => "open the cache folder",
+            CacheOp::LockFolder => "lock the cache folder",
+            CacheOp::CreateFolderIn => "create a folder in",
+            CacheOp::CreateFileIn => "create a file in",
+            CacheOp::WriteFileIn => "write a file in",
+            CacheOp::SetPermissionsIn => "set permissions in",
+            CacheOp::SyncFileIn => "sync a file in",
+            CacheOp::RenameFileIn => "rename a file in",
+            CacheOp::Settle => "settle the cache entry",
+            CacheOp::Remove => "remove",
+        }
+    }
+}
+
+impl fmt::Display for CacheOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Error {
     /// Whether the error comes from what the user asked for (a name, a
     /// flag), as opposed to a failure of the machine or the binary. The CLI
@@ -188,7 +285,7 @@ mod tests {
     fn refusals() {
         let err = |code| Error::Memfd {
             name: "api".into(),
-            op: "memfd_create",
+            op: MemfdOp::Create,
             source: io::Error::from_raw_os_error(code),
         };
         for code in [nix::libc::EPERM, nix::libc::EACCES, nix::libc::ENOSYS] {
@@ -196,6 +293,22 @@ mod tests {
         }
         assert!(!err(nix::libc::ENOSPC).is_exec_refused(), "ENOSPC is not a refusal");
         assert!(!Error::NoHome.is_exec_refused());
+    }
+
+    #[test]
+    fn operations_read_as_before() {
+        let e = Error::Memfd {
+            name: "api".into(),
+            op: MemfdOp::AddSeals,
+            source: io::Error::from_raw_os_error(nix::libc::EBUSY),
+        };
+        assert!(e.to_string().starts_with("cannot run api from memory: F_ADD_SEALS: "), "{e}");
+        let e = Error::Cache {
+            op: CacheOp::ReadAbove,
+            path: "/x".into(),
+            source: io::Error::from(io::ErrorKind::PermissionDenied),
+        };
+        assert!(e.to_string().starts_with("cannot read the folder above the cache /x: "), "{e}");
     }
 
     #[test]

@@ -55,7 +55,7 @@ mod payload;
 pub mod supervise;
 
 pub use catalog::{Bundle, Catalog, Embedded, MANIFEST};
-pub use error::{Error, Result};
+pub use error::{CacheOp, Error, MemfdOp, Result};
 pub use launch::{Backend, Choice, Launch, Launcher, Plan, Prepared};
 pub use manifest::{Manifest, ManifestError};
 pub use payload::{Digest, Encoding, ParseDigestError, Payload};

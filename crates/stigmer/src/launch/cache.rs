@@ -18,7 +18,7 @@
 //! every restart of a service too) the entry is opened without following
 //! links and checked: a regular file, ours, not writable by others, one
 //! link, the right size, the right sha256. On Linux that very descriptor is
-//! exec'd (`execveat`, see [`super::spawn`]), so no rename or swap of any
+//! exec'd (`execveat`, see `imp/linux/spawn.rs`), so no rename or swap of any
 //! path after the check changes what runs. On macOS (no exec by descriptor)
 //! the path is exec'd right after the check; the folder rules above keep
 //! other users from swapping it. A missing or bad entry is refilled from
@@ -41,24 +41,23 @@
 //! is inherited), so it is never removed while the payload runs, even after
 //! its stigmer was killed.
 
-use std::fs::{self, DirBuilder, File};
+use std::fs::{self, File};
 use std::io::{self, Read as _, Write as _};
 use std::os::fd::AsRawFd as _;
-use std::os::unix::fs::{
-    DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
-};
-use std::path::{Component, Path, PathBuf};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, warn};
 
-use super::buf::AlignedBuf;
-use crate::{Digest, Error, Payload, Result};
+mod folders;
 
-/// The version of the cache layout, part of every entry's path.
-const LAYOUT: &str = "v1";
+use super::buf::AlignedBuf;
+use crate::{CacheOp, Digest, Error, Payload, Result};
+pub use folders::{Layout, Survey, Trust};
+use folders::{private_dir, resolve_home, trusted_ancestors};
 
 /// How long an entry of a payload this build does not carry must have gone
 /// unused (by any stigmer) before `stigmer cache prune` removes it.
@@ -223,25 +222,28 @@ impl CacheLauncher {
             Ok(home) => Ok(home),
             Err(HomeError::Missing) => Err(Error::NoHome),
             Err(HomeError::Unresolved(path, e)) => Err(Error::Cache {
-                op: "resolve the cache folder",
+                op: CacheOp::ResolveHome,
                 path: path.clone(),
                 source: io::Error::new(e.kind(), e.to_string()),
             }),
         }
     }
 
+    /// Where this cache keeps things, under its root.
+    pub fn layout(&self) -> Result<Layout> {
+        Ok(Layout::new(self.home()?))
+    }
+
     /// The folder that holds this layout's entries, created private if it is
     /// missing and refused if it, or any folder above it, cannot be trusted.
     pub fn bin_dir(&self) -> Result<PathBuf> {
-        let home = self.home()?;
-        trusted_ancestors(home)?;
-        private_dir(home, true)?;
-        trusted_ancestors(home)?;
-        let bin = home.join("bin");
-        private_dir(&bin, false)?;
-        let layout = bin.join(LAYOUT);
-        private_dir(&layout, false)?;
-        Ok(layout)
+        let layout = self.layout()?;
+        trusted_ancestors(&layout.root)?;
+        private_dir(&layout.root, true)?;
+        trusted_ancestors(&layout.root)?;
+        private_dir(&layout.bin, false)?;
+        private_dir(&layout.entries, false)?;
+        Ok(layout.entries)
     }
 
     /// Makes sure a good entry for `payload` exists, locks its folder for as
@@ -273,10 +275,10 @@ impl CacheLauncher {
     /// by this process (and by the payload that inherits the lock). Folders
     /// that nobody holds are removed first.
     fn tmpdir(&self) -> Result<PrivateTmp> {
-        let tmp = self.home()?.join("tmp");
+        let tmp = self.layout()?.tmp;
         private_dir(&tmp, false)?;
         remove_unlocked_tmpdirs(&tmp);
-        let err = |source| Error::Cache { op: "create a folder in", path: tmp.clone(), source };
+        let err = |source| Error::Cache { op: CacheOp::CreateFolderIn, path: tmp.clone(), source };
         let dir = tempfile::Builder::new().prefix(RUN).tempdir_in(&tmp).map_err(err)?;
         let file = open_dir(dir.path()).map_err(err)?;
         let lock = Lock::new(file, LockOp::TryExclusive).map_err(err)?;
@@ -351,174 +353,11 @@ impl CacheLauncher {
             write_entry(dir, path, payload, replace, ticker)?;
         }
         Err(Error::Cache {
-            op: "settle the cache entry",
+            op: CacheOp::Settle,
             path: path.to_owned(),
             source: io::Error::other("it kept changing while stigmer wrote it"),
         })
     }
-}
-
-/// `path` made absolute: taken from the current folder if relative, and
-/// with the folder that holds it resolved by `realpath` (the last part is
-/// kept as written, so that a symlink there is seen and refused).
-fn resolve_home(path: &Path) -> io::Result<PathBuf> {
-    let absolute = std::path::absolute(path)?;
-    let (parent, name) = match (absolute.parent(), absolute.components().next_back()) {
-        (Some(parent), Some(Component::Normal(name))) => (parent, name),
-        // "/", or a path ending in ".." or ".": it must exist.
-        _ => return fs::canonicalize(&absolute),
-    };
-    // The parent may not exist yet: resolve what does, keep the rest.
-    let mut existing = parent;
-    let mut rest = Vec::new();
-    let resolved = loop {
-        match fs::canonicalize(existing) {
-            Ok(resolved) => break resolved,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                match (existing.parent(), existing.file_name()) {
-                    (Some(up), Some(last)) => {
-                        rest.push(last);
-                        existing = up;
-                    }
-                    _ => return Err(e),
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    };
-    let mut out = resolved;
-    for part in rest.into_iter().rev() {
-        if part == ".." {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "it goes up (\"..\") through a folder that does not exist",
-            ));
-        }
-        out.push(part);
-    }
-    out.push(name);
-    Ok(out)
-}
-
-/// Refuses `home` unless every folder above it that exists, up to `/`, is
-/// owned by root or by this user and not writable by group or others (a
-/// sticky folder owned by root, such as `/tmp`, may be): otherwise someone
-/// else could rename the cache away and put their own in its place.
-pub(crate) fn trusted_ancestors(home: &Path) -> Result<()> {
-    let uid = nix::unistd::geteuid().as_raw();
-    let mut above: Vec<&Path> = home.ancestors().skip(1).collect();
-    above.reverse();
-    for dir in above {
-        let meta = match fs::symlink_metadata(dir) {
-            Ok(m) => m,
-            // The rest will be created by stigmer, private.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(source) => {
-                return Err(Error::Cache {
-                    op: "read the folder above the cache",
-                    path: dir.to_owned(),
-                    source,
-                });
-            }
-        };
-        let refuse = |reason: String, fix: String| Error::UntrustedCache {
-            path: dir.to_owned(),
-            reason: format!("{reason}, above the cache"),
-            fix,
-        };
-        let elsewhere =
-            "or set STIGMER_HOME to a folder whose parents only you and root can change";
-        if meta.file_type().is_symlink() {
-            return Err(refuse(
-                "it is a symlink (it was resolved when stigmer started: someone replaced it)"
-                    .into(),
-                format!("find out who did, {elsewhere}"),
-            ));
-        }
-        if !meta.is_dir() {
-            return Err(refuse("it is not a folder".into(), format!("remove it, {elsewhere}")));
-        }
-        if meta.uid() != 0 && meta.uid() != uid {
-            return Err(refuse(
-                format!("it belongs to uid {}, who could swap everything below it", meta.uid()),
-                format!(
-                    "set STIGMER_HOME to a folder whose parents belong to you or root ({elsewhere})"
-                ),
-            ));
-        }
-        let sticky_root = meta.uid() == 0 && meta.mode() & 0o1000 != 0;
-        if meta.mode() & 0o022 != 0 && !sticky_root {
-            return Err(refuse(
-                format!("it is writable by group or others (mode {:o})", meta.mode() & 0o7777),
-                format!("run \"chmod go-w {}\", {elsewhere}", dir.display()),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Creates `dir` with mode 0700 if it is missing, then refuses it unless it
-/// is a real folder of ours that nobody else can write to.
-pub(crate) fn private_dir(dir: &Path, parents: bool) -> Result<()> {
-    match DirBuilder::new().mode(0o700).recursive(parents).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(source) => {
-            return Err(Error::Cache {
-                op: "create the cache folder",
-                path: dir.to_owned(),
-                source,
-            });
-        }
-    }
-    trusted_dir(dir)
-}
-
-/// Refuses `dir` unless it is a real folder of ours that nobody else can
-/// write to. Creates nothing.
-pub(crate) fn trusted_dir(dir: &Path) -> Result<()> {
-    let meta = fs::symlink_metadata(dir).map_err(|source| Error::Cache {
-        op: "read the cache folder",
-        path: dir.to_owned(),
-        source,
-    })?;
-    let refuse =
-        |reason: String, fix: String| Error::UntrustedCache { path: dir.to_owned(), reason, fix };
-    if meta.file_type().is_symlink() {
-        return Err(refuse(
-            "it is a symlink".into(),
-            "replace it with a real folder, or set STIGMER_HOME to one".into(),
-        ));
-    }
-    if !meta.is_dir() {
-        return Err(refuse(
-            "it is not a folder".into(),
-            "remove it, or set STIGMER_HOME elsewhere".into(),
-        ));
-    }
-    let uid = nix::unistd::geteuid().as_raw();
-    if meta.uid() != uid {
-        return Err(refuse(
-            format!("it belongs to uid {}, not to this user (uid {uid})", meta.uid()),
-            "set STIGMER_HOME to a folder of your own".into(),
-        ));
-    }
-    if meta.mode() & 0o022 != 0 {
-        // A shared folder such as /tmp is not to be chmod'ed: go inside it.
-        let fix = if meta.mode() & 0o1000 != 0 {
-            format!(
-                "set STIGMER_HOME to a private folder inside it, e.g. {}",
-                dir.join("stigmer").display()
-            )
-        } else {
-            format!("run \"chmod go-w {}\"", dir.display())
-        };
-        return Err(refuse(
-            format!("it is writable by group or others (mode {:o})", meta.mode() & 0o7777),
-            fix,
-        ));
-    }
-    Ok(())
 }
 
 /// Opens a folder itself (for a lock or a timestamp), never through a link.
@@ -540,10 +379,10 @@ fn lock_entry_dir(dir: &Path) -> Result<Lock> {
             Ok(file) => file,
             // A prune took it between the two: make it again.
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(err("open the cache folder", e)),
+            Err(e) => return Err(err(CacheOp::OpenFolder, e)),
         };
-        let lock = Lock::new(file, LockOp::Shared).map_err(|e| err("lock the cache folder", e))?;
-        let held = lock.0.metadata().map_err(|e| err("read the cache folder", e))?;
+        let lock = Lock::new(file, LockOp::Shared).map_err(|e| err(CacheOp::LockFolder, e))?;
+        let held = lock.0.metadata().map_err(|e| err(CacheOp::ReadFolder, e))?;
         match fs::symlink_metadata(dir) {
             Ok(now) if (now.dev(), now.ino()) == (held.dev(), held.ino()) => {
                 let now = nix::sys::time::TimeSpec::UTIME_NOW;
@@ -556,7 +395,7 @@ fn lock_entry_dir(dir: &Path) -> Result<Lock> {
             _ => continue,
         }
     }
-    Err(err("lock the cache folder", io::Error::other("it kept being removed")))
+    Err(err(CacheOp::LockFolder, io::Error::other("it kept being removed")))
 }
 
 /// Checks the entry at `path` the way it will be trusted: opened without
@@ -644,7 +483,7 @@ fn write_entry(
     let tmp = tempfile::Builder::new()
         .prefix(&format!("{TEMP}{}-", std::process::id()))
         .tempfile_in(dir)
-        .map_err(|e| cache_err("create a file in", e))?;
+        .map_err(|e| cache_err(CacheOp::CreateFileIn, e))?;
     // Held until the rename: a cleaner that can take it knows the writer is
     // gone. Cleaners leave files younger than GRACE alone, so nothing takes
     // it before this.
@@ -667,7 +506,7 @@ fn write_entry(
         hasher.update(&buf[..n]);
         // Through the File itself: tempfile's own Write adds the path to
         // the error, which the message already names.
-        tmp.as_file().write_all(&buf[..n]).map_err(|e| cache_err("write a file in", e))?;
+        tmp.as_file().write_all(&buf[..n]).map_err(|e| cache_err(CacheOp::WriteFileIn, e))?;
         if let Some(ticker) = &mut ticker {
             ticker.advance(n as u64);
         }
@@ -682,8 +521,8 @@ fn write_entry(
     }
     tmp.as_file()
         .set_permissions(fs::Permissions::from_mode(0o500))
-        .map_err(|e| cache_err("set permissions in", e))?;
-    tmp.as_file().sync_all().map_err(|e| cache_err("sync a file in", e))?;
+        .map_err(|e| cache_err(CacheOp::SetPermissionsIn, e))?;
+    tmp.as_file().sync_all().map_err(|e| cache_err(CacheOp::SyncFileIn, e))?;
     let persisted = if replace { tmp.persist(path) } else { tmp.persist_noclobber(path) };
     match persisted {
         Ok(_) => {
@@ -694,7 +533,7 @@ fn write_entry(
         Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         // A cleaner took our file before we locked it: go round again.
         Err(e) if e.error.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(cache_err("rename a file in", e.error)),
+        Err(e) => Err(cache_err(CacheOp::RenameFileIn, e.error)),
     }
 }
 
@@ -755,6 +594,7 @@ fn remove_unlocked_temps(dir: &Path) -> Vec<PathBuf> {
 
 /// What [`prune`] and [`verify`] did to one path.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Finding {
     /// The entry, temporary file or folder.
     pub path: PathBuf,
@@ -826,7 +666,7 @@ pub fn prune(cache: &CacheLauncher, keep: &[&Payload]) -> Result<(Vec<Finding>, 
             continue;
         };
         let meta = lock.0.metadata().map_err(|source| Error::Cache {
-            op: "read the cache folder",
+            op: CacheOp::ReadFolder,
             path: dir.clone(),
             source,
         })?;
@@ -859,7 +699,7 @@ pub fn prune(cache: &CacheLauncher, keep: &[&Payload]) -> Result<(Vec<Finding>, 
             // the name next finds a new folder, never a half-removed one.
             let trash = bin.join(format!("{TRASH}{name}-{}", std::process::id()));
             fs::rename(&dir, &trash).map_err(|source| Error::Cache {
-                op: "remove",
+                op: CacheOp::Remove,
                 path: dir.clone(),
                 source,
             })?;
@@ -873,7 +713,7 @@ pub fn prune(cache: &CacheLauncher, keep: &[&Payload]) -> Result<(Vec<Finding>, 
         }
         drop(lock);
     }
-    let tmp = home.join("tmp");
+    let tmp = cache.layout()?.tmp;
     if tmp.is_dir() {
         private_dir(&tmp, false)?;
         for path in remove_unlocked_tmpdirs(&tmp) {
@@ -923,7 +763,7 @@ pub fn verify(cache: &CacheLauncher) -> Result<Vec<(Finding, bool)>> {
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<PathBuf>> {
-    let err = |source| Error::Cache { op: "read the cache folder", path: dir.to_owned(), source };
+    let err = |source| Error::Cache { op: CacheOp::ReadFolder, path: dir.to_owned(), source };
     let mut paths = fs::read_dir(dir)
         .map_err(err)?
         .map(|e| e.map(|e| e.path()))
@@ -939,5 +779,5 @@ fn remove(path: &Path) -> Result<()> {
         Ok(m) if m.is_dir() => fs::remove_dir_all(path),
         _ => fs::remove_file(path),
     };
-    res.map_err(|source| Error::Cache { op: "remove", path: path.to_owned(), source })
+    res.map_err(|source| Error::Cache { op: CacheOp::Remove, path: path.to_owned(), source })
 }

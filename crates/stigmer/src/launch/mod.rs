@@ -13,15 +13,25 @@
 //! [`Launcher`] picks between them: memfd on Linux, the cache elsewhere, the
 //! cache for payloads that need a real path (PyInstaller one-file), and the
 //! cache, with one warning, where the kernel refuses exec from memory.
+//!
+//! # Platform-specific behaviour
+//!
+//! The platform is chosen once, below, as one module: `imp/linux/` (memfds,
+//! exec by descriptor, read leases on cache entries) or `imp/other.rs`, which
+//! has the same items disabled: there [`MemfdLauncher`] fails with
+//! [`Error::MemfdUnsupported`], and a cache entry is exec'd by its path
+//! right after its check (`exec.rs`, compiled and tested on Linux too).
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io;
+use std::os::fd::AsFd as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tracing::warn;
 
@@ -30,9 +40,24 @@ use crate::{Error, Kind, Payload, Result};
 mod buf;
 mod cache;
 mod child;
+mod exec;
 mod lock;
-#[cfg(target_os = "linux")]
-mod spawn;
+
+// The one place the platform is chosen. Both modules have the same items
+// (ripgrep's `index/{enabled,disabled}.rs`, tokio's `process/imp`): on
+// Linux the real ones, elsewhere stand-ins that refuse or say "none", so
+// nothing below, and nothing that uses this module, names a platform.
+cfg_if::cfg_if! {
+    if #[cfg(target_os = "linux")] {
+        #[path = "imp/linux/mod.rs"]
+        mod imp;
+    } else if #[cfg(unix)] {
+        #[path = "imp/other.rs"]
+        mod imp;
+    } else {
+        compile_error!("stigmer runs on Linux and macOS");
+    }
+}
 
 /// The size of the buffer stigmer moves a payload through when it must pass
 /// through user space (hashing a cache entry, filling one, decoding as one
@@ -43,23 +68,27 @@ pub(crate) const IO_BUF: usize = 128 * 1024;
 
 pub use child::exit_code;
 
-pub use cache::{CacheLauncher, FillProgress, FillTicker, Finding, UNUSED_FOR, prune, verify};
-pub(crate) use cache::{trusted_ancestors, trusted_dir};
+pub use cache::{
+    CacheLauncher, FillProgress, FillTicker, Finding, Layout, Survey, Trust, UNUSED_FOR, prune,
+    verify,
+};
+pub use imp::MemfdLauncher;
+use imp::{EXEC_BY_FD, NATIVE};
+pub(crate) use imp::{is_probe_exe, probe_memfd};
 use lock::{flock, hold_bytes};
 
-cfg_if::cfg_if! {
-    if #[cfg(target_os = "linux")] {
-        mod memfd;
-        pub use memfd::MemfdLauncher;
-        pub(crate) use memfd::run_self_sealed;
-        /// The backend `auto` means on this platform.
-        const NATIVE: Backend = Backend::Memfd;
-    } else if #[cfg(unix)] {
-        /// The backend `auto` means on this platform.
-        const NATIVE: Backend = Backend::Cache;
-    } else {
-        compile_error!("stigmer runs on Linux and macOS");
-    }
+/// What the kernel says to exec from memory here: what `stigmer doctor`
+/// reports (see `imp::probe_memfd`).
+#[derive(Debug)]
+pub(crate) struct MemfdProbe {
+    /// `memfd_create`, as a payload's memfd is made: whether the kernel
+    /// took `MFD_EXEC` (it did not before Linux 6.3), or why it refused.
+    pub(crate) create: io::Result<bool>,
+    /// `vm.memfd_noexec`, where the kernel has it (6.3+).
+    pub(crate) noexec: Option<u8>,
+    /// stigmer's own executable run from a sealed memfd: how long that took,
+    /// or why it failed.
+    pub(crate) exec: io::Result<Duration>,
 }
 
 /// Makes payloads ready to run.
@@ -121,12 +150,41 @@ impl FromStr for Choice {
 
 /// How a payload will be launched, and why: what `stigmer list` shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Plan {
     /// The backend.
     pub backend: Backend,
     /// Why, in a few words.
     pub why: &'static str,
 }
+
+/// What a host allows, as far as the choice of a backend goes: what
+/// `stigmer doctor` found (see [`Launcher::plan_on`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Host {
+    /// Exec from a sealed memfd works.
+    pub(crate) memfd_exec: bool,
+    /// The cache can be used, and its entries can be exec'd.
+    pub(crate) cache: bool,
+}
+
+/// Why a payload cannot run on a host (see [`Launcher::plan_on`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stuck {
+    /// It needs exec from memory, which is refused, and the cache was not
+    /// allowed as a fallback (`--backend memfd`) or is unusable.
+    NoFallback,
+    /// It runs from the cache, which is unusable.
+    NeedsCache,
+}
+
+/// Why a payload runs from the cache after the kernel refused exec from
+/// memory in this process.
+const REFUSED: &str = "the kernel refuses exec from memory here";
+
+/// Why a payload will run from the cache on a host that refuses exec from
+/// memory.
+const REFUSED_ON_HOST: &str = "the kernel refuses exec from memory here: from the verified cache";
 
 /// A payload ready to run.
 #[derive(Clone, Debug)]
@@ -137,8 +195,7 @@ pub struct Prepared {
 
 #[derive(Clone, Debug)]
 enum Image {
-    #[cfg(target_os = "linux")]
-    Memfd(memfd::Image),
+    Memfd(imp::Image),
     File(cache::Entry),
 }
 
@@ -151,7 +208,6 @@ impl Prepared {
     /// The backend it runs from.
     pub fn backend(&self) -> Backend {
         match self.image {
-            #[cfg(target_os = "linux")]
             Image::Memfd(_) => Backend::Memfd,
             Image::File(_) => Backend::Cache,
         }
@@ -161,7 +217,6 @@ impl Prepared {
     pub fn path(&self) -> Option<&std::path::Path> {
         match &self.image {
             Image::File(entry) => Some(entry.path()),
-            #[cfg(target_os = "linux")]
             Image::Memfd(_) => None,
         }
     }
@@ -180,7 +235,6 @@ impl Prepared {
     /// entry as it was when it was prepared, unchecked since.)
     pub fn command(&self) -> Command {
         match &self.image {
-            #[cfg(target_os = "linux")]
             Image::Memfd(image) => image.command(&self.name),
             Image::File(entry) => {
                 let mut cmd = Command::new(entry.path());
@@ -207,17 +261,18 @@ impl Prepared {
 
     /// The entry to exec, checked now (or, with `just_prepared`, by the
     /// `prepare` a moment ago), and the descriptors the payload keeps open:
-    /// its locks, and on Linux a `#!` script's own descriptor, which its
-    /// interpreter reads through `/dev/fd/N`.
+    /// its locks, and, exec'd by descriptor, a `#!` script's own descriptor,
+    /// which its interpreter reads through `/dev/fd/N`.
     fn checked(
         entry: &cache::Entry,
         just_prepared: bool,
+        by_fd: bool,
     ) -> Result<(cache::Checked, Vec<std::os::fd::RawFd>)> {
         // Taken either way: a descriptor checked long ago is no check.
         let fresh = entry.take_checked().filter(|_| just_prepared);
         let checked = fresh.map_or_else(|| entry.open(), Ok)?;
         let mut inherit = entry.inherited();
-        if cfg!(target_os = "linux") && entry.is_script() {
+        if by_fd && entry.is_script() {
             inherit.push(std::os::fd::AsRawFd::as_raw_fd(&checked.file));
         }
         Ok((checked, inherit))
@@ -225,27 +280,30 @@ impl Prepared {
 
     /// [`Prepared::spawn`]; with `just_prepared`, as for `exec_checked`.
     fn spawn_checked(&self, cmd: &mut Command, just_prepared: bool) -> Result<std::process::Child> {
+        self.spawn_by(cmd, just_prepared, EXEC_BY_FD)
+    }
+
+    /// [`Prepared::spawn_checked`], exec'ing a cache entry by its
+    /// descriptor (`by_fd`) or by its path: the platform's way, or, in
+    /// tests, the other.
+    fn spawn_by(
+        &self,
+        cmd: &mut Command,
+        just_prepared: bool,
+        by_fd: bool,
+    ) -> Result<std::process::Child> {
         let exec_err = |source| Error::Exec { name: self.name.clone(), source };
         match &self.image {
-            #[cfg(target_os = "linux")]
             Image::Memfd(image) => image.spawn(cmd, &self.name).map_err(exec_err),
             Image::File(entry) => {
-                let (cache::Checked { file, leased }, inherit) =
-                    Self::checked(entry, just_prepared)?;
-                cfg_if::cfg_if! {
-                    if #[cfg(target_os = "linux")] {
-                        use std::os::fd::AsFd as _;
-                        let how = spawn::How { inherit: &inherit, leased, by_path: true };
-                        spawn::spawn_fd(cmd, file.as_fd(), &self.name, how).map_err(exec_err)
-                    } else {
-                        // No exec by descriptor: the path, right after its
-                        // check; the folder checks keep others from swapping it.
-                        let _ = leased;
-                        drop(file);
-                        inherit_in_child(cmd, inherit);
-                        cmd.spawn().map_err(exec_err)
-                    }
+                let (checked, inherit) = Self::checked(entry, just_prepared, by_fd)?;
+                if by_fd {
+                    let file = checked.file.as_fd();
+                    imp::spawn_entry(cmd, file, &self.name, &inherit, checked.leased)
+                } else {
+                    exec::spawn_by_path(cmd, checked, inherit)
                 }
+                .map_err(exec_err)
             }
         }
     }
@@ -270,56 +328,21 @@ impl Prepared {
     {
         let exec_err = |source| Error::Exec { name: self.name.clone(), source };
         match &self.image {
-            #[cfg(target_os = "linux")]
             Image::Memfd(image) => exec_err(image.exec(&self.name, args)),
             Image::File(entry) => {
-                let (cache::Checked { file, leased }, inherit) =
-                    match Self::checked(entry, just_prepared) {
-                        Ok(checked) => checked,
-                        Err(e) => return e,
-                    };
-                cfg_if::cfg_if! {
-                    if #[cfg(target_os = "linux")] {
-                        use std::os::fd::AsFd as _;
-                        let argv: Vec<OsString> = std::iter::once(OsString::from(&self.name))
-                            .chain(args.into_iter().map(|a| a.as_ref().to_owned()))
-                            .collect();
-                        let how = spawn::How { inherit: &inherit, leased, by_path: true };
-                        exec_err(spawn::exec_fd(file.as_fd(), &argv, how))
-                    } else {
-                        let _ = leased;
-                        drop(file);
-                        let mut cmd = self.command();
-                        inherit_in_child(&mut cmd, inherit);
-                        exec_err(cmd.args(args).exec())
-                    }
+                let (checked, inherit) = match Self::checked(entry, just_prepared, EXEC_BY_FD) {
+                    Ok(checked) => checked,
+                    Err(e) => return e,
+                };
+                if !EXEC_BY_FD {
+                    return exec_err(exec::exec_by_path(self.command(), args, checked, inherit));
                 }
+                let argv: Vec<OsString> = std::iter::once(OsString::from(&self.name))
+                    .chain(args.into_iter().map(|a| a.as_ref().to_owned()))
+                    .collect();
+                exec_err(imp::exec_entry(checked.file.as_fd(), &argv, &inherit, checked.leased))
             }
         }
-    }
-}
-
-/// Keeps `fds` open across the exec of `cmd` (where there is no exec by
-/// descriptor, which does this itself).
-#[cfg(not(target_os = "linux"))]
-fn inherit_in_child(cmd: &mut Command, fds: Vec<std::os::fd::RawFd>) {
-    if fds.is_empty() {
-        return;
-    }
-    // SAFETY: the closure runs in the child between fork and exec and makes
-    // only fcntl(2) calls, which are async-signal-safe, on descriptors the
-    // parent keeps open until the spawn returns; it reads a vector made
-    // before the fork and allocates nothing.
-    #[allow(unsafe_code)]
-    unsafe {
-        cmd.pre_exec(move || {
-            for &fd in &fds {
-                if nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
     }
 }
 
@@ -328,7 +351,6 @@ fn inherit_in_child(cmd: &mut Command, fds: Vec<std::os::fd::RawFd>) {
 pub struct Launcher {
     choice: Choice,
     cache: CacheLauncher,
-    #[cfg(target_os = "linux")]
     memfd: MemfdLauncher,
     /// Set once the kernel has refused exec from memory, so that the other
     /// payloads go straight to the cache and the warning is given once.
@@ -342,7 +364,6 @@ impl Launcher {
         Launcher {
             choice,
             cache: CacheLauncher::new(home),
-            #[cfg(target_os = "linux")]
             memfd: MemfdLauncher::new(),
             memfd_refused: AtomicBool::new(false),
         }
@@ -390,23 +411,29 @@ impl Launcher {
             && self.choice == Choice::Auto
             && self.memfd_refused.load(Ordering::Relaxed)
         {
-            return Plan {
-                backend: Backend::Cache,
-                why: "the kernel refuses exec from memory here",
-            };
+            return Plan { backend: Backend::Cache, why: REFUSED };
         }
         Plan { backend, why }
     }
 
-    #[cfg(target_os = "linux")]
-    fn prepare_memfd(&self, payload: &Payload) -> Result<Prepared> {
-        let image = self.memfd.image(payload)?;
-        Ok(Prepared { name: payload.name().to_owned(), image: Image::Memfd(image) })
+    /// How `payload` would be launched on `host`: [`Launcher::plan`], with
+    /// the fallback [`Launch::prepare`] takes where exec from memory is
+    /// refused, or why it cannot run there.
+    pub(crate) fn plan_on(&self, payload: &Payload, host: Host) -> Result<Plan, Stuck> {
+        let plan = self.plan(payload);
+        match plan.backend {
+            Backend::Memfd if host.memfd_exec => Ok(plan),
+            Backend::Memfd if self.choice == Choice::Auto && host.cache => {
+                Ok(Plan { backend: Backend::Cache, why: REFUSED_ON_HOST })
+            }
+            Backend::Memfd => Err(Stuck::NoFallback),
+            Backend::Cache if host.cache => Ok(plan),
+            Backend::Cache => Err(Stuck::NeedsCache),
+        }
     }
 
-    #[cfg(not(target_os = "linux"))]
-    fn prepare_memfd(&self, _payload: &Payload) -> Result<Prepared> {
-        Err(Error::MemfdUnsupported)
+    fn prepare_memfd(&self, payload: &Payload) -> Result<Prepared> {
+        self.memfd.prepare(payload)
     }
 
     fn prepare_cache(&self, payload: &Payload) -> Result<Prepared> {
@@ -529,9 +556,88 @@ impl Launch for CacheLauncher {
     }
 }
 
-#[cfg(target_os = "linux")]
+/// Elsewhere than Linux, fails with [`Error::MemfdUnsupported`].
 impl Launch for MemfdLauncher {
     fn prepare(&self, payload: &Payload) -> Result<Prepared> {
         Ok(Prepared { name: payload.name().to_owned(), image: Image::Memfd(self.image(payload)?) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `#!` script in the cache of a fresh home, prepared.
+    fn prepared(home: &std::path::Path, script: &str) -> Prepared {
+        let payload = Payload::from_bytes("probe", format!("#!/bin/sh\n{script}\n").into_bytes());
+        let launcher = Launcher::new(Choice::Only(Backend::Cache), Some(home.join("home")));
+        launcher.prepare(&payload).unwrap()
+    }
+
+    fn output(prepared: &Prepared, by_fd: bool, args: &[&str]) -> String {
+        let mut cmd = prepared.command();
+        cmd.args(args).stdout(std::process::Stdio::piped());
+        let child = prepared.spawn_by(&mut cmd, false, by_fd).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn a_cache_entry_spawns_by_path_as_on_macos() {
+        let dir = tempfile::tempdir().unwrap();
+        let prepared = prepared(dir.path(), r#"echo "$0 $1 $TMPDIR""#);
+        let want = format!("{} x \n", prepared.path().unwrap().display());
+        assert_eq!(output(&prepared, false, &["x"]), want);
+        if EXEC_BY_FD {
+            // The interpreter reads a script exec'd by descriptor through
+            // /dev/fd/N; the payload sees the same either way otherwise.
+            let by_fd = output(&prepared, true, &["x"]);
+            assert!(by_fd.starts_with("/dev/fd/") && by_fd.ends_with(" x \n"), "{by_fd}");
+        }
+    }
+
+    #[test]
+    fn a_bad_cache_entry_is_refilled_before_a_spawn_by_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let prepared = prepared(dir.path(), "echo good");
+        let path = prepared.path().unwrap().to_owned();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "#!/bin/sh\necho evil\n").unwrap();
+        assert_eq!(output(&prepared, false, &[]), "good\n");
+    }
+
+    #[test]
+    fn a_host_that_refuses_exec_from_memory_gets_the_fallback_prepare_takes() {
+        let payload = Payload::from_bytes("probe", b"#!/bin/sh\ntrue\n".to_vec());
+        let plan = |choice, memfd_exec, cache| {
+            let launcher = Launcher::new(choice, None);
+            launcher.plan_on(&payload, Host { memfd_exec, cache }).map(|p| p.backend)
+        };
+        let (auto, cache, memfd) =
+            (Choice::Auto, Choice::Only(Backend::Cache), Choice::Only(Backend::Memfd));
+        assert_eq!(plan(auto, true, true), Ok(NATIVE));
+        assert_eq!(plan(auto, false, true), Ok(Backend::Cache));
+        let stuck = if NATIVE == Backend::Memfd { Stuck::NoFallback } else { Stuck::NeedsCache };
+        assert_eq!(plan(auto, false, false), Err(stuck));
+        assert_eq!(plan(memfd, true, true), Ok(Backend::Memfd));
+        assert_eq!(plan(memfd, false, true), Err(Stuck::NoFallback), "no fallback when chosen");
+        assert_eq!(plan(cache, true, true), Ok(Backend::Cache));
+        assert_eq!(plan(cache, true, false), Err(Stuck::NeedsCache));
+    }
+
+    #[test]
+    fn the_memfd_backend_is_there_or_refuses_plainly() {
+        let payload = Payload::from_bytes("probe", b"#!/bin/sh\ntrue\n".to_vec());
+        match MemfdLauncher::new().prepare(&payload) {
+            Ok(prepared) => {
+                assert_eq!(NATIVE, Backend::Memfd);
+                assert_eq!(prepared.backend(), Backend::Memfd);
+            }
+            Err(e) => {
+                assert_ne!(NATIVE, Backend::Memfd);
+                assert!(matches!(e, Error::MemfdUnsupported), "{e}");
+            }
+        }
     }
 }

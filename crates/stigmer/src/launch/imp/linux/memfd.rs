@@ -37,8 +37,8 @@ use memfd::{FileSeal, Memfd};
 use rustix::fs::{MemfdFlags, SealFlags};
 use tracing::debug;
 
-use super::buf::AlignedBuf;
-use crate::{Digest, Encoding, Error, Kind, Payload, Result};
+use crate::launch::buf::AlignedBuf;
+use crate::{Digest, Encoding, Error, Kind, MemfdOp, Payload, Result};
 
 #[cfg(feature = "compress")]
 mod frames;
@@ -95,7 +95,7 @@ impl MemfdLauncher {
     }
 }
 
-fn op_err<'a>(payload: &'a Payload, op: &'static str) -> impl FnOnce(io::Error) -> Error + 'a {
+fn op_err<'a>(payload: &'a Payload, op: MemfdOp) -> impl FnOnce(io::Error) -> Error + 'a {
     move |source| Error::Memfd { name: payload.name().to_owned(), op, source }
 }
 
@@ -103,34 +103,41 @@ fn op_err<'a>(payload: &'a Payload, op: &'static str) -> impl FnOnce(io::Error) 
 /// `MFD_EXEC` (6.3+). Under `vm.memfd_noexec=2` this fails with `EACCES`,
 /// which the caller treats as "use the cache".
 fn create(payload: &Payload) -> Result<Memfd> {
-    memfd_create(payload.name()).map_err(op_err(payload, "memfd_create"))
+    let (memfd, _) = memfd_create(payload.name()).map_err(op_err(payload, MemfdOp::Create))?;
+    Ok(memfd)
 }
 
-fn memfd_create(name: &str) -> io::Result<Memfd> {
+/// The one `memfd_create` of stigmer, for payloads and `doctor`'s probe
+/// alike: close-on-exec, sealable, and executable (`MFD_EXEC`) where the
+/// kernel knows the flag. Returns the memfd and whether it did (kernels
+/// before 6.3 reject `MFD_EXEC` with `EINVAL`: asked again without it).
+pub(super) fn memfd_create(name: &str) -> io::Result<(Memfd, bool)> {
     let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
-    let fd = match rustix::fs::memfd_create(name, flags | MemfdFlags::EXEC) {
-        Err(rustix::io::Errno::INVAL) => rustix::fs::memfd_create(name, flags),
-        other => other,
-    }?;
+    let (fd, exec_flag) = match rustix::fs::memfd_create(name, flags | MemfdFlags::EXEC) {
+        Err(rustix::io::Errno::INVAL) => (rustix::fs::memfd_create(name, flags)?, false),
+        other => (other?, true),
+    };
     // The memfd crate checks the descriptor with F_GET_SEALS, which a
     // seccomp profile may refuse: that is a refusal like any other.
-    Memfd::try_from_fd(fd).map_err(|fd| match rustix::fs::fcntl_get_seals(&fd) {
+    let memfd = Memfd::try_from_fd(fd).map_err(|fd| match rustix::fs::fcntl_get_seals(&fd) {
         Err(e) => io::Error::from(e),
         Ok(_) => io::Error::other("memfd_create gave a descriptor that is not a memfd"),
-    })
+    })?;
+    Ok((memfd, exec_flag))
 }
 
 /// Runs this process's own executable from a sealed memfd made exactly as a
 /// payload's is (the same flags, `sendfile` and seals), both ways stigmer
 /// launches payloads: `execveat` on the descriptor (`stigmer run`, here in a
-/// child) and exec of `/proc/self/fd/N` (spawned services). `env` is set in
+/// child) and exec of `/proc/self/fd/N` (spawned services); the memfd is
+/// named `name`, so the process runs as `memfd:NAME`. `env` is set in
 /// its environment; the executable must exit at once with status 0 when it
 /// sees it ([`crate::doctor::answer_probe`]). The memfd is closed after.
 /// Returns the first failure, naming the way that failed.
-pub(crate) fn run_self_sealed(env: &str) -> io::Result<()> {
+pub(super) fn run_self_sealed(name: &str, env: &str) -> io::Result<()> {
     let exe =
         SelfExe::get().map_or_else(|| File::open("/proc/self/exe"), |e| e.file.try_clone())?;
-    let memfd = memfd_create("stigmer-doctor")?;
+    let (memfd, _) = memfd_create(name)?;
     let len = exe.metadata()?.len();
     if !send(memfd.as_file(), &exe, 0, len)? {
         io::copy(&mut &exe, &mut memfd.as_file())?;
@@ -154,7 +161,7 @@ pub(crate) fn run_self_sealed(env: &str) -> io::Result<()> {
 
     // execveat alone, as `stigmer run` and services exec a payload.
     let mut cmd = probe();
-    let status = super::spawn::spawn_fd(&mut cmd, fd.as_fd(), "stigmer-doctor", Default::default())
+    let status = super::spawn::spawn_fd(&mut cmd, fd.as_fd(), name, Default::default())
         .and_then(|mut child| child.wait());
     check("execveat", status)?;
     check(&format!("exec {path}"), probe().status())
@@ -171,13 +178,13 @@ fn fill(memfd: Memfd, payload: &Payload) -> Result<Memfd> {
         Some((exe, offset)) => send(file, exe, offset, payload.len()),
         None => Ok(false),
     }
-    .map_err(op_err(payload, "sendfile"))?;
+    .map_err(op_err(payload, MemfdOp::Sendfile))?;
     if sent {
         debug!(payload = payload.name(), "filled the memfd with sendfile() from the executable");
     } else {
         debug!(payload = payload.name(), "filling the memfd with write()");
         let mut file = file;
-        file.write_all(payload.data()).map_err(op_err(payload, "write"))?;
+        file.write_all(payload.data()).map_err(op_err(payload, MemfdOp::Write))?;
     }
     Ok(memfd)
 }
@@ -191,7 +198,7 @@ fn decode(file: &File, payload: &Payload, located: Option<(&File, u64)>) -> Resu
     // A write error is the memfd's; a read error is the decoder's.
     let failure = |e| match e {
         Failure::Read(e) => decode_err(e),
-        Failure::Write(e) => op_err(payload, "write")(e),
+        Failure::Write(e) => op_err(payload, MemfdOp::Write)(e),
     };
     #[cfg(feature = "compress")]
     if let Encoding::Zstd { frame_len, frames } = payload.encoding() {
@@ -249,7 +256,7 @@ enum Failure {
 
 /// Copies `from` to `to` through one buffer; returns the bytes copied.
 fn copy(from: &mut dyn Read, mut to: &File) -> Result<u64, Failure> {
-    let mut buf = AlignedBuf::new(super::IO_BUF);
+    let mut buf = AlignedBuf::new(crate::launch::IO_BUF);
     let buf = buf.all();
     let mut total = 0;
     loop {
@@ -314,7 +321,7 @@ fn seal(memfd: Memfd, payload: &Payload) -> Result<OwnedFd> {
             Err(e) => e,
         };
         if e.kind() != io::ErrorKind::ResourceBusy || delay > Duration::from_secs(1) {
-            return Err(op_err(payload, "F_ADD_SEALS")(e));
+            return Err(op_err(payload, MemfdOp::AddSeals)(e));
         }
         debug!(payload = payload.name(), "sealing: the memfd is still busy, retrying");
         std::thread::sleep(delay);

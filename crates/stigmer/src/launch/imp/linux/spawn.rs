@@ -1,7 +1,7 @@
 //! Exec by descriptor (Linux): what runs is the very file stigmer opened
 //! and checked, whatever happens to any path afterwards.
 //!
-//! Both backends end here. A payload is exec'd with `execveat(fd, "", argv,
+//! Both backends end here on Linux. A payload is exec'd with `execveat(fd, "", argv,
 //! envp, AT_EMPTY_PATH)`, in place ([`exec_fd`], `stigmer run`) or in a
 //! child between fork and exec ([`spawn_fd`], services). The kernel names the
 //! process after the file's own name (`d_name`): `memfd:NAME` for a memfd,
@@ -26,6 +26,8 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command};
 
+use super::lease::{changed, lease_held};
+
 /// The most descriptors a payload may be given on top of its stdio.
 const MAX_INHERIT: usize = 4;
 
@@ -35,7 +37,7 @@ pub(crate) struct How<'a> {
     /// Descriptors that stay open in the payload.
     pub(crate) inherit: &'a [RawFd],
     /// The descriptor holds a read lease that must still hold right before
-    /// the exec (see [`super::lock`]).
+    /// the exec (see [`crate::launch::lock`]).
     pub(crate) leased: bool,
     /// Where `execveat` is refused, exec `/proc/self/fd/N` (the same open
     /// file) instead.
@@ -152,19 +154,6 @@ pub(crate) fn spawn_fd(
         });
     }
     cmd.spawn()
-}
-
-/// Whether `fd` still holds the read lease the check took: a lease that
-/// was broken (or is being broken) means someone opened the file for
-/// writing since. Async-signal-safe: one fcntl(2).
-fn lease_held(fd: RawFd) -> bool {
-    // SAFETY: fcntl(2) F_GETLEASE reads the lease state of an open fd.
-    unsafe { nix::libc::fcntl(fd, nix::libc::F_GETLEASE) == nix::libc::F_RDLCK }
-}
-
-/// The error of an exec refused because the checked file may have changed.
-fn changed() -> io::Error {
-    io::Error::from_raw_os_error(nix::libc::ETXTBSY)
 }
 
 /// This process's environment with `changes` applied, as `KEY=VALUE`.

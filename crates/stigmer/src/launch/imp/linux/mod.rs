@@ -1,0 +1,90 @@
+//! Linux: exec from memory, exec by descriptor, read leases.
+//!
+//! One of the two platform modules, chosen once in `launch/mod.rs`; the
+//! other (`imp/other.rs`) has the same items, disabled. What is here:
+//!
+//! - [`MemfdLauncher`] and its [`Image`]s: payloads sealed in memfds
+//!   (`memfd.rs`);
+//! - [`spawn_entry`] and [`exec_entry`]: what runs is the descriptor that
+//!   was checked (`spawn.rs`, which memfds use too), so [`EXEC_BY_FD`];
+//! - [`hold_bytes`]: read leases on cache entries (`lease.rs`);
+//! - the probes of `stigmer doctor`: [`probe_memfd`], [`is_probe_exe`],
+//!   [`mount_noexec`].
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::process::{Child, Command};
+use std::time::Instant;
+
+use crate::launch::{Backend, MemfdProbe};
+
+mod lease;
+mod memfd;
+mod spawn;
+
+pub(crate) use lease::hold_bytes;
+pub(crate) use memfd::Image;
+pub use memfd::MemfdLauncher;
+
+/// The backend `auto` means on this platform.
+pub(crate) const NATIVE: Backend = Backend::Memfd;
+
+/// Whether a checked cache entry is exec'd by its descriptor here (not by
+/// its path): yes, so what runs is what was hashed.
+pub(crate) const EXEC_BY_FD: bool = true;
+
+/// Spawns `cmd` so that the child execs the checked cache entry open at
+/// `file`, with `argv[0]` = `argv0`, keeping `inherit` open; `leased`: the
+/// descriptor holds a read lease, which must still hold right before the
+/// exec. Where `execveat` is refused, the child execs `/proc/self/fd/N`.
+pub(crate) fn spawn_entry(
+    cmd: &mut Command,
+    file: BorrowedFd<'_>,
+    argv0: &str,
+    inherit: &[RawFd],
+    leased: bool,
+) -> io::Result<Child> {
+    let how = spawn::How { inherit, leased, by_path: true };
+    spawn::spawn_fd(cmd, file, argv0, how)
+}
+
+/// Replaces this process with the checked cache entry open at `file`, as
+/// [`spawn_entry`] runs it in a child. Returns only on failure.
+pub(crate) fn exec_entry(
+    file: BorrowedFd<'_>,
+    argv: &[OsString],
+    inherit: &[RawFd],
+    leased: bool,
+) -> io::Error {
+    let how = spawn::How { inherit, leased, by_path: true };
+    spawn::exec_fd(file, argv, how)
+}
+
+/// The name of the memfd `doctor` runs stigmer's own executable from.
+const PROBE_NAME: &str = "stigmer-doctor";
+
+/// Whether this process runs from the sealed memfd [`probe_memfd`] made.
+pub(crate) fn is_probe_exe() -> bool {
+    let probe_exe = format!("/memfd:{PROBE_NAME} (deleted)");
+    std::fs::read_link("/proc/self/exe").is_ok_and(|exe| exe.as_os_str() == probe_exe.as_str())
+}
+
+/// Asks the kernel for exec from memory, as payloads need it: a memfd made
+/// as theirs are, `vm.memfd_noexec`, and stigmer's own executable run from
+/// a sealed memfd with `env` set (it must exit at once, with status 0, when
+/// [`is_probe_exe`] says so).
+pub(crate) fn probe_memfd(env: &str) -> Option<MemfdProbe> {
+    let create = memfd::memfd_create(PROBE_NAME).map(|(_, exec_flag)| exec_flag);
+    let noexec = std::fs::read_to_string("/proc/sys/vm/memfd_noexec")
+        .ok()
+        .and_then(|v| v.trim().parse().ok());
+    let start = Instant::now();
+    let exec = memfd::run_self_sealed(PROBE_NAME, env).map(|()| start.elapsed());
+    Some(MemfdProbe { create, noexec, exec })
+}
+
+/// Whether the file system `stat` describes is mounted `noexec`.
+pub(crate) fn mount_noexec(stat: &nix::sys::statvfs::Statvfs) -> Option<bool> {
+    Some(stat.flags().contains(nix::sys::statvfs::FsFlags::ST_NOEXEC))
+}
