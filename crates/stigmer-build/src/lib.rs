@@ -356,19 +356,21 @@ impl Embed {
             let (stored, encoding) = if self.compress {
                 let path = stored_dir.join(format!("{hex}.zst"));
                 let lens_path = stored_dir.join(format!("{hex}.lens"));
-                let lens = match fs::read_to_string(&lens_path) {
-                    Ok(lens) if path.exists() => lens,
-                    _ => {
+                // Frames kept from an earlier build are reused only if they
+                // decode to exactly these bytes: a truncated or foreign file
+                // under this name is made again.
+                let lens = match kept_frames(&path, &lens_path, &bytes) {
+                    Some(lens) => lens,
+                    None => {
                         let frames = zstd_frames(&bytes)
                             .map_err(|source| Error::Read { path: p.path.clone(), source })?;
-                        let lens: Vec<String> =
-                            frames.iter().map(|f| f.len().to_string()).collect();
+                        let lens: Vec<usize> = frames.iter().map(Vec::len).collect();
                         write_if_changed(&path, &frames.concat())?;
-                        let lens = lens.join(", ");
-                        write_if_changed(&lens_path, lens.as_bytes())?;
+                        write_if_changed(&lens_path, lens_text(&lens).as_bytes())?;
                         lens
                     }
                 };
+                let lens = lens_text(&lens);
                 kept.push(lens_path);
                 let encoding = format!(
                     "::stigmer::Encoding::Zstd {{ frame_len: {FRAME_LEN}, \
@@ -376,10 +378,10 @@ impl Embed {
                 );
                 (path, encoding)
             } else {
+                // A copy from an earlier build is kept only if it holds
+                // exactly these bytes (compared, not just measured).
                 let path = stored_dir.join(&hex);
-                if fs::metadata(&path).ok().map(|m| m.len()) != Some(bytes.len() as u64) {
-                    write_if_changed(&path, &bytes)?;
-                }
+                write_if_changed(&path, &bytes)?;
                 (path, "::stigmer::Encoding::Raw".to_owned())
             };
             let stored_len = fs::metadata(&stored)
@@ -559,6 +561,42 @@ fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     write().map_err(|source| Error::Write { path: path.to_owned(), source })
 }
 
+/// The frame lengths as the generated code and the `.lens` file hold them.
+fn lens_text(lens: &[usize]) -> String {
+    lens.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// The frame lengths of the frames an earlier build kept at `zst` (and
+/// `lens`), if they are the frames of `bytes`: as many as `bytes` has
+/// [`FRAME_LEN`] chunks, adding up to the file, each decoding to its chunk.
+#[cfg(feature = "compress")]
+fn kept_frames(zst: &Path, lens: &Path, bytes: &[u8]) -> Option<Vec<usize>> {
+    let lens: Vec<usize> = fs::read_to_string(lens)
+        .ok()?
+        .split(", ")
+        .map(|n| n.parse().ok().filter(|&n| n > 0))
+        .collect::<Option<_>>()?;
+    let frames = fs::read(zst).ok()?;
+    let chunks = bytes.chunks(FRAME_LEN);
+    if lens.len() != chunks.len() || lens.iter().sum::<usize>() != frames.len() {
+        return None;
+    }
+    let mut at = 0;
+    for (len, chunk) in lens.iter().zip(chunks) {
+        let decoded = ::zstd::bulk::decompress(&frames[at..at + len], FRAME_LEN).ok()?;
+        if decoded != chunk {
+            return None;
+        }
+        at += len;
+    }
+    Some(lens)
+}
+
+#[cfg(not(feature = "compress"))]
+fn kept_frames(_: &Path, _: &Path, _: &[u8]) -> Option<Vec<usize>> {
+    None
+}
+
 /// Compresses `bytes` as independent frames of [`FRAME_LEN`] bytes (level
 /// 19, each with its content size and checksum), on every core.
 #[cfg(feature = "compress")]
@@ -700,6 +738,25 @@ mod tests {
         }
     }
 
+    /// A copy under a sha256 name is trusted only when it holds exactly
+    /// the bytes that were hashed: one of the right length but other bytes
+    /// (a foreign file, a crash that left zeros) is written again.
+    #[test]
+    fn a_stored_copy_of_the_right_length_but_other_bytes_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("tool");
+        fs::write(&exe, b"#!/bin/sh\necho hi\n").unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let embed = || Embed::new().payload("tool", &exe).unwrap().write_to(out.path()).unwrap();
+        embed();
+        let stored = fs::read_dir(out.path().join("stigmer-payloads")).unwrap();
+        let stored: Vec<_> = stored.map(|e| e.unwrap().path()).collect();
+        assert_eq!(stored.len(), 1, "{stored:?}");
+        fs::write(&stored[0], [0u8; 18]).unwrap();
+        embed();
+        assert_eq!(fs::read(&stored[0]).unwrap(), fs::read(&exe).unwrap());
+    }
+
     #[cfg(feature = "compress")]
     #[test]
     fn frames_are_kept_by_sha256_and_pruned() {
@@ -715,5 +772,50 @@ mod tests {
         fs::write(&exe, vec![8u8; 100]).unwrap();
         Embed::new().payload("big", &exe).unwrap().compress(true).write_to(out.path()).unwrap();
         assert_eq!(fs::read_dir(&frames).unwrap().count(), 2, "the old frames are gone");
+    }
+
+    /// Frames and their lengths are reused only when they decode to exactly
+    /// the hashed bytes: a truncated or foreign `.lens` or `.zst` is made
+    /// again, and no text of a `.lens` file reaches the generated code.
+    #[cfg(feature = "compress")]
+    #[test]
+    fn wrong_or_truncated_frames_are_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("big");
+        let bytes: Vec<u8> = (0..FRAME_LEN + 1000).map(|i| (i * 7 % 251) as u8).collect();
+        fs::write(&exe, &bytes).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let embed = || {
+            let e = Embed::new().payload("big", &exe).unwrap().compress(true);
+            fs::read_to_string(e.write_to(out.path()).unwrap().generated).unwrap()
+        };
+        let good = embed();
+        let stored = out.path().join("stigmer-payloads");
+        let find = |ext: &str| {
+            fs::read_dir(&stored)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.extension().is_some_and(|x| x == ext))
+                .unwrap()
+        };
+        let (zst, lens) = (find("zst"), find("lens"));
+        let (good_zst, good_lens) = (fs::read(&zst).unwrap(), fs::read_to_string(&lens).unwrap());
+        let first: usize = good_lens.split(", ").next().unwrap().parse().unwrap();
+        let damage: [(&Path, Vec<u8>); 4] = [
+            // A .lens cut short: one frame of two.
+            (&lens, good_lens.split(", ").next().unwrap().as_bytes().to_vec()),
+            // Lengths that add up but cut the frames in the wrong place.
+            (&lens, format!("{}, {}", first - 1, good_zst.len() - first + 1).into_bytes()),
+            // Text that is not lengths at all.
+            (&lens, b"1]), compile_error!(\"injected\"), (&[1".to_vec()),
+            // Frames of the right length and other bytes.
+            (&zst, vec![0; good_zst.len()]),
+        ];
+        for (file, bad) in damage {
+            fs::write(file, &bad).unwrap();
+            assert_eq!(embed(), good, "{}", String::from_utf8_lossy(&bad));
+            assert_eq!(fs::read(&zst).unwrap(), good_zst);
+            assert_eq!(fs::read_to_string(&lens).unwrap(), good_lens);
+        }
     }
 }
