@@ -467,12 +467,7 @@ impl Asm {
     fn lines(self, symbol: &str, path: &Path, len: u64) -> Result<Vec<String>, Error> {
         let path = std::path::absolute(path)
             .map_err(|source| Error::Read { path: path.to_owned(), source })?;
-        // The assembler's string syntax, inside a format string of asm!:
-        // refuse what would need escaping in either.
-        let file = match path.to_str() {
-            Some(s) if !s.contains(['"', '\\', '{', '}', '\n']) => s.to_owned(),
-            _ => return Err(Error::NotUtf8 { path }),
-        };
+        let file = asm_string(&path);
         let (section, sym, visibility) = match self {
             Asm::Elf => {
                 (".pushsection .rodata.stigmer_payloads,\"a\"", symbol.to_owned(), ".hidden")
@@ -486,6 +481,15 @@ impl Asm {
             format!("{visibility} {sym}"),
             format!("{sym}:"),
             format!(".incbin \"{file}\", 0, {len}"),
+            // LLVM's assembler (rustc's) takes fewer bytes, silently, from a
+            // file shorter than the count: the static would then run past
+            // them. Whatever was read must be exactly `len` bytes.
+            format!(".ifne . - {sym} - {len}"),
+            format!(
+                ".error \"stigmer-build: {file} is not {len} bytes long: it changed after the \
+                 build script wrote it; run cargo clean and build again\""
+            ),
+            ".endif".to_owned(),
             ".popsection".to_owned(),
         ])
     }
@@ -493,8 +497,12 @@ impl Asm {
     /// Appends a module whose `global_asm!` defines `symbol` as the `len`
     /// bytes of the file at `path`.
     fn push(self, out: &mut String, symbol: &str, path: &Path, len: u64) -> Result<(), Error> {
-        let lines: Vec<String> =
-            self.lines(symbol, path, len)?.iter().map(|l| format!("{l:?}")).collect();
+        // Each line is a format string of global_asm!, as a Rust literal.
+        let lines: Vec<String> = self
+            .lines(symbol, path, len)?
+            .iter()
+            .map(|l| format!("{:?}", l.replace('{', "{{").replace('}', "}}")))
+            .collect();
         writeln!(
             out,
             "    #[allow(unsafe_code)]\n    mod {symbol} {{\n        \
@@ -504,6 +512,26 @@ impl Asm {
         .unwrap();
         Ok(())
     }
+}
+
+/// `path` as the inside of an assembler string: every byte as it is but
+/// for `"` and `\\`, escaped, and what is not printable ASCII, in octal. Any
+/// path, UTF-8 or not, quotes, spaces, `;` and `#` included, names exactly
+/// its file.
+fn asm_string(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut s = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        match b {
+            b'"' | b'\\' => {
+                s.push('\\');
+                s.push(b as char);
+            }
+            0x20..=0x7e => s.push(b as char),
+            _ => write!(s, "\\{b:03o}").unwrap(),
+        }
+    }
+    s
 }
 
 /// A prefix for the payload symbols of the package being built, unique in
@@ -735,7 +763,52 @@ mod tests {
                 object.windows(4000).any(|w| w == &bytes[..4000]),
                 "{triple}: the bytes are not in the object"
             );
+            // A file shorter than the count (changed after the build script
+            // measured it) is an error, not a shorter section.
+            let mut text = asm.lines("p_0", &file, 6000).unwrap().join("\n");
+            text.push('\n');
+            fs::write(&source, text).unwrap();
+            let o = std::process::Command::new("llvm-mc")
+                .args([&format!("-triple={triple}"), "-filetype=obj", "-o"])
+                .arg(dir.path().join("short.o"))
+                .arg(&source)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success(), "{triple}: a short file assembled");
+            assert!(err.contains("is not 6000 bytes long"), "{triple}: {err}");
         }
+    }
+
+    /// The generated `global_asm!` names its file exactly, whatever the
+    /// path holds (quotes, braces, backslashes, spaces, `;`, `#`, a tab, a
+    /// newline, bytes that are not UTF-8): rustc assembles it and the object
+    /// holds the payload's bytes.
+    #[test]
+    fn hostile_paths_are_embedded_exactly() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let name = std::ffi::OsStr::from_bytes(b"a \"b\" {c} \\d;e #f\tg\nh \xff}{");
+        let odd = dir.path().join(name);
+        fs::create_dir(&odd).unwrap();
+        let file = odd.join("payload");
+        let bytes: Vec<u8> = (0..5000u32).map(|i| (i * 31 % 253) as u8).collect();
+        fs::write(&file, &bytes).unwrap();
+        let mut code = String::new();
+        Asm::for_target().push(&mut code, "p_0", &file, 5000).unwrap();
+        let source = dir.path().join("asm.rs");
+        fs::write(&source, &code).unwrap();
+        let object = dir.path().join("asm.o");
+        let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+        let o = std::process::Command::new(rustc)
+            .args(["--edition=2021", "--crate-type=lib", "--crate-name=asm", "--emit=obj", "-o"])
+            .arg(&object)
+            .arg(&source)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}\n{code}", String::from_utf8_lossy(&o.stderr));
+        let object = fs::read(&object).unwrap();
+        assert!(object.windows(5000).any(|w| w == bytes), "the bytes are not in the object");
     }
 
     /// A copy under a sha256 name is trusted only when it holds exactly
