@@ -91,7 +91,7 @@ pub enum Error {
     #[error(
         "cannot read the payload folder {}: {source} (create it and put the executables \
          there, or set STIGMER_PAYLOAD_DIR to the folder that holds them)",
-        dir.display()
+        shown(dir)
     )]
     Folder {
         /// The folder.
@@ -104,14 +104,14 @@ pub enum Error {
     #[error(
         "the payload folder {} holds no executable files: put the payloads there (chmod +x), \
          or unset STIGMER_PAYLOAD_DIR to embed the demo payloads",
-        dir.display()
+        shown(dir)
     )]
     Empty {
         /// The folder.
         dir: PathBuf,
     },
     /// A file cannot be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {source}", shown(path))]
     Read {
         /// The file.
         path: PathBuf,
@@ -120,7 +120,7 @@ pub enum Error {
         source: io::Error,
     },
     /// A generated file cannot be written.
-    #[error("cannot write {}: {source}", path.display())]
+    #[error("cannot write {}: {source}", shown(path))]
     Write {
         /// The file.
         path: PathBuf,
@@ -128,14 +128,27 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// An entry of the payload folder cannot be followed.
+    #[error(
+        "cannot read {} in the payload folder: {source} (a broken or looping symlink? point it \
+         at the payload, or remove it)",
+        shown(path)
+    )]
+    Entry {
+        /// The entry.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     /// A payload file's name is not UTF-8.
-    #[error("payload file {} has a name that is not UTF-8: rename it", path.display())]
+    #[error("payload file {} has a name that is not UTF-8: rename it", shown(path))]
     NotUtf8 {
         /// The file.
         path: PathBuf,
     },
     /// A payload's name cannot be used.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {source}", shown(path))]
     Name {
         /// The file.
         path: PathBuf,
@@ -144,13 +157,13 @@ pub enum Error {
         source: NameError,
     },
     /// A payload file is empty.
-    #[error("payload file {} is empty: rebuild it or remove it", path.display())]
+    #[error("payload file {} is empty: rebuild it or remove it", shown(path))]
     EmptyPayload {
         /// The file.
         path: PathBuf,
     },
     /// Two payloads have the same name.
-    #[error("two payloads are named {name:?} ({} and {}): rename one", first.display(), second.display())]
+    #[error("two payloads are named {name:?} ({} and {}): rename one", shown(first), shown(second))]
     Duplicate {
         /// The name.
         name: String,
@@ -532,6 +545,17 @@ fn asm_string(path: &Path) -> String {
         }
     }
     s
+}
+
+/// A path for a message: control characters (a newline, a terminal
+/// escape) escaped, so that a message stays one line, and a cargo warning
+/// cannot start a line that cargo would take for an instruction.
+pub(crate) fn shown(path: &Path) -> String {
+    path.display()
+        .to_string()
+        .chars()
+        .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+        .collect()
 }
 
 /// A prefix for the payload symbols of the package being built, unique in
