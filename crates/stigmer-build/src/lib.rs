@@ -274,6 +274,11 @@ impl Embed {
     }
 
     /// Adds the executable at `path` as the payload `name`.
+    ///
+    /// Cargo runs the build script again when that file changes, unless it
+    /// is in `$OUT_DIR`: a payload the build script makes there itself is
+    /// rebuilt when its sources change, which the script must watch
+    /// (`cargo::rerun-if-changed`).
     pub fn payload(mut self, name: &str, path: impl Into<PathBuf>) -> Result<Embed, Error> {
         let path = path.into();
         if let Err(source) = check_name(name) {
@@ -580,10 +585,17 @@ fn literal(path: &Path) -> Result<String, Error> {
     }
 }
 
+/// Tells cargo to run the build script again when `path` changes, unless
+/// it is in `$OUT_DIR`: a file the build script writes is newer than its
+/// last run every time, and watching it would run the script, and rebuild
+/// everything that embeds it, at every build. Such a payload is made from
+/// sources the build script watches itself.
 fn rerun_if_changed(path: &Path) {
-    if std::env::var_os("OUT_DIR").is_some() {
-        println!("cargo::rerun-if-changed={}", path.display());
+    let Some(out) = std::env::var_os("OUT_DIR") else { return };
+    if std::path::absolute(path).is_ok_and(|p| p.starts_with(&out)) {
+        return;
     }
+    println!("cargo::rerun-if-changed={}", path.display());
 }
 
 /// Removes the files of `dir` that are not in `keep` (frames of payloads
