@@ -156,6 +156,16 @@ pub enum Error {
         #[source]
         source: NameError,
     },
+    /// A payload (or manifest) path is not a regular file.
+    #[error(
+        "payload file {} is not a regular file (a folder, a FIFO, a device): point it at the \
+         executable",
+        shown(path)
+    )]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+    },
     /// A payload file is empty.
     #[error("payload file {} is empty: rebuild it or remove it", shown(path))]
     EmptyPayload {
@@ -359,6 +369,7 @@ impl Embed {
         let (mut items, mut entries) = (String::new(), String::new());
         let mut embedded = Vec::new();
         for (i, p) in self.payloads.iter().enumerate() {
+            regular_file(&p.path)?;
             let bytes =
                 fs::read(&p.path).map_err(|source| Error::Read { path: p.path.clone(), source })?;
             if bytes.is_empty() {
@@ -434,6 +445,8 @@ impl Embed {
         remove_others(&stored_dir, &kept);
         let manifest = match &self.manifest {
             Some(path) => {
+                // rustc reads it (include_bytes!): a FIFO would hang the build.
+                regular_file(path)?;
                 format!("::std::option::Option::Some(include_bytes!({}))", literal(path)?)
             }
             None => "::std::option::Option::None".to_owned(),
@@ -573,6 +586,14 @@ fn symbol_prefix() -> String {
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
     format!("__stigmer_payload_{clean}")
+}
+
+/// Checks that `path` is a regular file (following symlinks) before it is
+/// read: reading a FIFO would wait for a writer forever.
+fn regular_file(path: &Path) -> Result<(), Error> {
+    let meta =
+        fs::metadata(path).map_err(|source| Error::Read { path: path.to_owned(), source })?;
+    if meta.is_file() { Ok(()) } else { Err(Error::NotAFile { path: path.to_owned() }) }
 }
 
 /// A path as a Rust string literal, for `include_bytes!`.
@@ -925,6 +946,31 @@ mod tests {
             assert_eq!(embed(), good, "{}", String::from_utf8_lossy(&bad));
             assert_eq!(fs::read(&zst).unwrap(), good_zst);
             assert_eq!(fs::read_to_string(&lens).unwrap(), good_lens);
+        }
+    }
+
+    /// A payload path that is not a regular file (a FIFO, which a read
+    /// would wait on forever; a folder) is an error that says so, at once.
+    #[test]
+    fn a_fifo_or_a_folder_given_as_a_payload_is_refused_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let o = std::process::Command::new("mkfifo").arg(&fifo).output().unwrap();
+        assert!(o.status.success());
+        for path in [fifo, dir.path().to_owned()] {
+            let out = tempfile::tempdir().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let p = path.clone();
+            let out_path = out.path().to_owned();
+            std::thread::spawn(move || {
+                let e = Embed::new().payload("x", p).unwrap().write_to(&out_path);
+                let _ = tx.send(e.map(|_| ()).map_err(|e| e.to_string()));
+            });
+            let err = rx
+                .recv_timeout(std::time::Duration::from_secs(5))
+                .unwrap_or_else(|_| panic!("{} was waited on", path.display()))
+                .unwrap_err();
+            assert!(err.contains("not a regular file") && err.contains("point"), "{err}");
         }
     }
 }
