@@ -166,6 +166,16 @@ pub enum Error {
         /// The path.
         path: PathBuf,
     },
+    /// A path holds a line break, which cargo cannot be told to watch.
+    #[error(
+        "{} holds a line break, which cargo cannot watch (its instructions are lines): \
+         rename it",
+        shown(path)
+    )]
+    LineBreak {
+        /// The path.
+        path: PathBuf,
+    },
     /// A payload file is empty.
     #[error("payload file {} is empty: rebuild it or remove it", shown(path))]
     EmptyPayload {
@@ -231,6 +241,9 @@ pub struct Embed {
     warnings: Vec<String>,
     compress: bool,
     source: String,
+    /// A path given to [`Embed::manifest`] that cargo cannot watch,
+    /// reported by [`Embed::write_to`].
+    unwatchable: Option<PathBuf>,
 }
 
 /// What [`Embed::write`] embedded.
@@ -273,13 +286,13 @@ impl Embed {
         if scan.payloads.is_empty() {
             return Err(Error::Empty { dir: dir.to_owned() });
         }
-        rerun_if_changed(dir);
+        rerun_if_changed(dir)?;
         Ok(Embed {
             payloads: scan.payloads,
             manifest: scan.manifest,
             warnings: scan.warnings,
-            compress: false,
             source: dir.display().to_string(),
+            ..Embed::default()
         })
     }
 
@@ -301,7 +314,7 @@ impl Embed {
                 second: path,
             });
         }
-        rerun_if_changed(&path);
+        rerun_if_changed(&path)?;
         self.payloads.push(Found { name: name.to_owned(), path });
         self.payloads.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(self)
@@ -310,7 +323,9 @@ impl Embed {
     /// Embeds the file at `path` as the `services.toml` beside the payloads.
     pub fn manifest(mut self, path: impl Into<PathBuf>) -> Embed {
         let path = path.into();
-        rerun_if_changed(&path);
+        if rerun_if_changed(&path).is_err() {
+            self.unwatchable = Some(path.clone());
+        }
         self.manifest = Some(path);
         self
     }
@@ -358,6 +373,9 @@ impl Embed {
     pub fn write_to(self, out: &Path) -> Result<Embedded, Error> {
         if self.compress && !cfg!(feature = "compress") {
             return Err(Error::NoCompress);
+        }
+        if let Some(path) = self.unwatchable {
+            return Err(Error::LineBreak { path });
         }
         let stored_dir = out.join("stigmer-payloads");
         fs::create_dir_all(&stored_dir)
@@ -611,12 +629,21 @@ fn literal(path: &Path) -> Result<String, Error> {
 /// last run every time, and watching it would run the script, and rebuild
 /// everything that embeds it, at every build. Such a payload is made from
 /// sources the build script watches itself.
-fn rerun_if_changed(path: &Path) {
-    let Some(out) = std::env::var_os("OUT_DIR") else { return };
+///
+/// A path with a line break is an error: cargo reads its instructions a
+/// line at a time, so the rest of such a path would be read as another
+/// instruction.
+fn rerun_if_changed(path: &Path) -> Result<(), Error> {
+    use std::os::unix::ffi::OsStrExt as _;
+    if path.as_os_str().as_bytes().iter().any(|b| matches!(b, b'\n' | b'\r')) {
+        return Err(Error::LineBreak { path: path.to_owned() });
+    }
+    let Some(out) = std::env::var_os("OUT_DIR") else { return Ok(()) };
     if std::path::absolute(path).is_ok_and(|p| p.starts_with(&out)) {
-        return;
+        return Ok(());
     }
     println!("cargo::rerun-if-changed={}", path.display());
+    Ok(())
 }
 
 /// Removes the files of `dir` that are not in `keep` (frames of payloads
@@ -972,5 +999,26 @@ mod tests {
                 .unwrap_err();
             assert!(err.contains("not a regular file") && err.contains("point"), "{err}");
         }
+    }
+
+    /// A folder, payload or manifest path with a line break is refused:
+    /// printed in a cargo::rerun-if-changed line, the rest of it would be
+    /// an instruction of its own.
+    #[test]
+    fn paths_with_line_breaks_are_refused_not_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let odd = dir.path().join("p\ncargo::rustc-cfg=injected");
+        fs::create_dir(&odd).unwrap();
+        let exe = odd.join("tool");
+        fs::write(&exe, b"#!/bin/sh\n").unwrap();
+        fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+        let err = Embed::folder(&odd).unwrap_err().to_string();
+        assert!(err.contains("line break") && !err.contains('\n'), "{err}");
+        let err = Embed::new().payload("tool", &exe).unwrap_err().to_string();
+        assert!(err.contains("line break"), "{err}");
+        let out = tempfile::tempdir().unwrap();
+        let e = Embed::new().payload("true", "/bin/true").unwrap().manifest(odd.join(MANIFEST));
+        let err = e.write_to(out.path()).unwrap_err().to_string();
+        assert!(err.contains("line break"), "{err}");
     }
 }
