@@ -27,12 +27,19 @@
 //!   independent zstd frames of [`FRAME_LEN`] bytes, decoded on every core at
 //!   launch, and keeps the frames in `$OUT_DIR` under the payload's sha256,
 //!   so a payload that did not change is never compressed again;
-//! - writes `$OUT_DIR/stigmer_payloads.rs`: one `include_bytes!` per payload
-//!   and for `services.toml`, with the build-time facts beside it, so nothing
-//!   is hashed or scanned when the program starts, and the runtime can copy a
-//!   payload into its memfd straight from the executable's file (`sendfile`);
-//!   the file is rewritten only when its content changes;
-//! - tells cargo to run the build script again when a payload changes.
+//! - keeps a copy of exactly the bytes it hashed (or their frames) in
+//!   `$OUT_DIR/stigmer-payloads/`, named by sha256, reused only while it
+//!   holds those bytes;
+//! - writes `$OUT_DIR/stigmer_payloads.rs`: per payload, a `global_asm!`
+//!   whose `.incbin` places that copy in a read-only section (checked to be
+//!   exactly its length when assembled) and a static over it, an
+//!   `include_bytes!` for `services.toml`, and the build-time facts beside
+//!   them, so nothing is hashed or scanned when the program starts, and the
+//!   runtime can copy a payload into its memfd straight from the
+//!   executable's file (`sendfile`); the file is rewritten only when its
+//!   content changes;
+//! - tells cargo to run the build script again when a payload changes (but
+//!   not for files in `$OUT_DIR`, which the build script itself makes).
 //!
 //! Hashing, scanning and compressing run in the build script, which cargo
 //! compiles without optimisation unless told otherwise (8 s instead of under

@@ -4,8 +4,8 @@
 //!
 //! `build.rs` finds them (`platform/<target-triple>/`, `STIGMER_PAYLOAD_DIR`
 //! or the demo set) and `stigmer-build` writes their table; the bytes are
-//! `include_bytes!`, so debug and test builds embed them too: payloads are
-//! never read from disk at run time.
+//! in the binary (the assembler's `.incbin`), so debug and test builds embed
+//! them too: payloads are never read from disk at run time.
 
 use stigmer::{Bundle, Catalog};
 
