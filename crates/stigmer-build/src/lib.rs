@@ -118,7 +118,10 @@ pub enum Error {
         dir: PathBuf,
     },
     /// A file cannot be read.
-    #[error("cannot read {}: {source}", shown(path))]
+    #[error(
+        "cannot read {}: {source} (check that it exists and that the build can read it)",
+        shown(path)
+    )]
     Read {
         /// The file.
         path: PathBuf,
@@ -127,7 +130,11 @@ pub enum Error {
         source: io::Error,
     },
     /// A generated file cannot be written.
-    #[error("cannot write {}: {source}", shown(path))]
+    #[error(
+        "cannot write {}: {source} (check the permissions and free space of the build's output \
+         folder, or run cargo clean)",
+        shown(path)
+    )]
     Write {
         /// The file.
         path: PathBuf,
@@ -1027,5 +1034,22 @@ mod tests {
         let e = Embed::new().payload("true", "/bin/true").unwrap().manifest(odd.join(MANIFEST));
         let err = e.write_to(out.path()).unwrap_err().to_string();
         assert!(err.contains("line break"), "{err}");
+    }
+
+    /// Errors reading a payload or writing the output name the file and
+    /// what to check.
+    #[test]
+    fn read_and_write_errors_name_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("gone");
+        let e = Embed::new().payload("gone", &missing).unwrap();
+        let err = e.write_to(out.path()).unwrap_err().to_string();
+        assert!(err.contains("gone") && err.contains("check that it exists"), "{err}");
+        let not_a_folder = dir.path().join("out");
+        fs::write(&not_a_folder, "").unwrap();
+        let e = Embed::new().payload("true", "/bin/true").unwrap();
+        let err = e.write_to(&not_a_folder).unwrap_err().to_string();
+        assert!(err.contains("stigmer-payloads") && err.contains("free space"), "{err}");
     }
 }
