@@ -397,6 +397,8 @@ impl Embed {
         let asm = Asm::for_target();
         let prefix = symbol_prefix();
         let mut kept = Vec::new();
+        // The stored file of each payload placed so far, and its index.
+        let mut placed: Vec<(PathBuf, usize)> = Vec::new();
         // The block's items (the bytes, their symbols) and the table's rows.
         let (mut items, mut entries) = (String::new(), String::new());
         let mut embedded = Vec::new();
@@ -448,17 +450,26 @@ impl Embed {
             let stored_len = fs::metadata(&stored)
                 .map_err(|source| Error::Read { path: stored.clone(), source })?
                 .len();
-            let symbol = format!("{prefix}_{i}");
-            asm.push(&mut items, &symbol, &stored, stored_len)?;
-            kept.push(stored);
-            writeln!(
-                items,
-                "    #[allow(unsafe_code)]\n    // SAFETY: the global_asm! above defines this symbol as\n    \
-                 // exactly this many bytes, in a read-only section nothing writes.\n    \
-                 unsafe extern \"C\" {{\n        #[link_name = {symbol:?}]\n        \
-                 safe static PAYLOAD_{i}: [u8; {stored_len}];\n    }}"
-            )
-            .unwrap();
+            // Payloads with the same bytes (multi-call names, links) share
+            // one copy in the executable.
+            let i = match placed.iter().find(|(path, _)| *path == stored).map(|(_, j)| *j) {
+                Some(j) => j,
+                None => {
+                    let symbol = format!("{prefix}_{i}");
+                    asm.push(&mut items, &symbol, &stored, stored_len)?;
+                    writeln!(
+                        items,
+                        "    #[allow(unsafe_code)]\n    // SAFETY: the global_asm! above defines this \
+                         symbol as\n    // exactly this many bytes, in a read-only section nothing \
+                         writes.\n    unsafe extern \"C\" {{\n        #[link_name = {symbol:?}]\n        \
+                         safe static PAYLOAD_{i}: [u8; {stored_len}];\n    }}"
+                    )
+                    .unwrap();
+                    placed.push((stored.clone(), i));
+                    kept.push(stored);
+                    i
+                }
+            };
             embedded.push(EmbeddedPayload {
                 name: p.name.clone(),
                 kind,
@@ -1051,5 +1062,18 @@ mod tests {
         let e = Embed::new().payload("true", "/bin/true").unwrap();
         let err = e.write_to(&not_a_folder).unwrap_err().to_string();
         assert!(err.contains("stigmer-payloads") && err.contains("free space"), "{err}");
+    }
+
+    /// Payloads with the same bytes are one copy in the executable, each
+    /// name pointing at it.
+    #[test]
+    fn payloads_with_the_same_bytes_share_one_copy() {
+        let out = tempfile::tempdir().unwrap();
+        let e = Embed::new().payload("a", "/bin/true").unwrap().payload("b", "/bin/true").unwrap();
+        let embedded = e.write_to(out.path()).unwrap();
+        assert_eq!(embedded.payloads[0].sha256, embedded.payloads[1].sha256);
+        let code = fs::read_to_string(&embedded.generated).unwrap();
+        assert_eq!(code.matches(".incbin").count(), 1, "{code}");
+        assert_eq!(code.matches("&PAYLOAD_0)").count(), 2, "{code}");
     }
 }
