@@ -685,8 +685,12 @@ fn remove_others(dir: &Path, keep: &[PathBuf]) {
 
 /// Leaves the file's timestamp alone when its content is the same, so an
 /// unchanged payload set does not force a rebuild of what includes it.
+///
+/// Only a regular file is left alone: a symlink of the same content (to the
+/// payload itself, say) is replaced, as the assembler reading it later
+/// would read whatever it then points at.
 fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    if fs::read(path).is_ok_and(|old| old == bytes) {
+    if is_regular(path) && fs::read(path).is_ok_and(|old| old == bytes) {
         return Ok(());
     }
     let write = || -> io::Result<()> {
@@ -696,6 +700,11 @@ fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), Error> {
         fs::rename(&tmp, path)
     };
     write().map_err(|source| Error::Write { path: path.to_owned(), source })
+}
+
+/// Whether `path` itself (not what a symlink points at) is a regular file.
+fn is_regular(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file())
 }
 
 /// The frame lengths as the generated code and the `.lens` file hold them.
@@ -708,6 +717,9 @@ fn lens_text(lens: &[usize]) -> String {
 /// [`FRAME_LEN`] chunks, adding up to the file, each decoding to its chunk.
 #[cfg(feature = "compress")]
 fn kept_frames(zst: &Path, lens: &Path, bytes: &[u8]) -> Option<Vec<usize>> {
+    if !is_regular(zst) || !is_regular(lens) {
+        return None;
+    }
     let lens: Vec<usize> = fs::read_to_string(lens)
         .ok()?
         .split(", ")
@@ -1075,5 +1087,25 @@ mod tests {
         let code = fs::read_to_string(&embedded.generated).unwrap();
         assert_eq!(code.matches(".incbin").count(), 1, "{code}");
         assert_eq!(code.matches("&PAYLOAD_0)").count(), 2, "{code}");
+    }
+
+    /// A symlink under a sha256 name, even to the very bytes, is replaced
+    /// by a copy: the assembler reads the file later, and would read
+    /// whatever the link then points at.
+    #[test]
+    fn a_stored_symlink_is_replaced_by_a_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("tool");
+        fs::write(&exe, b"#!/bin/sh\necho hi\n").unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let embed = || Embed::new().payload("tool", &exe).unwrap().write_to(out.path()).unwrap();
+        embed();
+        let stored = fs::read_dir(out.path().join("stigmer-payloads")).unwrap();
+        let stored: Vec<_> = stored.map(|e| e.unwrap().path()).collect();
+        fs::remove_file(&stored[0]).unwrap();
+        std::os::unix::fs::symlink(&exe, &stored[0]).unwrap();
+        embed();
+        assert!(fs::symlink_metadata(&stored[0]).unwrap().file_type().is_file());
+        assert_eq!(fs::read(&stored[0]).unwrap(), fs::read(&exe).unwrap());
     }
 }
