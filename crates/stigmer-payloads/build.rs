@@ -50,7 +50,9 @@ fn run() -> Result<(), String> {
             let demo = || build_demo(&root.join("platform/demo"), &out, &target, &root);
             match Embed::folder(&dir) {
                 Ok(embed) => embed.source(format!("platform/{target}")),
-                Err(Error::Folder { .. }) if !dir.exists() => demo()?,
+                // Only when nothing is there: a broken symlink is a folder
+                // someone meant to fill, not a fresh clone.
+                Err(Error::Folder { .. }) if fs::symlink_metadata(&dir).is_err() => demo()?,
                 Err(e @ Error::Empty { .. }) => {
                     println!("cargo::warning={e}; embedding the demo payloads instead");
                     demo()?

@@ -27,12 +27,19 @@
 //!   independent zstd frames of [`FRAME_LEN`] bytes, decoded on every core at
 //!   launch, and keeps the frames in `$OUT_DIR` under the payload's sha256,
 //!   so a payload that did not change is never compressed again;
-//! - writes `$OUT_DIR/stigmer_payloads.rs`: one `include_bytes!` per payload
-//!   and for `services.toml`, with the build-time facts beside it, so nothing
-//!   is hashed or scanned when the program starts, and the runtime can copy a
-//!   payload into its memfd straight from the executable's file (`sendfile`);
-//!   the file is rewritten only when its content changes;
-//! - tells cargo to run the build script again when a payload changes.
+//! - keeps a copy of exactly the bytes it hashed (or their frames) in
+//!   `$OUT_DIR/stigmer-payloads/`, named by sha256, reused only while it
+//!   holds those bytes;
+//! - writes `$OUT_DIR/stigmer_payloads.rs`: per payload, a `global_asm!`
+//!   whose `.incbin` places that copy in a read-only section (checked to be
+//!   exactly its length when assembled) and a static over it, an
+//!   `include_bytes!` for `services.toml`, and the build-time facts beside
+//!   them, so nothing is hashed or scanned when the program starts, and the
+//!   runtime can copy a payload into its memfd straight from the
+//!   executable's file (`sendfile`); the file is rewritten only when its
+//!   content changes;
+//! - tells cargo to run the build script again when a payload changes (but
+//!   not for files in `$OUT_DIR`, which the build script itself makes).
 //!
 //! Hashing, scanning and compressing run in the build script, which cargo
 //! compiles without optimisation unless told otherwise (8 s instead of under
@@ -91,7 +98,7 @@ pub enum Error {
     #[error(
         "cannot read the payload folder {}: {source} (create it and put the executables \
          there, or set STIGMER_PAYLOAD_DIR to the folder that holds them)",
-        dir.display()
+        shown(dir)
     )]
     Folder {
         /// The folder.
@@ -104,14 +111,17 @@ pub enum Error {
     #[error(
         "the payload folder {} holds no executable files: put the payloads there (chmod +x), \
          or unset STIGMER_PAYLOAD_DIR to embed the demo payloads",
-        dir.display()
+        shown(dir)
     )]
     Empty {
         /// The folder.
         dir: PathBuf,
     },
     /// A file cannot be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error(
+        "cannot read {}: {source} (check that it exists and that the build can read it)",
+        shown(path)
+    )]
     Read {
         /// The file.
         path: PathBuf,
@@ -120,7 +130,11 @@ pub enum Error {
         source: io::Error,
     },
     /// A generated file cannot be written.
-    #[error("cannot write {}: {source}", path.display())]
+    #[error(
+        "cannot write {}: {source} (check the permissions and free space of the build's output \
+         folder, or run cargo clean)",
+        shown(path)
+    )]
     Write {
         /// The file.
         path: PathBuf,
@@ -128,14 +142,27 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// An entry of the payload folder cannot be followed.
+    #[error(
+        "cannot read {} in the payload folder: {source} (a broken or looping symlink? point it \
+         at the payload, or remove it)",
+        shown(path)
+    )]
+    Entry {
+        /// The entry.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     /// A payload file's name is not UTF-8.
-    #[error("payload file {} has a name that is not UTF-8: rename it", path.display())]
+    #[error("payload file {} has a name that is not UTF-8: rename it", shown(path))]
     NotUtf8 {
         /// The file.
         path: PathBuf,
     },
     /// A payload's name cannot be used.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {source}", shown(path))]
     Name {
         /// The file.
         path: PathBuf,
@@ -143,14 +170,34 @@ pub enum Error {
         #[source]
         source: NameError,
     },
+    /// A payload (or manifest) path is not a regular file.
+    #[error(
+        "payload file {} is not a regular file (a folder, a FIFO, a device): point it at the \
+         executable",
+        shown(path)
+    )]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+    },
+    /// A path holds a line break, which cargo cannot be told to watch.
+    #[error(
+        "{} holds a line break, which cargo cannot watch (its instructions are lines): \
+         rename it",
+        shown(path)
+    )]
+    LineBreak {
+        /// The path.
+        path: PathBuf,
+    },
     /// A payload file is empty.
-    #[error("payload file {} is empty: rebuild it or remove it", path.display())]
+    #[error("payload file {} is empty: rebuild it or remove it", shown(path))]
     EmptyPayload {
         /// The file.
         path: PathBuf,
     },
     /// Two payloads have the same name.
-    #[error("two payloads are named {name:?} ({} and {}): rename one", first.display(), second.display())]
+    #[error("two payloads are named {name:?} ({} and {}): rename one", shown(first), shown(second))]
     Duplicate {
         /// The name.
         name: String,
@@ -208,6 +255,9 @@ pub struct Embed {
     warnings: Vec<String>,
     compress: bool,
     source: String,
+    /// A path given to [`Embed::manifest`] that cargo cannot watch,
+    /// reported by [`Embed::write_to`].
+    unwatchable: Option<PathBuf>,
 }
 
 /// What [`Embed::write`] embedded.
@@ -250,17 +300,22 @@ impl Embed {
         if scan.payloads.is_empty() {
             return Err(Error::Empty { dir: dir.to_owned() });
         }
-        rerun_if_changed(dir);
+        rerun_if_changed(dir)?;
         Ok(Embed {
             payloads: scan.payloads,
             manifest: scan.manifest,
             warnings: scan.warnings,
-            compress: false,
             source: dir.display().to_string(),
+            ..Embed::default()
         })
     }
 
     /// Adds the executable at `path` as the payload `name`.
+    ///
+    /// Cargo runs the build script again when that file changes, unless it
+    /// is in `$OUT_DIR`: a payload the build script makes there itself is
+    /// rebuilt when its sources change, which the script must watch
+    /// (`cargo::rerun-if-changed`).
     pub fn payload(mut self, name: &str, path: impl Into<PathBuf>) -> Result<Embed, Error> {
         let path = path.into();
         if let Err(source) = check_name(name) {
@@ -273,7 +328,7 @@ impl Embed {
                 second: path,
             });
         }
-        rerun_if_changed(&path);
+        rerun_if_changed(&path)?;
         self.payloads.push(Found { name: name.to_owned(), path });
         self.payloads.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(self)
@@ -282,7 +337,9 @@ impl Embed {
     /// Embeds the file at `path` as the `services.toml` beside the payloads.
     pub fn manifest(mut self, path: impl Into<PathBuf>) -> Embed {
         let path = path.into();
-        rerun_if_changed(&path);
+        if rerun_if_changed(&path).is_err() {
+            self.unwatchable = Some(path.clone());
+        }
         self.manifest = Some(path);
         self
     }
@@ -331,16 +388,22 @@ impl Embed {
         if self.compress && !cfg!(feature = "compress") {
             return Err(Error::NoCompress);
         }
+        if let Some(path) = self.unwatchable {
+            return Err(Error::LineBreak { path });
+        }
         let stored_dir = out.join("stigmer-payloads");
         fs::create_dir_all(&stored_dir)
             .map_err(|source| Error::Write { path: stored_dir.clone(), source })?;
         let asm = Asm::for_target();
         let prefix = symbol_prefix();
         let mut kept = Vec::new();
+        // The stored file of each payload placed so far, and its index.
+        let mut placed: Vec<(PathBuf, usize)> = Vec::new();
         // The block's items (the bytes, their symbols) and the table's rows.
         let (mut items, mut entries) = (String::new(), String::new());
         let mut embedded = Vec::new();
         for (i, p) in self.payloads.iter().enumerate() {
+            regular_file(&p.path)?;
             let bytes =
                 fs::read(&p.path).map_err(|source| Error::Read { path: p.path.clone(), source })?;
             if bytes.is_empty() {
@@ -356,19 +419,21 @@ impl Embed {
             let (stored, encoding) = if self.compress {
                 let path = stored_dir.join(format!("{hex}.zst"));
                 let lens_path = stored_dir.join(format!("{hex}.lens"));
-                let lens = match fs::read_to_string(&lens_path) {
-                    Ok(lens) if path.exists() => lens,
-                    _ => {
+                // Frames kept from an earlier build are reused only if they
+                // decode to exactly these bytes: a truncated or foreign file
+                // under this name is made again.
+                let lens = match kept_frames(&path, &lens_path, &bytes) {
+                    Some(lens) => lens,
+                    None => {
                         let frames = zstd_frames(&bytes)
                             .map_err(|source| Error::Read { path: p.path.clone(), source })?;
-                        let lens: Vec<String> =
-                            frames.iter().map(|f| f.len().to_string()).collect();
+                        let lens: Vec<usize> = frames.iter().map(Vec::len).collect();
                         write_if_changed(&path, &frames.concat())?;
-                        let lens = lens.join(", ");
-                        write_if_changed(&lens_path, lens.as_bytes())?;
+                        write_if_changed(&lens_path, lens_text(&lens).as_bytes())?;
                         lens
                     }
                 };
+                let lens = lens_text(&lens);
                 kept.push(lens_path);
                 let encoding = format!(
                     "::stigmer::Encoding::Zstd {{ frame_len: {FRAME_LEN}, \
@@ -376,26 +441,35 @@ impl Embed {
                 );
                 (path, encoding)
             } else {
+                // A copy from an earlier build is kept only if it holds
+                // exactly these bytes (compared, not just measured).
                 let path = stored_dir.join(&hex);
-                if fs::metadata(&path).ok().map(|m| m.len()) != Some(bytes.len() as u64) {
-                    write_if_changed(&path, &bytes)?;
-                }
+                write_if_changed(&path, &bytes)?;
                 (path, "::stigmer::Encoding::Raw".to_owned())
             };
             let stored_len = fs::metadata(&stored)
                 .map_err(|source| Error::Read { path: stored.clone(), source })?
                 .len();
-            let symbol = format!("{prefix}_{i}");
-            asm.push(&mut items, &symbol, &stored, stored_len)?;
-            kept.push(stored);
-            writeln!(
-                items,
-                "    #[allow(unsafe_code)]\n    // SAFETY: the global_asm! above defines this symbol as\n    \
-                 // exactly this many bytes, in a read-only section nothing writes.\n    \
-                 unsafe extern \"C\" {{\n        #[link_name = {symbol:?}]\n        \
-                 safe static PAYLOAD_{i}: [u8; {stored_len}];\n    }}"
-            )
-            .unwrap();
+            // Payloads with the same bytes (multi-call names, links) share
+            // one copy in the executable.
+            let i = match placed.iter().find(|(path, _)| *path == stored).map(|(_, j)| *j) {
+                Some(j) => j,
+                None => {
+                    let symbol = format!("{prefix}_{i}");
+                    asm.push(&mut items, &symbol, &stored, stored_len)?;
+                    writeln!(
+                        items,
+                        "    #[allow(unsafe_code)]\n    // SAFETY: the global_asm! above defines this \
+                         symbol as\n    // exactly this many bytes, in a read-only section nothing \
+                         writes.\n    unsafe extern \"C\" {{\n        #[link_name = {symbol:?}]\n        \
+                         safe static PAYLOAD_{i}: [u8; {stored_len}];\n    }}"
+                    )
+                    .unwrap();
+                    placed.push((stored.clone(), i));
+                    kept.push(stored);
+                    i
+                }
+            };
             embedded.push(EmbeddedPayload {
                 name: p.name.clone(),
                 kind,
@@ -414,6 +488,8 @@ impl Embed {
         remove_others(&stored_dir, &kept);
         let manifest = match &self.manifest {
             Some(path) => {
+                // rustc reads it (include_bytes!): a FIFO would hang the build.
+                regular_file(path)?;
                 format!("::std::option::Option::Some(include_bytes!({}))", literal(path)?)
             }
             None => "::std::option::Option::None".to_owned(),
@@ -465,12 +541,7 @@ impl Asm {
     fn lines(self, symbol: &str, path: &Path, len: u64) -> Result<Vec<String>, Error> {
         let path = std::path::absolute(path)
             .map_err(|source| Error::Read { path: path.to_owned(), source })?;
-        // The assembler's string syntax, inside a format string of asm!:
-        // refuse what would need escaping in either.
-        let file = match path.to_str() {
-            Some(s) if !s.contains(['"', '\\', '{', '}', '\n']) => s.to_owned(),
-            _ => return Err(Error::NotUtf8 { path }),
-        };
+        let file = asm_string(&path);
         let (section, sym, visibility) = match self {
             Asm::Elf => {
                 (".pushsection .rodata.stigmer_payloads,\"a\"", symbol.to_owned(), ".hidden")
@@ -484,6 +555,15 @@ impl Asm {
             format!("{visibility} {sym}"),
             format!("{sym}:"),
             format!(".incbin \"{file}\", 0, {len}"),
+            // LLVM's assembler (rustc's) takes fewer bytes, silently, from a
+            // file shorter than the count: the static would then run past
+            // them. Whatever was read must be exactly `len` bytes.
+            format!(".ifne . - {sym} - {len}"),
+            format!(
+                ".error \"stigmer-build: {file} is not {len} bytes long: it changed after the \
+                 build script wrote it; run cargo clean and build again\""
+            ),
+            ".endif".to_owned(),
             ".popsection".to_owned(),
         ])
     }
@@ -491,8 +571,12 @@ impl Asm {
     /// Appends a module whose `global_asm!` defines `symbol` as the `len`
     /// bytes of the file at `path`.
     fn push(self, out: &mut String, symbol: &str, path: &Path, len: u64) -> Result<(), Error> {
-        let lines: Vec<String> =
-            self.lines(symbol, path, len)?.iter().map(|l| format!("{l:?}")).collect();
+        // Each line is a format string of global_asm!, as a Rust literal.
+        let lines: Vec<String> = self
+            .lines(symbol, path, len)?
+            .iter()
+            .map(|l| format!("{:?}", l.replace('{', "{{").replace('}', "}}")))
+            .collect();
         writeln!(
             out,
             "    #[allow(unsafe_code)]\n    mod {symbol} {{\n        \
@@ -502,6 +586,37 @@ impl Asm {
         .unwrap();
         Ok(())
     }
+}
+
+/// `path` as the inside of an assembler string: every byte as it is but
+/// for `"` and `\\`, escaped, and what is not printable ASCII, in octal. Any
+/// path, UTF-8 or not, quotes, spaces, `;` and `#` included, names exactly
+/// its file.
+fn asm_string(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut s = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        match b {
+            b'"' | b'\\' => {
+                s.push('\\');
+                s.push(b as char);
+            }
+            0x20..=0x7e => s.push(b as char),
+            _ => write!(s, "\\{b:03o}").unwrap(),
+        }
+    }
+    s
+}
+
+/// A path for a message: control characters (a newline, a terminal
+/// escape) escaped, so that a message stays one line, and a cargo warning
+/// cannot start a line that cargo would take for an instruction.
+pub(crate) fn shown(path: &Path) -> String {
+    path.display()
+        .to_string()
+        .chars()
+        .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+        .collect()
 }
 
 /// A prefix for the payload symbols of the package being built, unique in
@@ -516,6 +631,14 @@ fn symbol_prefix() -> String {
     format!("__stigmer_payload_{clean}")
 }
 
+/// Checks that `path` is a regular file (following symlinks) before it is
+/// read: reading a FIFO would wait for a writer forever.
+fn regular_file(path: &Path) -> Result<(), Error> {
+    let meta =
+        fs::metadata(path).map_err(|source| Error::Read { path: path.to_owned(), source })?;
+    if meta.is_file() { Ok(()) } else { Err(Error::NotAFile { path: path.to_owned() }) }
+}
+
 /// A path as a Rust string literal, for `include_bytes!`.
 fn literal(path: &Path) -> Result<String, Error> {
     let abs = std::path::absolute(path)
@@ -526,10 +649,26 @@ fn literal(path: &Path) -> Result<String, Error> {
     }
 }
 
-fn rerun_if_changed(path: &Path) {
-    if std::env::var_os("OUT_DIR").is_some() {
-        println!("cargo::rerun-if-changed={}", path.display());
+/// Tells cargo to run the build script again when `path` changes, unless
+/// it is in `$OUT_DIR`: a file the build script writes is newer than its
+/// last run every time, and watching it would run the script, and rebuild
+/// everything that embeds it, at every build. Such a payload is made from
+/// sources the build script watches itself.
+///
+/// A path with a line break is an error: cargo reads its instructions a
+/// line at a time, so the rest of such a path would be read as another
+/// instruction.
+fn rerun_if_changed(path: &Path) -> Result<(), Error> {
+    use std::os::unix::ffi::OsStrExt as _;
+    if path.as_os_str().as_bytes().iter().any(|b| matches!(b, b'\n' | b'\r')) {
+        return Err(Error::LineBreak { path: path.to_owned() });
     }
+    let Some(out) = std::env::var_os("OUT_DIR") else { return Ok(()) };
+    if std::path::absolute(path).is_ok_and(|p| p.starts_with(&out)) {
+        return Ok(());
+    }
+    println!("cargo::rerun-if-changed={}", path.display());
+    Ok(())
 }
 
 /// Removes the files of `dir` that are not in `keep` (frames of payloads
@@ -546,8 +685,12 @@ fn remove_others(dir: &Path, keep: &[PathBuf]) {
 
 /// Leaves the file's timestamp alone when its content is the same, so an
 /// unchanged payload set does not force a rebuild of what includes it.
+///
+/// Only a regular file is left alone: a symlink of the same content (to the
+/// payload itself, say) is replaced, as the assembler reading it later
+/// would read whatever it then points at.
 fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    if fs::read(path).is_ok_and(|old| old == bytes) {
+    if is_regular(path) && fs::read(path).is_ok_and(|old| old == bytes) {
         return Ok(());
     }
     let write = || -> io::Result<()> {
@@ -557,6 +700,50 @@ fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), Error> {
         fs::rename(&tmp, path)
     };
     write().map_err(|source| Error::Write { path: path.to_owned(), source })
+}
+
+/// Whether `path` itself (not what a symlink points at) is a regular file.
+fn is_regular(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file())
+}
+
+/// The frame lengths as the generated code and the `.lens` file hold them.
+fn lens_text(lens: &[usize]) -> String {
+    lens.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// The frame lengths of the frames an earlier build kept at `zst` (and
+/// `lens`), if they are the frames of `bytes`: as many as `bytes` has
+/// [`FRAME_LEN`] chunks, adding up to the file, each decoding to its chunk.
+#[cfg(feature = "compress")]
+fn kept_frames(zst: &Path, lens: &Path, bytes: &[u8]) -> Option<Vec<usize>> {
+    if !is_regular(zst) || !is_regular(lens) {
+        return None;
+    }
+    let lens: Vec<usize> = fs::read_to_string(lens)
+        .ok()?
+        .split(", ")
+        .map(|n| n.parse().ok().filter(|&n| n > 0))
+        .collect::<Option<_>>()?;
+    let frames = fs::read(zst).ok()?;
+    let chunks = bytes.chunks(FRAME_LEN);
+    if lens.len() != chunks.len() || lens.iter().sum::<usize>() != frames.len() {
+        return None;
+    }
+    let mut at = 0;
+    for (len, chunk) in lens.iter().zip(chunks) {
+        let decoded = ::zstd::bulk::decompress(&frames[at..at + len], FRAME_LEN).ok()?;
+        if decoded != chunk {
+            return None;
+        }
+        at += len;
+    }
+    Some(lens)
+}
+
+#[cfg(not(feature = "compress"))]
+fn kept_frames(_: &Path, _: &Path, _: &[u8]) -> Option<Vec<usize>> {
+    None
 }
 
 /// Compresses `bytes` as independent frames of [`FRAME_LEN`] bytes (level
@@ -697,7 +884,71 @@ mod tests {
                 object.windows(4000).any(|w| w == &bytes[..4000]),
                 "{triple}: the bytes are not in the object"
             );
+            // A file shorter than the count (changed after the build script
+            // measured it) is an error, not a shorter section.
+            let mut text = asm.lines("p_0", &file, 6000).unwrap().join("\n");
+            text.push('\n');
+            fs::write(&source, text).unwrap();
+            let o = std::process::Command::new("llvm-mc")
+                .args([&format!("-triple={triple}"), "-filetype=obj", "-o"])
+                .arg(dir.path().join("short.o"))
+                .arg(&source)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success(), "{triple}: a short file assembled");
+            assert!(err.contains("is not 6000 bytes long"), "{triple}: {err}");
         }
+    }
+
+    /// The generated `global_asm!` names its file exactly, whatever the
+    /// path holds (quotes, braces, backslashes, spaces, `;`, `#`, a tab, a
+    /// newline, bytes that are not UTF-8): rustc assembles it and the object
+    /// holds the payload's bytes.
+    #[test]
+    fn hostile_paths_are_embedded_exactly() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let name = std::ffi::OsStr::from_bytes(b"a \"b\" {c} \\d;e #f\tg\nh \xff}{");
+        let odd = dir.path().join(name);
+        fs::create_dir(&odd).unwrap();
+        let file = odd.join("payload");
+        let bytes: Vec<u8> = (0..5000u32).map(|i| (i * 31 % 253) as u8).collect();
+        fs::write(&file, &bytes).unwrap();
+        let mut code = String::new();
+        Asm::for_target().push(&mut code, "p_0", &file, 5000).unwrap();
+        let source = dir.path().join("asm.rs");
+        fs::write(&source, &code).unwrap();
+        let object = dir.path().join("asm.o");
+        let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+        let o = std::process::Command::new(rustc)
+            .args(["--edition=2021", "--crate-type=lib", "--crate-name=asm", "--emit=obj", "-o"])
+            .arg(&object)
+            .arg(&source)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}\n{code}", String::from_utf8_lossy(&o.stderr));
+        let object = fs::read(&object).unwrap();
+        assert!(object.windows(5000).any(|w| w == bytes), "the bytes are not in the object");
+    }
+
+    /// A copy under a sha256 name is trusted only when it holds exactly
+    /// the bytes that were hashed: one of the right length but other bytes
+    /// (a foreign file, a crash that left zeros) is written again.
+    #[test]
+    fn a_stored_copy_of_the_right_length_but_other_bytes_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("tool");
+        fs::write(&exe, b"#!/bin/sh\necho hi\n").unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let embed = || Embed::new().payload("tool", &exe).unwrap().write_to(out.path()).unwrap();
+        embed();
+        let stored = fs::read_dir(out.path().join("stigmer-payloads")).unwrap();
+        let stored: Vec<_> = stored.map(|e| e.unwrap().path()).collect();
+        assert_eq!(stored.len(), 1, "{stored:?}");
+        fs::write(&stored[0], [0u8; 18]).unwrap();
+        embed();
+        assert_eq!(fs::read(&stored[0]).unwrap(), fs::read(&exe).unwrap());
     }
 
     #[cfg(feature = "compress")]
@@ -715,5 +966,146 @@ mod tests {
         fs::write(&exe, vec![8u8; 100]).unwrap();
         Embed::new().payload("big", &exe).unwrap().compress(true).write_to(out.path()).unwrap();
         assert_eq!(fs::read_dir(&frames).unwrap().count(), 2, "the old frames are gone");
+    }
+
+    /// Frames and their lengths are reused only when they decode to exactly
+    /// the hashed bytes: a truncated or foreign `.lens` or `.zst` is made
+    /// again, and no text of a `.lens` file reaches the generated code.
+    #[cfg(feature = "compress")]
+    #[test]
+    fn wrong_or_truncated_frames_are_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("big");
+        let bytes: Vec<u8> = (0..FRAME_LEN + 1000).map(|i| (i * 7 % 251) as u8).collect();
+        fs::write(&exe, &bytes).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let embed = || {
+            let e = Embed::new().payload("big", &exe).unwrap().compress(true);
+            fs::read_to_string(e.write_to(out.path()).unwrap().generated).unwrap()
+        };
+        let good = embed();
+        let stored = out.path().join("stigmer-payloads");
+        let find = |ext: &str| {
+            fs::read_dir(&stored)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.extension().is_some_and(|x| x == ext))
+                .unwrap()
+        };
+        let (zst, lens) = (find("zst"), find("lens"));
+        let (good_zst, good_lens) = (fs::read(&zst).unwrap(), fs::read_to_string(&lens).unwrap());
+        let first: usize = good_lens.split(", ").next().unwrap().parse().unwrap();
+        let damage: [(&Path, Vec<u8>); 4] = [
+            // A .lens cut short: one frame of two.
+            (&lens, good_lens.split(", ").next().unwrap().as_bytes().to_vec()),
+            // Lengths that add up but cut the frames in the wrong place.
+            (&lens, format!("{}, {}", first - 1, good_zst.len() - first + 1).into_bytes()),
+            // Text that is not lengths at all.
+            (&lens, b"1]), compile_error!(\"injected\"), (&[1".to_vec()),
+            // Frames of the right length and other bytes.
+            (&zst, vec![0; good_zst.len()]),
+        ];
+        for (file, bad) in damage {
+            fs::write(file, &bad).unwrap();
+            assert_eq!(embed(), good, "{}", String::from_utf8_lossy(&bad));
+            assert_eq!(fs::read(&zst).unwrap(), good_zst);
+            assert_eq!(fs::read_to_string(&lens).unwrap(), good_lens);
+        }
+    }
+
+    /// A payload path that is not a regular file (a FIFO, which a read
+    /// would wait on forever; a folder) is an error that says so, at once.
+    #[test]
+    fn a_fifo_or_a_folder_given_as_a_payload_is_refused_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let o = std::process::Command::new("mkfifo").arg(&fifo).output().unwrap();
+        assert!(o.status.success());
+        for path in [fifo, dir.path().to_owned()] {
+            let out = tempfile::tempdir().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let p = path.clone();
+            let out_path = out.path().to_owned();
+            std::thread::spawn(move || {
+                let e = Embed::new().payload("x", p).unwrap().write_to(&out_path);
+                let _ = tx.send(e.map(|_| ()).map_err(|e| e.to_string()));
+            });
+            let err = rx
+                .recv_timeout(std::time::Duration::from_secs(5))
+                .unwrap_or_else(|_| panic!("{} was waited on", path.display()))
+                .unwrap_err();
+            assert!(err.contains("not a regular file") && err.contains("point"), "{err}");
+        }
+    }
+
+    /// A folder, payload or manifest path with a line break is refused:
+    /// printed in a cargo::rerun-if-changed line, the rest of it would be
+    /// an instruction of its own.
+    #[test]
+    fn paths_with_line_breaks_are_refused_not_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let odd = dir.path().join("p\ncargo::rustc-cfg=injected");
+        fs::create_dir(&odd).unwrap();
+        let exe = odd.join("tool");
+        fs::write(&exe, b"#!/bin/sh\n").unwrap();
+        fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+        let err = Embed::folder(&odd).unwrap_err().to_string();
+        assert!(err.contains("line break") && !err.contains('\n'), "{err}");
+        let err = Embed::new().payload("tool", &exe).unwrap_err().to_string();
+        assert!(err.contains("line break"), "{err}");
+        let out = tempfile::tempdir().unwrap();
+        let e = Embed::new().payload("true", "/bin/true").unwrap().manifest(odd.join(MANIFEST));
+        let err = e.write_to(out.path()).unwrap_err().to_string();
+        assert!(err.contains("line break"), "{err}");
+    }
+
+    /// Errors reading a payload or writing the output name the file and
+    /// what to check.
+    #[test]
+    fn read_and_write_errors_name_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("gone");
+        let e = Embed::new().payload("gone", &missing).unwrap();
+        let err = e.write_to(out.path()).unwrap_err().to_string();
+        assert!(err.contains("gone") && err.contains("check that it exists"), "{err}");
+        let not_a_folder = dir.path().join("out");
+        fs::write(&not_a_folder, "").unwrap();
+        let e = Embed::new().payload("true", "/bin/true").unwrap();
+        let err = e.write_to(&not_a_folder).unwrap_err().to_string();
+        assert!(err.contains("stigmer-payloads") && err.contains("free space"), "{err}");
+    }
+
+    /// Payloads with the same bytes are one copy in the executable, each
+    /// name pointing at it.
+    #[test]
+    fn payloads_with_the_same_bytes_share_one_copy() {
+        let out = tempfile::tempdir().unwrap();
+        let e = Embed::new().payload("a", "/bin/true").unwrap().payload("b", "/bin/true").unwrap();
+        let embedded = e.write_to(out.path()).unwrap();
+        assert_eq!(embedded.payloads[0].sha256, embedded.payloads[1].sha256);
+        let code = fs::read_to_string(&embedded.generated).unwrap();
+        assert_eq!(code.matches(".incbin").count(), 1, "{code}");
+        assert_eq!(code.matches("&PAYLOAD_0)").count(), 2, "{code}");
+    }
+
+    /// A symlink under a sha256 name, even to the very bytes, is replaced
+    /// by a copy: the assembler reads the file later, and would read
+    /// whatever the link then points at.
+    #[test]
+    fn a_stored_symlink_is_replaced_by_a_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("tool");
+        fs::write(&exe, b"#!/bin/sh\necho hi\n").unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let embed = || Embed::new().payload("tool", &exe).unwrap().write_to(out.path()).unwrap();
+        embed();
+        let stored = fs::read_dir(out.path().join("stigmer-payloads")).unwrap();
+        let stored: Vec<_> = stored.map(|e| e.unwrap().path()).collect();
+        fs::remove_file(&stored[0]).unwrap();
+        std::os::unix::fs::symlink(&exe, &stored[0]).unwrap();
+        embed();
+        assert!(fs::symlink_metadata(&stored[0]).unwrap().file_type().is_file());
+        assert_eq!(fs::read(&stored[0]).unwrap(), fs::read(&exe).unwrap());
     }
 }

@@ -7,7 +7,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::{Error, NameError, NameProblem};
+use crate::{Error, NameError, NameProblem, shown};
 
 /// The manifest's file name inside a payload folder.
 pub const MANIFEST: &str = "services.toml";
@@ -83,7 +83,7 @@ pub fn scan(dir: &Path) -> Result<Scan, Error> {
         // Follow symlinks: a folder of links to build outputs is common.
         let meta = match fs::metadata(&path) {
             Ok(meta) => meta,
-            Err(source) => return Err(Error::Read { path, source }),
+            Err(source) => return Err(Error::Entry { path, source }),
         };
         if name == MANIFEST && meta.is_file() {
             scan.manifest = Some(path);
@@ -92,15 +92,15 @@ pub fn scan(dir: &Path) -> Result<Scan, Error> {
         if !meta.is_file() {
             scan.warnings.push(format!(
                 "skipping {}: not a regular file (payloads are the executable files directly in the folder)",
-                path.display()
+                shown(&path)
             ));
             continue;
         }
         if meta.permissions().mode() & 0o111 == 0 {
             scan.warnings.push(format!(
                 "skipping {}: not executable (run \"chmod +x {}\" to embed it as a payload)",
-                path.display(),
-                path.display()
+                shown(&path),
+                shown(&path)
             ));
             continue;
         }
@@ -171,5 +171,30 @@ mod tests {
         file(dir.path(), "bad name", 0o755);
         let err = scan(dir.path()).unwrap_err().to_string();
         assert!(err.contains("bad name") && err.contains("rename"), "{err}");
+    }
+
+    /// A file name is printed escaped: a skipped file called
+    /// "x\ncargo::rustc-link-lib=..." cannot add a line to the build
+    /// script's output, which cargo would take for an instruction, and
+    /// every error stays one line without terminal escapes.
+    #[test]
+    fn file_names_cannot_forge_lines_or_cargo_instructions() {
+        let dir = tempfile::tempdir().unwrap();
+        file(dir.path(), "ok", 0o755);
+        file(dir.path(), "notes\ncargo::rustc-link-lib=evil\r\x1b[2J", 0o644);
+        fs::create_dir(dir.path().join("sub\ncargo::rustc-cfg=evil")).unwrap();
+        std::os::unix::fs::symlink("nowhere", dir.path().join("gone\ncargo::warning=x")).unwrap();
+        let err = scan(dir.path()).unwrap_err().to_string();
+        assert!(!err.contains(['\n', '\r', '\x1b']), "{err:?}");
+        assert!(err.contains("gone\\ncargo"), "{err:?}");
+        fs::remove_file(dir.path().join("gone\ncargo::warning=x")).unwrap();
+        let scan = scan(dir.path()).unwrap();
+        assert_eq!(scan.warnings.len(), 2, "{:?}", scan.warnings);
+        for w in &scan.warnings {
+            assert!(!w.contains(['\n', '\r', '\x1b']), "{w:?}");
+        }
+        file(dir.path(), "bad\nname", 0o755);
+        let err = super::scan(dir.path()).unwrap_err().to_string();
+        assert!(!err.contains(['\n', '\r', '\x1b']) && err.contains("rename"), "{err:?}");
     }
 }

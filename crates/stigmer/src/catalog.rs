@@ -21,9 +21,9 @@ macro_rules! include_payloads {
     };
 }
 
-/// One payload as the build found it: its bytes (an `include_bytes!`) and
-/// what the build decided about them, so nothing is hashed or scanned at
-/// run time.
+/// One payload as the build found it: its bytes (the assembler's `.incbin`
+/// of the copy the build hashed) and what the build decided about them, so
+/// nothing is hashed or scanned at run time.
 #[derive(Clone, Debug)]
 pub struct Embedded {
     name: &'static str,

@@ -444,7 +444,7 @@ impl SelfExe {
     }
 
     /// The executable and the file offset of `data`, when all of `data` lies
-    /// in file-backed mappings of it (`include_bytes!` data is in `.rodata`).
+    /// in file-backed mappings of it (payloads are in `.rodata`).
     fn locate(&self, data: &[u8]) -> Option<(&File, u64)> {
         let start = data.as_ptr() as usize;
         let offset = locate(&self.mappings, start, data.len())?;
