@@ -7,7 +7,8 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::{Error, NameError, NameProblem, shown};
+use crate::Error;
+use crate::error::{NameError, NameProblem, shown};
 
 /// The manifest's file name inside a payload folder.
 pub const MANIFEST: &str = "services.toml";
