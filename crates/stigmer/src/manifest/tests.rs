@@ -1,0 +1,396 @@
+//! Unit tests of [`super`].
+
+use super::*;
+
+const PAYLOADS: &[&str] = &["api", "runner", "probe"];
+
+fn parse(text: &str) -> Result<Manifest, String> {
+    Manifest::parse(text, "services.toml", PAYLOADS).map_err(|e| e.to_string())
+}
+
+#[test]
+fn the_documented_example() {
+    let m = parse(
+        r#"
+[services.runner]
+depends_on = ["api"]
+restart = "on-failure"
+stop_signal = "SIGINT"
+stop_timeout = "2s"
+
+[services.api]
+args = ["--port", "7234"]
+env = { LOG_FORMAT = "json" }
+ready = { http = "http://127.0.0.1:7234/healthz", timeout = "20s" }
+"#,
+    )
+    .unwrap();
+    let names: Vec<_> = m.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["api", "runner"], "dependency order");
+    let api = m.get("api").unwrap();
+    assert_eq!(api.payload, "api");
+    assert_eq!(api.env["LOG_FORMAT"], "json");
+    let ready = api.ready.as_ref().unwrap();
+    assert_eq!(ready.timeout, Duration::from_secs(20));
+    assert!(
+        matches!(&ready.check, Check::Http { path, host, .. } if path == "/healthz" && host == "127.0.0.1:7234")
+    );
+    let runner = m.get("runner").unwrap();
+    assert_eq!(runner.restart, Restart::OnFailure);
+    assert_eq!(runner.stop_signal, Signal::SIGINT);
+    assert_eq!(runner.stop_timeout, Duration::from_secs(2));
+    assert_eq!(api.stop_signal, Signal::SIGTERM);
+    assert_eq!(api.restart, Restart::No);
+}
+
+#[test]
+fn every_error_is_one_line_naming_service_key_and_fix() {
+    let cases = [
+        ("[services.api]\nport = 1\n", "service api: unknown key \"port\""),
+        ("[services.nope]\n", "payload \"nope\" is not in this build"),
+        ("[services.api]\npayload = \"x\"\n", "set `payload` to one of them"),
+        ("[services.nope]\npayload = 1\n", "service nope: payload: invalid type: integer `1`"),
+        (
+            "[services.api]\ndepends_on = [\"runner\"]\n[services.runner]\ndepends_on = [\"api\"]\n",
+            "services api -> runner -> api form a dependency cycle",
+        ),
+        ("[services.api]\ndepends_on = [\"api\"]\n", "depends_on names itself"),
+        ("[services.api]\ndepends_on = [\"db\"]\n", "depends_on \"db\" is not a service here"),
+        (
+            "[services.api]\nstop_timeout = \"10 parsecs\"\n",
+            "stop_timeout \"10 parsecs\" is not a duration",
+        ),
+        (
+            "[services.api]\nready = { tcp = \"localhost\" }\n",
+            "ready.tcp \"localhost\" is not a host:port",
+        ),
+        ("[services.api]\nready = { http = \"ftp://x/\" }\n", "is not an http:// URL"),
+        (
+            "[services.api]\nready = { tcp = \"127.0.0.1:1\", log = \"x\" }\n",
+            "exactly one of http, tcp or log",
+        ),
+        ("[services.api]\nready = { tpc = \"127.0.0.1:1\" }\n", "unknown key \"ready.tpc\""),
+        ("[services.api]\nrestart = \"sometimes\"\n", "restart \"sometimes\" is not a policy"),
+        ("[services.api]\nstop_signal = \"SIGFOO\"\n", "stop_signal \"SIGFOO\" is not a signal"),
+        ("[services.api]\nstop_signal = \"KILL\"\n", "cannot be a stop request"),
+        (
+            "[services.api]\nargs = \"--port 1\"\n",
+            "service api: args: invalid type: string \"--port 1\", expected a sequence: write e.g. args = [",
+        ),
+        ("[service.api]\n", "unknown top-level key \"service\""),
+        ("", "no [services.NAME] table"),
+        ("[services.api\n", "line 1:"),
+        (
+            "[services.\"a b\"]\npayload = \"api\"\n",
+            "service \"a b\": payload name \"a b\" contains ' '",
+        ),
+    ];
+    for (text, want) in cases {
+        let err = parse(text).expect_err(text);
+        assert!(err.contains(want), "{text:?}\n  got: {err}\n want: {want}");
+        clean(&err);
+        assert!(err.starts_with("services.toml: "), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
+
+#[test]
+fn independent_services_keep_name_order() {
+    let m = parse("[services.runner]\n[services.api]\n[services.probe]\ndepends_on=[\"runner\"]\n")
+        .unwrap();
+    let names: Vec<_> = m.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["api", "runner", "probe"]);
+}
+
+#[test]
+fn http_urls() {
+    let Check::Http { addr, host, path, .. } = http_check("http://127.0.0.1/x?y=1").unwrap() else {
+        panic!()
+    };
+    assert_eq!(addr.port(), 80);
+    assert_eq!((host.as_str(), path.as_str()), ("127.0.0.1", "/x?y=1"));
+    let Check::Http { addr, path, .. } = http_check("http://[::1]:9000").unwrap() else { panic!() };
+    assert_eq!((addr.port(), path.as_str()), (9000, "/"));
+    assert!(http_check("https://127.0.0.1/").is_err());
+    assert!(http_check("http://u@127.0.0.1/").is_err());
+}
+
+/// Asserts that every line of `err` is one problem with no control
+/// character.
+fn clean(err: &str) {
+    for line in err.lines() {
+        assert!(line.starts_with("services.toml: "), "{err:?}");
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+    }
+}
+
+fn one_problem(text: &str) -> String {
+    let err = parse(text).expect_err(text);
+    clean(&err);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    err
+}
+
+#[test]
+fn durations_are_bounded_at_both_ends() {
+    for key in ["stop_timeout", "restart_window"] {
+        let m = parse(&format!("[services.api]\n{key} = \"24h\"\n")).unwrap();
+        let api = m.get("api").unwrap();
+        assert_eq!(
+            if key == "stop_timeout" { api.stop_timeout } else { api.restart_window },
+            MAX_DURATION
+        );
+        for long in ["24h 1ns", "25h", "300000000000y"] {
+            let err = one_problem(&format!("[services.api]\n{key} = \"{long}\"\n"));
+            assert!(err.contains(&format!("{key} \"{long}\" is longer than 1day")), "{err}");
+        }
+    }
+    let timeout = |t: &str| {
+        parse(&format!("[services.api]\nready = {{ log = \"up\", timeout = \"{t}\" }}\n"))
+    };
+    assert_eq!(timeout("24h").unwrap().services[0].ready.as_ref().unwrap().timeout, MAX_DURATION);
+    assert_eq!(
+        timeout("1ms").unwrap().services[0].ready.as_ref().unwrap().timeout,
+        MIN_READY_TIMEOUT
+    );
+    for zero in ["0s", "999us"] {
+        let err = timeout(zero).unwrap_err();
+        assert!(err.contains(&format!("ready.timeout \"{zero}\" is shorter than 1ms")), "{err}");
+        assert!(err.contains("remove `ready`"), "{err}");
+    }
+    assert!(timeout("300000000000y").unwrap_err().contains("is longer than 1day"));
+    // 0: SIGKILL right after the stop signal.
+    let m = parse("[services.api]\nstop_timeout = \"0s\"\n").unwrap();
+    assert_eq!(m.services[0].stop_timeout, Duration::ZERO);
+    // 0: restarts never add up, so the service is restarted for ever.
+    let m = parse("[services.api]\nrestart_window = \"0s\"\n").unwrap();
+    assert_eq!(m.services[0].restart_window, MIN_RESTART_WINDOW);
+}
+
+#[test]
+fn max_restarts_is_bounded() {
+    let max = |n: &str| parse(&format!("[services.api]\nmax_restarts = {n}\n"));
+    assert_eq!(max("0").unwrap().services[0].max_restarts, 0);
+    assert_eq!(max("1000").unwrap().services[0].max_restarts, MAX_RESTARTS);
+    for bad in ["1001", "-1", "4294967296", "9223372036854775807"] {
+        let err = max(bad).unwrap_err();
+        assert!(err.contains(&format!("max_restarts {bad} is out of range: use 0")), "{err}");
+    }
+    assert!(max("\"5\"").unwrap_err().contains("max_restarts: invalid type"));
+}
+
+#[test]
+fn every_problem_is_reported_in_one_run() {
+    let text = r#"
+bogus = 1
+[services.api]
+port = 1
+stop_timeout = "soon"
+args = ["a\u0000b"]
+env = { "A=B" = "1", C = "x\u0000" }
+[services.runner]
+depends_on = ["db", "runner"]
+max_restarts = -3
+ready = { tcp = "127.0.0.1:1", timeout = "0s" }
+[services.probe]
+payload = "nope"
+cwd = "/nonexistent/stigmer/test"
+"#;
+    let err = parse(text).unwrap_err();
+    clean(&err);
+    let want = [
+        "unknown top-level key \"bogus\"",
+        "service api: unknown key \"port\"",
+        "service api: args[0] \"a\\0b\" holds a NUL byte",
+        "service api: env key \"A=B\" is not a variable name",
+        "service api: env \"C\" = \"x\\0\" holds a NUL byte",
+        "service api: stop_timeout \"soon\" is not a duration",
+        "service probe: payload \"nope\" is not in this build",
+        "service probe: cwd \"/nonexistent/stigmer/test\" does not exist",
+        "service runner: ready.timeout \"0s\" is shorter than 1ms",
+        "service runner: max_restarts -3 is out of range",
+        "service runner: depends_on \"db\" is not a service here (services: api, probe, runner)",
+        "service runner: depends_on names itself",
+    ];
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), want.len(), "{err}");
+    for (line, want) in lines.iter().zip(want) {
+        assert!(line.contains(want), "{line}\nwant: {want}\nall:\n{err}");
+    }
+}
+
+#[test]
+fn problems_are_typed_and_print_as_their_lines() {
+    let text = "bogus = 1\n\
+                [services.api]\nstop_timeout = \"soon\"\ndepends_on = [\"db\"]\n\
+                [services.runner]\nstop_signal = \"KILL\"\nready = { tcp = \"x\" }\n\
+                [services.a]\npayload = \"api\"\ndepends_on = [\"b\"]\n\
+                [services.b]\npayload = \"api\"\ndepends_on = [\"a\"]\n";
+    let err = Manifest::parse(text, "services.toml", PAYLOADS).unwrap_err();
+    let got: Vec<(Option<&str>, Option<Key>)> =
+        err.details().iter().map(|p| (p.service_name(), p.key())).collect();
+    assert_eq!(
+        got,
+        [
+            (None, None),
+            (Some("api"), Some(Key::StopTimeout)),
+            (Some("runner"), Some(Key::ReadyTcp)),
+            (Some("runner"), Some(Key::StopSignal)),
+            (Some("api"), Some(Key::DependsOn)),
+            (None, Some(Key::DependsOn)),
+        ],
+        "{err}"
+    );
+    let kinds = err.details().iter().map(Problem::kind);
+    assert!(matches!(
+        kinds.collect::<Vec<_>>()[..],
+        [
+            ProblemKind::UnknownTopLevelKey { .. },
+            ProblemKind::NotADuration { key: Key::StopTimeout, .. },
+            ProblemKind::NotHostPort { key: Key::ReadyTcp, .. },
+            ProblemKind::UncatchableSignal { key: Key::StopSignal, .. },
+            ProblemKind::UnknownDependency { count: 4, .. },
+            ProblemKind::Cycle { .. },
+        ]
+    ));
+    let ProblemKind::Cycle { services } = err.details()[5].kind() else { unreachable!() };
+    assert_eq!(services, &["a", "b", "a"]);
+    for (problem, line) in err.details().iter().zip(err.problems()) {
+        assert_eq!(line, &format!("services.toml: {problem}"));
+    }
+}
+
+#[test]
+fn cwd_is_resolved_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = parse(&format!("[services.api]\ncwd = {:?}\n", dir.path())).unwrap();
+    assert_eq!(m.services[0].cwd.as_deref(), Some(dir.path()));
+    // Relative: against the current folder, made absolute now.
+    let m = parse("[services.api]\ncwd = \"src\"\n").unwrap();
+    let want = std::env::current_dir().unwrap().join("src");
+    assert_eq!(m.services[0].cwd.as_deref(), Some(want.as_path()));
+    let file = dir.path().join("file");
+    std::fs::write(&file, "").unwrap();
+    let err = one_problem(&format!("[services.api]\ncwd = {:?}\n", file));
+    assert!(err.ends_with(&format!("cwd {file:?} is not a folder: give a folder")), "{err}");
+    let err = one_problem("[services.api]\ncwd = \"no-such-folder\"\n");
+    assert!(err.contains("cwd \"no-such-folder\" (here \"/"), "{err}");
+    assert!(err.contains("no-such-folder\") does not exist"), "{err}");
+    assert!(one_problem("[services.api]\ncwd = \"\"\n").contains("cwd is empty"));
+    assert!(one_problem("[services.api]\ncwd = \"/tmp\\u0000x\"\n").contains("NUL byte"));
+}
+
+#[test]
+fn bytes_that_are_not_utf8_are_located() {
+    let bytes = b"[services.api]\nargs = [\"caf\xe9\"]\n";
+    let err = Manifest::parse_bytes(bytes, "services.toml", PAYLOADS).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "services.toml: line 2, byte offset 27: byte 0xe9 is not UTF-8: save the manifest as UTF-8 text"
+    );
+    let m = Manifest::parse_bytes(b"[services.api]\n", "services.toml", PAYLOADS).unwrap();
+    assert_eq!(m.services[0].name, "api");
+}
+
+#[test]
+fn names_and_values_are_printed_escaped() {
+    let cases = [
+        "[services.\"a\\u001b[31mb\"]\npayload = \"api\"\n",
+        "[services.\"a\\nb\\r\"]\npayload = \"api\"\n",
+        "[services.api]\npayload = \"\\u001b]0;x\\u0007\"\n",
+        "[services.api]\n\"k\\u009b\\n\" = 1\n",
+        "[services.api]\nstop_signal = \"\\r\\n\"\n",
+        "[services.api]\nready = { http = \"http://1.2.3.4/\\r\\nX: y\" }\n",
+        "[services.api]\ndepends_on = [\"\\u001bc\"]\n",
+        "\"\\u202e\" = 1\n[services.api]\n",
+        "[services.api]\nargs = [1, \"\\u001b\"]\n",
+        "[services.api]\nx = \"\u{1b}\"\n",
+        "[services.api]\nargs = \"\u{1b}[2J\n",
+    ];
+    for text in cases {
+        let err = parse(text).expect_err(text);
+        clean(&err);
+        assert!(!err.contains('\u{202e}'), "{err:?}");
+    }
+    let err = Manifest::parse("", "a\u{1b}[31m\nb", PAYLOADS).unwrap_err().to_string();
+    assert_eq!(err, "a\\u{1b}[31m; b: no [services.NAME] table: add at least one service");
+}
+
+/// `n` services on payload "api": each depends on the one before it
+/// (`chain`) or on none.
+fn many(n: usize, chain: bool) -> String {
+    let mut text = String::new();
+    for i in 0..n {
+        text.push_str(&format!("[services.s{i:05}]\npayload = \"api\"\n"));
+        if chain && i > 0 {
+            text.push_str(&format!("depends_on = [\"s{:05}\"]\n", i - 1));
+        }
+    }
+    text
+}
+
+#[test]
+fn ten_thousand_services_are_planned() {
+    // A chain written from its end: every service follows the one it
+    // depends on.
+    let text = many(10_000, true);
+    let m = parse(&text).unwrap();
+    let names: Vec<&str> = m.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names.len(), 10_000);
+    let want: Vec<String> = (0..10_000).map(|i| format!("s{i:05}")).collect();
+    assert_eq!(names, want);
+    // Reversed dependencies: s09999 first.
+    let mut text = String::new();
+    for i in 0..10_000 {
+        text.push_str(&format!("[services.s{i:05}]\npayload = \"api\"\n"));
+        if i < 9_999 {
+            text.push_str(&format!("depends_on = [\"s{:05}\"]\n", i + 1));
+        }
+    }
+    let m = parse(&text).unwrap();
+    assert_eq!(m.services[0].name, "s09999");
+    assert_eq!(m.services[9_999].name, "s00000");
+    let m = parse(&many(10_000, false)).unwrap();
+    let names: Vec<&str> = m.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, want, "independent services come in name order");
+}
+
+#[test]
+fn cycles_are_named_even_behind_a_tail() {
+    // x -> a -> b -> c -> a, and a separate d <-> e, and f fine.
+    let text = "[services.x]\npayload=\"api\"\ndepends_on=[\"a\"]\n\
+                [services.a]\npayload=\"api\"\ndepends_on=[\"b\"]\n\
+                [services.b]\npayload=\"api\"\ndepends_on=[\"f\", \"c\"]\n\
+                [services.c]\npayload=\"api\"\ndepends_on=[\"a\"]\n\
+                [services.d]\npayload=\"api\"\ndepends_on=[\"e\"]\n\
+                [services.e]\npayload=\"api\"\ndepends_on=[\"d\"]\n\
+                [services.f]\npayload=\"api\"\n";
+    let err = parse(text).unwrap_err();
+    assert_eq!(
+        err,
+        "services.toml: services a -> b -> c -> a form a dependency cycle: remove one of those depends_on\n\
+         services.toml: services d -> e -> d form a dependency cycle: remove one of those depends_on"
+    );
+    // A 10,000-long cycle is found too.
+    let mut text = many(10_000, true);
+    text =
+        text.replacen("payload = \"api\"\n", "payload = \"api\"\ndepends_on = [\"s09999\"]\n", 1);
+    let err = parse(&text).unwrap_err();
+    assert_eq!(err.lines().count(), 1);
+    assert!(
+        err.starts_with("services.toml: services s00000 -> s09999 -> s09998"),
+        "{}",
+        &err[..80]
+    );
+    assert!(
+        err.ends_with("s00001 -> s00000 form a dependency cycle: remove one of those depends_on")
+    );
+}
+
+#[test]
+fn an_unknown_dependency_among_many_lists_a_few_names() {
+    let text = many(100, false) + "[services.z]\npayload = \"api\"\ndepends_on = [\"nope\"]\n";
+    let err = one_problem(&text);
+    assert!(err.contains("(services: s00000, s00001,"), "{err}");
+    assert!(err.contains("s00019, and 81 more): fix the name"), "{err}");
+}
