@@ -205,7 +205,8 @@ fn server(
     // The supervisor takes any `Launch`; the CLI's is the real one.
     let launcher: Arc<dyn Launch + Send + Sync> = Arc::new(launcher(choice, quiet));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let options = supervise::Options { json_logs, color };
+    let mut options = supervise::Options::default();
+    (options.json_logs, options.color) = (json_logs, color);
     // On this thread: services are spawned from it, and their death signal
     // is tied to it (see `supervise::serve`).
     let outcome = runtime.block_on(supervise::serve(manifest, catalog, launcher, options, guard));

@@ -55,7 +55,7 @@ impl Embed {
     }
 
     /// Every payload of `dir` (its executable files) and its
-    /// `services.toml`, as [`scan`] finds them. Files that are skipped
+    /// `services.toml`, as [`scan()`](crate::scan()) finds them. Files that are skipped
     /// become cargo warnings when the table is written. A folder with no
     /// payload is [`Error::Empty`].
     pub fn folder(dir: impl AsRef<Path>) -> Result<Embed, Error> {

@@ -58,6 +58,7 @@ pub const MIN_RESTART_WINDOW: Duration = Duration::ZERO;
 
 /// A checked manifest, services in dependency order.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Manifest {
     /// The services; every service comes after the ones it depends on.
     pub services: Vec<Service>,
@@ -65,6 +66,7 @@ pub struct Manifest {
 
 /// One service.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Service {
     /// Its name, the prefix of its log lines.
     pub name: String,
@@ -101,6 +103,7 @@ pub struct Service {
 
 /// A readiness check, with its timeout.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Ready {
     /// What to check.
     pub check: Check,
@@ -110,6 +113,7 @@ pub struct Ready {
 
 /// What makes a service ready.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Check {
     /// An HTTP GET answered with a 2xx status.
     Http {
@@ -130,6 +134,7 @@ pub enum Check {
 
 /// When a service that exits on its own is started again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Restart {
     /// Never: the server shuts down.
     No,

@@ -101,6 +101,7 @@ pub trait Launch {
 /// A backend: where a payload runs from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Backend {
     /// A sealed memfd (Linux).
     Memfd,
@@ -126,6 +127,7 @@ impl fmt::Display for Backend {
 
 /// Which backend to use: `--backend` and `STIGMER_BACKEND`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Choice {
     /// memfd on Linux (the cache where the kernel refuses it), the cache
     /// elsewhere.

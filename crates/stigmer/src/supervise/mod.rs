@@ -97,6 +97,7 @@ const ADDRESS_CHECK: Duration = Duration::from_millis(250);
 
 /// How `stigmer server` writes.
 #[derive(Clone, Copy, Debug, Default)]
+#[non_exhaustive]
 pub struct Options {
     /// One JSON object per output line instead of `name | line`.
     pub json_logs: bool,
