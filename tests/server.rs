@@ -367,6 +367,8 @@ fn the_demo_system_runs_and_stops_cleanly() {
     assert_eq!(status.code(), Some(0), "{}", err.join("\n"));
     assert!(err.iter().any(|l| l.contains("all services running")), "{}", err.join("\n"));
     assert!(status.signal().is_none());
+    // stdout is read to the end: the last lines are written, no wait.
+    assert!(!err.iter().any(|l| l.contains("not being read")), "{}", err.join("\n"));
 }
 
 #[test]

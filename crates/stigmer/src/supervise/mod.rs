@@ -184,7 +184,11 @@ pub async fn serve(
             },
         }
     }
-    let Supervisor { machine, .. } = sup;
+    // The writer ends once every sender of lines is gone: ours goes here
+    // (a `..` pattern would keep it alive until the function returns, and
+    // every clean stop would wait out WRITER_GRACE).
+    let Supervisor { machine, lines, .. } = sup;
+    drop(lines);
     let mut hurry = machine.hurry();
     stop_escapees(&mut hurry, &mut signals, &mut events).await;
     let outcome = machine.outcome();
