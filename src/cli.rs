@@ -44,13 +44,17 @@ pub(crate) enum Cmd {
         argv: Vec<OsString>,
     },
     /// Start every service of services.toml, stream their output, stop them all on SIGINT/SIGTERM
+    ///
+    /// Without a subcommand the server runs in the foreground (for a
+    /// terminal, or as a container's PID 1); `start` runs it in the
+    /// background. Either way it listens on a control socket, so `status`,
+    /// `logs`, `restart` and `stop` reach it from another terminal.
+    #[command(args_conflicts_with_subcommands = true)]
     Server {
-        /// Use this manifest instead of the embedded services.toml
-        #[arg(long, value_name = "FILE")]
-        config: Option<std::path::PathBuf>,
-        /// One JSON object per output line instead of `name | line`
-        #[arg(long)]
-        json_logs: bool,
+        #[command(subcommand)]
+        action: Option<ServerCmd>,
+        #[command(flatten)]
+        run: ServerArgs,
     },
     /// List the payloads this binary carries and how each will be launched
     List {
@@ -82,6 +86,70 @@ pub(crate) enum Cmd {
     Man,
 }
 
+/// How a server is run, in the foreground or by `server start`.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub(crate) struct ServerArgs {
+    /// Use this manifest instead of the embedded services.toml
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<std::path::PathBuf>,
+    /// One JSON object per output line instead of `name | line`
+    #[arg(long)]
+    pub(crate) json_logs: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ServerCmd {
+    /// Start the server in the background; return once every service is ready
+    ///
+    /// Prints a line per service as it becomes ready. If one fails, the
+    /// server stops what it started and this exits 1 with the reason and
+    /// the service's last lines. If a server already runs for this user and
+    /// STIGMER_HOME, says so and exits 0.
+    Start {
+        #[command(flatten)]
+        run: ServerArgs,
+    },
+    /// Stop the running server; return once every service is gone
+    ///
+    /// "Not running" is not an error (exit 0).
+    Stop,
+    /// Show whether the server runs, and each service's state
+    ///
+    /// Exit status: 0 when every service is ready, 1 when one is not, 3
+    /// when no server is running.
+    Status {
+        /// One JSON object for scripts, instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restart every service, or the ones named, in dependency order
+    ///
+    /// Each is stopped (after the services named that depend on it) and
+    /// started again from the payload already prepared, once what it
+    /// depends on is ready; returns once each is ready again.
+    Restart {
+        /// The services (default: every one)
+        services: Vec<String>,
+    },
+    /// Show the services' recent output lines, with timestamps
+    ///
+    /// The server keeps the last 2000 lines (at most 1 MiB) of each service,
+    /// and of its own messages (as the service "stigmer"), in memory.
+    Logs {
+        /// Go on printing new lines until the server ends (or Ctrl-C)
+        #[arg(short, long)]
+        follow: bool,
+        /// How many past lines to print, at most
+        #[arg(short = 'n', long, value_name = "N", default_value_t = 100)]
+        lines: usize,
+        /// One JSON object per line, instead of text
+        #[arg(long)]
+        json: bool,
+        /// The services (default: every one, and stigmer's own messages)
+        services: Vec<String>,
+    },
+}
+
 /// The payload's arguments from what follows NAME: without the `--` that
 /// may separate them from it.
 pub(crate) fn payload_args(mut args: Vec<OsString>) -> Vec<OsString> {
@@ -107,6 +175,15 @@ pub(crate) enum BackendArg {
     Memfd,
     /// Only the verified cache
     Cache,
+}
+
+/// The `--backend` value that asks for `choice`.
+pub(crate) fn backend_arg(choice: stigmer::Choice) -> &'static str {
+    match choice {
+        stigmer::Choice::Only(stigmer::Backend::Memfd) => "memfd",
+        stigmer::Choice::Only(stigmer::Backend::Cache) => "cache",
+        _ => "auto",
+    }
 }
 
 impl From<BackendArg> for stigmer::Choice {
@@ -149,5 +226,24 @@ mod tests {
         assert_eq!(payload_args(vec!["--".into(), "-v".into()]), ["-v"]);
         assert_eq!(payload_args(vec!["-v".into(), "--".into()]), ["-v", "--"]);
         assert!(Cli::try_parse_from(["stigmer", "run"]).is_err());
+    }
+
+    #[test]
+    fn server_runs_in_the_foreground_or_takes_a_subcommand() {
+        let server = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args).map_err(|e| e.kind())?;
+            let Cmd::Server { action, run } = cli.command else { panic!() };
+            Ok::<_, clap::error::ErrorKind>((action, run))
+        };
+        let (action, run) = server(&["stigmer", "server", "--config", "s.toml"]).unwrap();
+        assert!(action.is_none());
+        assert_eq!(run.config.as_deref(), Some(std::path::Path::new("s.toml")));
+        let (action, _) = server(&["stigmer", "server", "start", "--json-logs"]).unwrap();
+        assert!(matches!(action, Some(ServerCmd::Start { run }) if run.json_logs));
+        let (action, _) = server(&["stigmer", "server", "logs", "-fn", "5", "api"]).unwrap();
+        assert!(matches!(action, Some(ServerCmd::Logs { follow: true, lines: 5, services, .. })
+            if services == ["api"]));
+        // A foreground flag before a subcommand is a mistake, not ignored.
+        assert!(server(&["stigmer", "server", "--config", "s.toml", "stop"]).is_err());
     }
 }

@@ -7,6 +7,7 @@
 
 mod cli;
 
+mod control;
 mod progress;
 mod stderr;
 
@@ -22,7 +23,7 @@ use clap::{CommandFactory as _, FromArgMatches as _};
 use stigmer::{Catalog, Choice, Launch, Launcher, Manifest, env, supervise};
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{CacheCmd, Cli, Cmd};
+use crate::cli::{CacheCmd, Cli, Cmd, ServerArgs};
 
 fn main() -> ExitCode {
     // `stigmer doctor` runs this executable from a sealed memfd to prove that
@@ -34,7 +35,7 @@ fn main() -> ExitCode {
     // Multi-call: `ln -s stigmer workflow-runner; ./workflow-runner --help`
     // runs the payload with every argument.
     if let Some(name) = args.first().and_then(|a| multicall_name(a, &catalog)) {
-        init_logging(0, false, false);
+        init_logging(0, false, None);
         let choice = match std::env::var(env::STIGMER_BACKEND) {
             Ok(v) if !v.is_empty() => match v.parse::<Choice>() {
                 Ok(c) => c,
@@ -51,7 +52,7 @@ fn main() -> ExitCode {
     // The server is two processes (see `supervise::guard`), split before
     // logging starts its writer thread: a fork must come before any thread.
     let mut guard = None;
-    if let Cmd::Server { .. } = cli.command {
+    if let Cmd::Server { action: None, .. } = cli.command {
         match supervise::guard::split() {
             Ok(supervise::guard::Side::Guard(code)) => return ExitCode::from(code),
             Ok(supervise::guard::Side::Supervisor(g)) => guard = Some(g),
@@ -61,9 +62,10 @@ fn main() -> ExitCode {
         }
         stderr::start();
     }
-    // The server's progress lines ("api: ready in 0.2s") are info events.
-    let serving = guard.is_some();
-    init_logging(cli.verbose + u8::from(serving), cli.quiet, serving);
+    // The server's progress lines ("api: ready in 0.2s") are info events,
+    // kept in its journal too, for `stigmer server logs`.
+    let journal = guard.is_some().then(supervise::Journal::new);
+    init_logging(cli.verbose + u8::from(journal.is_some()), cli.quiet, journal.clone());
     let choice = Choice::from(cli.backend);
     outcome(match cli.command {
         Cmd::Run { argv } => match argv.split_first() {
@@ -74,8 +76,11 @@ fn main() -> ExitCode {
             // clap requires the name; this is for the type checker.
             None => Err(anyhow::anyhow!("stigmer run needs a payload name: see stigmer list")),
         },
-        Cmd::Server { config, json_logs } => {
-            let result = server(&catalog, choice, cli.quiet, config.as_deref(), json_logs, guard);
+        Cmd::Server { action: Some(action), .. } => {
+            control::run(&catalog, choice, cli.verbose, cli.quiet, action)
+        }
+        Cmd::Server { action: None, run } => {
+            let result = server(&catalog, choice, cli.quiet, &run, guard, journal);
             let code = outcome(result);
             // The last words, if stderr takes them soon; then exit anyway.
             stderr::flush(Duration::from_millis(500));
@@ -120,7 +125,9 @@ fn multicall_name(argv0: &OsStr, catalog: &Catalog) -> Option<String> {
     catalog.find(name).map(|p| p.name().to_owned())
 }
 
-fn init_logging(verbose: u8, quiet: bool, serving: bool) {
+/// Logging on stderr; for the server (`journal`), through a lossy queue and
+/// into its journal as well.
+fn init_logging(verbose: u8, quiet: bool, journal: Option<supervise::Journal>) {
     let level = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
@@ -134,9 +141,9 @@ fn init_logging(verbose: u8, quiet: bool, serving: bool) {
     // The server's messages go through a lossy queue (see `stderr`); the
     // other commands write directly, so nothing is lost before an exec.
     let writer = move || -> Box<dyn io::Write> {
-        match serving {
-            true => Box::new(stderr::Lossy),
-            false => Box::new(io::stderr()),
+        match &journal {
+            Some(journal) => Box::new(stderr::Lossy(Some(journal.clone()))),
+            None => Box::new(io::stderr()),
         }
     };
     tracing_subscriber::fmt()
@@ -178,16 +185,11 @@ fn run(
 /// How problems of the embedded `services.toml` name it.
 const EMBEDDED_MANIFEST: &str = "services.toml (embedded)";
 
-fn server(
-    catalog: &Catalog,
-    choice: Choice,
-    quiet: bool,
-    config: Option<&Path>,
-    json_logs: bool,
-    guard: Option<supervise::Guard>,
-) -> anyhow::Result<ExitCode> {
+/// The manifest `stigmer server` runs: `config`, or the embedded one;
+/// checked.
+fn manifest(catalog: &Catalog, config: Option<&Path>) -> anyhow::Result<Manifest> {
     let names: Vec<&str> = catalog.payloads().iter().map(|p| p.name()).collect();
-    let manifest = match config {
+    Ok(match config {
         Some(path) => {
             let bytes = std::fs::read(path)
                 .with_context(|| format!("cannot read the manifest {path:?}"))?;
@@ -199,14 +201,44 @@ fn server(
             )?;
             Manifest::parse_bytes(bytes, EMBEDDED_MANIFEST, &names)?
         }
+    })
+}
+
+fn server(
+    catalog: &Catalog,
+    choice: Choice,
+    quiet: bool,
+    args: &ServerArgs,
+    guard: Option<supervise::Guard>,
+    journal: Option<supervise::Journal>,
+) -> anyhow::Result<ExitCode> {
+    let manifest = manifest(catalog, args.config.as_deref())?;
+    let launcher = launcher(choice, quiet);
+    // The one server of this user and STIGMER_HOME; `stigmer server
+    // status`, `stop`... reach it there. Its main process is the guard.
+    let main_pid = match guard {
+        Some(_) => nix::unistd::getppid(),
+        None => nix::unistd::getpid(),
+    };
+    let control = match supervise::Listener::bind(launcher.cache(), main_pid.as_raw() as u32) {
+        Ok(listener) => Some(listener),
+        Err(
+            e @ (supervise::ControlError::AlreadyRunning { .. }
+            | supervise::ControlError::NotYou { .. }),
+        ) => return Err(e.into()),
+        Err(e) => {
+            tracing::warn!("{e}: stigmer server status, stop... cannot reach this server");
+            None
+        }
     };
     let color =
         io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     // The supervisor takes any `Launch`; the CLI's is the real one.
-    let launcher: Arc<dyn Launch + Send + Sync> = Arc::new(launcher(choice, quiet));
+    let launcher: Arc<dyn Launch + Send + Sync> = Arc::new(launcher);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut options = supervise::Options::default();
-    (options.json_logs, options.color) = (json_logs, color);
+    (options.json_logs, options.color) = (args.json_logs, color);
+    (options.control, options.journal) = (control, journal);
     // On this thread: services are spawned from it, and their death signal
     // is tied to it (see `supervise::serve`).
     let outcome = runtime.block_on(supervise::serve(manifest, catalog, launcher, options, guard));

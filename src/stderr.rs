@@ -89,12 +89,16 @@ pub(crate) fn flush(within: Duration) {
     let _ = done.recv_timeout(deadline.saturating_duration_since(Instant::now()));
 }
 
-/// A `tracing` writer: each event is one [`write`].
-pub(crate) struct Lossy;
+/// A `tracing` writer: each event is one [`write`], and goes into the
+/// server's journal too, if there is one.
+pub(crate) struct Lossy(pub(crate) Option<stigmer::supervise::Journal>);
 
 impl io::Write for Lossy {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         write(buf);
+        if let Some(journal) = &self.0 {
+            journal.record_own(buf);
+        }
         Ok(buf.len())
     }
 

@@ -132,6 +132,17 @@ pub enum Check {
     Log(String),
 }
 
+impl fmt::Display for Check {
+    /// As `status` shows it: the URL, `tcp ADDR`, or `log "TEXT"`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Check::Http { url, .. } => f.write_str(url),
+            Check::Tcp(addr) => write!(f, "tcp {addr}"),
+            Check::Log(text) => write!(f, "log {text:?}"),
+        }
+    }
+}
+
 /// When a service that exits on its own is started again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

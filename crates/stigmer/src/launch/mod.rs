@@ -38,10 +38,10 @@ use tracing::warn;
 use crate::{Error, Kind, Payload, Result};
 
 mod buf;
-mod cache;
+pub(crate) mod cache;
 mod child;
 mod exec;
-mod lock;
+pub(crate) mod lock;
 
 // The one place the platform is chosen. Both modules have the same items
 // (ripgrep's `index/{enabled,disabled}.rs`, tokio's `process/imp`): on

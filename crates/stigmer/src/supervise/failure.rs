@@ -99,6 +99,20 @@ pub enum Failure {
     AllExited,
 }
 
+impl Failure {
+    /// The one service the failure is about, if it is about one.
+    pub fn service(&self) -> Option<&str> {
+        match self {
+            Failure::AddressInUse { service, .. }
+            | Failure::Spawn { service, .. }
+            | Failure::NotReady { service, .. }
+            | Failure::NotRestarted { service, .. }
+            | Failure::GaveUp { service, .. } => Some(service),
+            Failure::GuardGone | Failure::Killed { .. } | Failure::AllExited => None,
+        }
+    }
+}
+
 /// Why the shell could not spawn a service; the machine names the service.
 #[derive(Debug)]
 pub(crate) enum SpawnError {

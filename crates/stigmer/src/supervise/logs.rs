@@ -18,12 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 /// The longest line passed on whole; longer ones are cut.
 pub(crate) const MAX_LINE: usize = 64 * 1024;
 
-/// Which of a service's streams a line came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Stream {
-    Stdout,
-    Stderr,
-}
+use super::journal::Journal;
+pub(crate) use super::journal::Stream;
 
 /// One line of a service's output, without its newline.
 #[derive(Debug)]
@@ -142,15 +138,27 @@ impl Splitter {
     }
 }
 
-/// Reads `pipe` to its end, sending each line to `tx` and calling `seen`
-/// on it first (for `ready = { log = ... }`).
+/// Where [`pump`] puts a service's lines.
+pub(crate) struct Sinks {
+    /// Service `service`, called `name`.
+    pub(crate) service: usize,
+    pub(crate) name: String,
+    /// To stdout, through the writer.
+    pub(crate) tx: mpsc::Sender<Line>,
+    /// What `stigmer server logs` reads.
+    pub(crate) journal: Journal,
+}
+
+/// Reads `pipe` to its end, recording each line in the journal, sending it
+/// to the writer and calling `seen` on it first (for `ready = { log = ...
+/// }`).
 pub(crate) async fn pump<R: AsyncRead + Unpin>(
     mut pipe: R,
-    service: usize,
     stream: Stream,
-    tx: mpsc::Sender<Line>,
+    sinks: Sinks,
     mut seen: impl FnMut(&[u8]),
 ) {
+    let Sinks { service, name, tx, journal } = sinks;
     let mut splitter = Splitter::default();
     let mut chunk = vec![0; 16 * 1024];
     loop {
@@ -160,6 +168,7 @@ pub(crate) async fn pump<R: AsyncRead + Unpin>(
         };
         for bytes in splitter.push(&chunk[..n]) {
             seen(&bytes);
+            journal.record(&name, stream, &bytes);
             if tx.send(Line { service, stream, bytes }).await.is_err() {
                 return;
             }
@@ -167,6 +176,7 @@ pub(crate) async fn pump<R: AsyncRead + Unpin>(
     }
     if let Some(bytes) = splitter.finish() {
         seen(&bytes);
+        journal.record(&name, stream, &bytes);
         let _ = tx.send(Line { service, stream, bytes }).await;
     }
 }

@@ -70,6 +70,29 @@ pub(crate) enum Event {
     Reload,
     /// The guard process ended (its end of the pipe closed).
     GuardGone,
+    /// `stigmer server stop`, through the control channel.
+    StopAsked,
+    /// `stigmer server restart`: restart these services (every one when
+    /// empty), in dependency order.
+    Restart { svcs: Vec<usize> },
+}
+
+/// Something worth telling a client of the control channel (`server
+/// start` prints these as they come).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Notice {
+    /// Service `svc` was spawned as `pid`.
+    Started { svc: usize, pid: Pid },
+    /// Service `svc` passed its readiness check, `secs` after it started.
+    Ready { svc: usize, secs: f64 },
+    /// Service `svc` ended.
+    Exited { svc: usize, exit: Exit },
+    /// Every service is ready, `secs` after the server began.
+    AllReady { secs: f64 },
+    /// The server failed, because of `svc` if one: it is shutting down.
+    Failed { svc: Option<usize>, message: String },
+    /// A requested shutdown began.
+    Stopping,
 }
 
 /// What the machine asks the shell to do.
@@ -114,11 +137,29 @@ enum State {
     Done { clean: bool },
 }
 
+/// Who asked for a shutdown.
+#[derive(Clone, Copy, Debug)]
+enum Asked {
+    /// A stop signal.
+    Signal(Signal),
+    /// `stigmer server stop`.
+    Control,
+}
+
+impl std::fmt::Display for Asked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Asked::Signal(sig) => write!(f, "{sig}"),
+            Asked::Control => f.write_str("stigmer server stop"),
+        }
+    }
+}
+
 /// Why the server is shutting down.
 #[derive(Debug)]
 enum Shutdown {
-    /// A stop signal.
-    Requested(Signal),
+    /// A stop signal, or `stigmer server stop`.
+    Requested(Asked),
     /// A service failed.
     Failed(Failure),
     /// The guard process ended.
@@ -136,6 +177,26 @@ struct Svc {
     /// Counts spawns, so events about an earlier run are ignored.
     run: u64,
     history: History,
+    /// Set by [`Event::Restart`] until it is stopped for the restart.
+    restart_asked: bool,
+    /// The last verdict of its readiness check: passed, and why not.
+    last_ready: Option<(Instant, Result<(), String>)>,
+}
+
+/// One service as [`Machine::view`] shows it.
+#[derive(Clone, Debug)]
+pub(crate) struct View {
+    /// Where it is: `waiting`, `starting`, `ready`, `restarting`,
+    /// `stopping`, `stopped` or `failed`.
+    pub(crate) state: &'static str,
+    /// Its process group leader, while it runs.
+    pub(crate) pid: Option<Pid>,
+    /// When its current run started.
+    pub(crate) since: Option<Instant>,
+    /// How often it was started again.
+    pub(crate) restarts: u32,
+    /// Its readiness check's last verdict, and when.
+    pub(crate) last_ready: Option<(Instant, Result<(), String>)>,
 }
 
 /// The supervisor's state and rules.
@@ -150,6 +211,7 @@ pub(crate) struct Machine {
     /// or the guard is gone.
     hurry: bool,
     actions: VecDeque<Action>,
+    notices: VecDeque<Notice>,
 }
 
 impl Machine {
@@ -179,6 +241,8 @@ impl Machine {
                 state: State::Waiting,
                 run: 0,
                 history: History::default(),
+                restart_asked: false,
+                last_ready: None,
             })
             .collect();
         Machine {
@@ -188,6 +252,7 @@ impl Machine {
             all_ready: false,
             hurry: false,
             actions: VecDeque::new(),
+            notices: VecDeque::new(),
         }
     }
 
@@ -219,6 +284,45 @@ impl Machine {
         self.actions.pop_front()
     }
 
+    /// The next notice for control clients, in order.
+    pub(crate) fn next_notice(&mut self) -> Option<Notice> {
+        self.notices.pop_front()
+    }
+
+    /// How many services there are.
+    pub(crate) fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    /// The index of the service called `name`.
+    pub(crate) fn index(&self, name: &str) -> Option<usize> {
+        self.services.iter().position(|s| s.spec.name == name)
+    }
+
+    /// Whether the server is shutting down.
+    pub(crate) fn stopping(&self) -> bool {
+        self.shutdown.is_some()
+    }
+
+    /// Service `svc` as a status shows it.
+    pub(crate) fn view(&self, svc: usize) -> View {
+        let s = &self.services[svc];
+        let (state, pid, since) = match s.state {
+            State::Waiting | State::Starting => ("starting", None, None),
+            State::Running { pid, ready: false, since } => ("starting", Some(pid), Some(since)),
+            State::Running { pid, ready: true, since } => ("ready", Some(pid), Some(since)),
+            State::Backoff => ("restarting", None, None),
+            State::Stopping { pid, .. } if s.restart_asked || self.shutdown.is_none() => {
+                ("restarting", Some(pid), None)
+            }
+            State::Stopping { pid, .. } => ("stopping", Some(pid), None),
+            State::Done { clean: true } => ("stopped", None, None),
+            State::Done { clean: false } => ("failed", None, None),
+        };
+        let restarts = u32::try_from(s.run.saturating_sub(1)).unwrap_or(u32::MAX);
+        View { state, pid, since, restarts, last_ready: s.last_ready.clone() }
+    }
+
     /// Starts what can start, at `now`: call it once, after the events that
     /// came before the start (the guard may already be gone).
     pub(crate) fn start(&mut self, now: Instant) {
@@ -239,8 +343,9 @@ impl Machine {
             }
             Event::Ready { svc, run } => self.on_ready(now, svc, run),
             Event::NotReady { svc, run, why } => {
-                let s = &self.services[svc];
+                let s = &mut self.services[svc];
                 if s.run == run && matches!(s.state, State::Running { ready: false, .. }) {
+                    s.last_ready = Some((now, Err(why.to_string())));
                     let failure = Failure::NotReady {
                         service: s.spec.name.clone(),
                         timeout: s.spec.ready.as_ref().map(|r| r.timeout).unwrap_or_default(),
@@ -272,12 +377,20 @@ impl Machine {
             Event::Stop(sig) => {
                 if self.shutdown.is_none() {
                     info!("{sig}: stopping all services");
-                    self.begin_shutdown(Shutdown::Requested(sig));
+                    self.begin_shutdown(Shutdown::Requested(Asked::Signal(sig)));
                 } else {
                     warn!("{sig} again: killing all services now");
                     self.kill_all();
                 }
             }
+            // A second one waits for the first: only a signal hurries.
+            Event::StopAsked => {
+                if self.shutdown.is_none() {
+                    info!("stigmer server stop: stopping all services");
+                    self.begin_shutdown(Shutdown::Requested(Asked::Control));
+                }
+            }
+            Event::Restart { svcs } => self.restart(now, svcs),
             Event::Reload => self.reload(),
             Event::GuardGone => {
                 error!("the guard process is gone: killing all services now");
@@ -293,7 +406,7 @@ impl Machine {
         match self.shutdown {
             Some(Shutdown::Failed(failure)) => Outcome::Failed(failure),
             Some(Shutdown::GuardGone) => Outcome::Failed(Failure::GuardGone),
-            Some(Shutdown::Requested(sig)) => {
+            Some(Shutdown::Requested(asked)) => {
                 let killed: Vec<String> = self
                     .services
                     .into_iter()
@@ -301,7 +414,7 @@ impl Machine {
                     .map(|s| s.spec.name)
                     .collect();
                 if killed.is_empty() {
-                    info!("all services stopped after {sig}");
+                    info!("all services stopped after {asked}");
                     Outcome::Clean
                 } else {
                     Outcome::Failed(Failure::Killed { services: killed })
@@ -316,6 +429,7 @@ impl Machine {
         if self.shutdown.is_some() {
             self.stop_what_can_stop(now);
         } else {
+            self.stop_for_restart(now);
             self.start_next();
         }
     }
@@ -328,9 +442,10 @@ impl Machine {
         }
         let next = self.services.iter().position(|s| {
             s.state == State::Waiting
-                && s.deps
-                    .iter()
-                    .all(|&d| matches!(self.services[d].state, State::Running { ready: true, .. }))
+                && s.deps.iter().all(|&d| {
+                    let d = &self.services[d];
+                    matches!(d.state, State::Running { ready: true, .. }) && !d.restart_asked
+                })
         });
         if let Some(svc) = next {
             self.spawn(svc);
@@ -351,6 +466,7 @@ impl Machine {
         }
         s.state = State::Running { pid, ready: false, since: now };
         let (checked, run) = (s.spec.ready.is_some(), s.run);
+        self.notices.push_back(Notice::Started { svc, pid });
         match (checked, self.shutdown.is_some()) {
             // Too late: it is stopped at once.
             (_, true) => {}
@@ -366,13 +482,18 @@ impl Machine {
         }
         if let State::Running { pid, ready: false, since } = s.state {
             s.state = State::Running { pid, ready: true, since };
+            if s.spec.ready.is_some() {
+                s.last_ready = Some((now, Ok(())));
+            }
             info!("{}: ready in {:.2}s", s.spec.name, secs(now, since));
+            self.notices.push_back(Notice::Ready { svc, secs: secs(now, since) });
         }
         let all =
             self.services.iter().all(|s| matches!(s.state, State::Running { ready: true, .. }));
         if all && !self.all_ready && self.shutdown.is_none() {
             self.all_ready = true;
             info!("all services running ({:.2}s)", secs(now, self.t0));
+            self.notices.push_back(Notice::AllReady { secs: secs(now, self.t0) });
         }
     }
 
@@ -383,7 +504,14 @@ impl Machine {
         };
         // Whatever the leader left in its group goes with it.
         self.actions.push_back(Action::Signal { svc, pid, signal: Signal::SIGKILL });
+        self.notices.push_back(Notice::Exited { svc, exit });
         match s.state {
+            // Asked to restart: it starts again once what it needs is ready.
+            _ if s.restart_asked && self.shutdown.is_none() => {
+                info!("{}: stopped ({exit}); starting it again", s.spec.name);
+                s.restart_asked = false;
+                s.state = State::Waiting;
+            }
             State::Stopping { killed, .. } => {
                 info!("{}: stopped ({exit})", s.spec.name);
                 s.state = State::Done { clean: !killed };
@@ -453,6 +581,58 @@ impl Machine {
         }
     }
 
+    /// `stigmer server restart`: each of `svcs` (every service when empty)
+    /// that runs is stopped once no other of them that depends on it still
+    /// runs, and started again once what it depends on is ready; one that
+    /// waits for its backoff, or has ended, starts again at once.
+    fn restart(&mut self, now: Instant, svcs: Vec<usize>) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        let all: Vec<usize> = (0..self.services.len()).collect();
+        let svcs = if svcs.is_empty() { all } else { svcs };
+        for svc in svcs {
+            let s = &mut self.services[svc];
+            match s.state {
+                State::Running { .. } | State::Stopping { .. } => s.restart_asked = true,
+                State::Backoff | State::Done { .. } => s.state = State::Waiting,
+                State::Waiting | State::Starting => {}
+            }
+        }
+        self.stop_for_restart(now);
+    }
+
+    /// Sends its stop signal to every running service asked to restart
+    /// that no other running service asked to restart depends on (reverse
+    /// dependency order within the restart), and arms its stop deadline.
+    fn stop_for_restart(&mut self, now: Instant) {
+        for svc in 0..self.services.len() {
+            let s = &self.services[svc];
+            let State::Running { pid, .. } = s.state else { continue };
+            if !s.restart_asked {
+                continue;
+            }
+            let needed = s.dependents.iter().any(|&j| {
+                let d = &self.services[j];
+                d.restart_asked && matches!(d.state, State::Running { .. } | State::Stopping { .. })
+            });
+            if !needed {
+                self.stop(now, svc, pid);
+            }
+        }
+    }
+
+    /// Sends service `svc` (process group `pid`) its stop signal, and arms
+    /// its stop deadline.
+    fn stop(&mut self, now: Instant, svc: usize, pid: Pid) {
+        let s = &mut self.services[svc];
+        debug!("{}: sending {}", s.spec.name, s.spec.stop_signal);
+        s.state = State::Stopping { pid, killed: false };
+        self.actions.push_back(Action::Signal { svc, pid, signal: s.spec.stop_signal });
+        let timer = Timer::StopDeadline { svc, run: s.run };
+        self.actions.push_back(Action::Arm { at: now + s.spec.stop_timeout, timer });
+    }
+
     /// SIGUSR1: each running service with a `reload_signal` gets it.
     fn reload(&mut self) {
         if self.shutdown.is_some() {
@@ -475,11 +655,20 @@ impl Machine {
         if self.shutdown.is_some() {
             return;
         }
-        if let Shutdown::Failed(failure) = &why {
-            error!("{failure}; stopping all services");
+        match &why {
+            Shutdown::Failed(failure) => {
+                error!("{failure}; stopping all services");
+                let svc = failure.service().and_then(|name| self.index(name));
+                self.notices.push_back(Notice::Failed { svc, message: failure.to_string() });
+            }
+            Shutdown::GuardGone => self
+                .notices
+                .push_back(Notice::Failed { svc: None, message: Failure::GuardGone.to_string() }),
+            Shutdown::Requested(_) => self.notices.push_back(Notice::Stopping),
         }
         self.shutdown = Some(why);
         for s in &mut self.services {
+            s.restart_asked = false;
             if matches!(s.state, State::Waiting | State::Backoff) {
                 s.state = State::Done { clean: true };
             }
@@ -498,15 +687,9 @@ impl Machine {
                     State::Starting | State::Running { .. } | State::Stopping { .. }
                 )
             });
-            if needed {
-                continue;
+            if !needed {
+                self.stop(now, svc, pid);
             }
-            let s = &mut self.services[svc];
-            debug!("{}: sending {}", s.spec.name, s.spec.stop_signal);
-            s.state = State::Stopping { pid, killed: false };
-            self.actions.push_back(Action::Signal { svc, pid, signal: s.spec.stop_signal });
-            let timer = Timer::StopDeadline { svc, run: s.run };
-            self.actions.push_back(Action::Arm { at: now + s.spec.stop_timeout, timer });
         }
     }
 }

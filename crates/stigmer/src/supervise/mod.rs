@@ -47,9 +47,11 @@
 //!   thread, which the supervisor waits for at most [`WRITER_GRACE`] at the
 //!   end (stdout may be a pipe nobody reads).
 
+pub mod control;
 mod crash;
 mod failure;
 pub mod guard;
+pub mod journal;
 mod logs;
 mod machine;
 mod readiness;
@@ -75,12 +77,15 @@ use tracing::{debug, info, warn};
 use crate::manifest::{Check, Manifest, Service};
 use crate::{Catalog, Error, Launch, Prepared, Result};
 
+use self::control::{Ask, CheckResult, CheckStatus, Progress, ServiceStatus, Status};
 use self::failure::SpawnError;
-use self::logs::{Format, Line, Stream};
-use self::machine::{Action, Event, Machine, Timer};
+use self::logs::{Format, Line, Sinks, Stream};
+use self::machine::{Action, Event, Machine, Notice, Timer};
 
+pub use self::control::{Client, ControlError, Listener};
 pub use self::failure::Failure;
 pub use self::guard::Guard;
+pub use self::journal::Journal;
 pub use self::readiness::NotReady;
 pub use self::reap::Exit;
 
@@ -95,14 +100,20 @@ pub const WRITER_GRACE: Duration = Duration::from_secs(1);
 /// How long the check that a service's address is free may take.
 const ADDRESS_CHECK: Duration = Duration::from_millis(250);
 
-/// How `stigmer server` writes.
-#[derive(Clone, Copy, Debug, Default)]
+/// How `stigmer server` writes, and how it is controlled.
+#[derive(Debug, Default)]
 #[non_exhaustive]
 pub struct Options {
     /// One JSON object per output line instead of `name | line`.
     pub json_logs: bool,
     /// Colour service names.
     pub color: bool,
+    /// The control socket to answer on ([`Listener::bind`]); `None`: the
+    /// server cannot be reached by `stigmer server status`, `stop`...
+    pub control: Option<Listener>,
+    /// Where the server keeps its recent output (services' lines, and
+    /// whatever the caller records of its own); `None`: a new one.
+    pub journal: Option<Journal>,
 }
 
 /// How the server ended.
@@ -141,6 +152,8 @@ pub async fn serve(
     let mut signals =
         Signals::new().map_err(|source| Error::Exec { name: "stigmer server".into(), source })?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
+    let has_guard = guard.is_some();
+    let mut options = options;
     if let Some(guard) = guard {
         // Signals sent since the split were kept pending; now they are
         // handled.
@@ -150,18 +163,50 @@ pub async fn serve(
         watch_guard(guard.gone, events_tx.clone());
     }
 
-    let prepared = prepare_all(&manifest, catalog, &launcher).await?;
     let names: Vec<String> = manifest.services.iter().map(|s| s.name.clone()).collect();
+    let journal = options.journal.take().unwrap_or_default();
+    let (progress, _) = tokio::sync::broadcast::channel(256);
+    let (commands_tx, mut commands) = mpsc::channel(64);
+    // Answer before the payloads are prepared: `server start` watches.
+    let control = match options.control.take() {
+        Some(listener) => {
+            let socket = listener.socket().to_owned();
+            let handle = control::Handle {
+                commands: commands_tx,
+                progress: progress.clone(),
+                journal: journal.clone(),
+                names: names.clone().into(),
+            };
+            let listener = control::listen(listener, handle)
+                .map_err(|source| Error::Exec { name: "stigmer server".into(), source })?;
+            Some((listener, socket))
+        }
+        None => None,
+    };
+
+    let prepared = prepare_all(&manifest, catalog, &launcher).await?;
     let (lines, written) =
         logs::writer(Format { names, json: options.json_logs, color: options.color })
             .map_err(|source| Error::Exec { name: "stigmer server".into(), source })?;
     let prepared = manifest.services.iter().map(|s| prepared[&s.payload].clone()).collect();
+    let sizes =
+        manifest.services.iter().map(|s| catalog.get(&s.payload).map_or(0, |p| p.len())).collect();
+    let main_pid = match has_guard {
+        true => nix::unistd::getppid(),
+        false => nix::unistd::getpid(),
+    };
     let mut sup = Supervisor {
         machine: Machine::new(manifest.services, t0),
         prepared,
         events: events_tx,
         lines,
         home: std::thread::current().id(),
+        journal,
+        progress,
+        t0,
+        main_pid,
+        socket: control.as_ref().map(|(_, s)| s.clone()).unwrap_or_default(),
+        sizes,
     };
 
     // First what already happened (the guard may have died while the
@@ -182,13 +227,27 @@ pub async fn serve(
                     sup.feed(Event::Reload);
                 }
             },
+            Some(command) = commands.recv() => sup.on_command(command),
         }
     }
+    // Status requests made during the last steps are answered, as
+    // stopping.
+    let stopping = sup.status();
+    tokio::spawn(async move {
+        while let Some(command) = commands.recv().await {
+            if let Ask::Status(reply) = command {
+                let _ = reply.send(stopping.clone());
+            }
+        }
+    });
     // The writer ends once every sender of lines is gone: ours goes here
     // (a `..` pattern would keep it alive until the function returns, and
     // every clean stop would wait out WRITER_GRACE).
     let Supervisor { machine, lines, .. } = sup;
     drop(lines);
+    // Kept to the end: the socket file goes, and the lock is let go, only
+    // once nothing of the server is left but this process.
+    let _control = control;
     let mut hurry = machine.hurry();
     stop_escapees(&mut hurry, &mut signals, &mut events).await;
     let outcome = machine.outcome();
@@ -317,6 +376,17 @@ struct Supervisor {
     lines: mpsc::Sender<Line>,
     /// The thread that runs the supervisor, the only one that spawns.
     home: ThreadId,
+    journal: Journal,
+    /// What control clients hear of.
+    progress: tokio::sync::broadcast::Sender<Progress>,
+    /// When the server began.
+    t0: Instant,
+    /// The server's main process: the guard, or this one.
+    main_pid: Pid,
+    /// Where the control socket is, if there is one.
+    socket: String,
+    /// Each service's payload size, by index.
+    sizes: Vec<u64>,
 }
 
 impl Supervisor {
@@ -344,6 +414,87 @@ impl Supervisor {
                 }
                 Action::Arm { at, timer } => self.arm(at, timer),
             }
+        }
+        while let Some(notice) = self.machine.next_notice() {
+            let name = |svc: usize| self.machine.spec(svc).name.clone();
+            let progress = match notice {
+                Notice::Started { svc, pid } => {
+                    Progress::Started { service: name(svc), pid: pid.as_raw() as u32 }
+                }
+                Notice::Ready { svc, secs } => Progress::Ready { service: name(svc), secs },
+                Notice::Exited { svc, exit } => {
+                    Progress::Exited { service: name(svc), exit: exit.to_string() }
+                }
+                Notice::AllReady { secs } => Progress::AllReady { secs },
+                Notice::Failed { svc, message } => {
+                    Progress::Failed { service: svc.map(name), message }
+                }
+                Notice::Stopping => Progress::Stopping,
+            };
+            // Nobody listening is fine.
+            let _ = self.progress.send(progress);
+        }
+    }
+
+    /// Carries out what a control client asked.
+    fn on_command(&mut self, command: Ask) {
+        match command {
+            Ask::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Ask::Stop => self.feed(Event::StopAsked),
+            Ask::Restart(names) => {
+                let svcs = names.iter().filter_map(|n| self.machine.index(n)).collect();
+                self.feed(Event::Restart { svcs });
+            }
+        }
+    }
+
+    /// The server as `stigmer server status` shows it.
+    fn status(&self) -> Status {
+        let now = Instant::now();
+        let ago = |at: Instant| {
+            let at = std::time::SystemTime::now() - now.saturating_duration_since(at);
+            humantime::format_rfc3339_millis(at).to_string()
+        };
+        let services: Vec<ServiceStatus> = (0..self.machine.len())
+            .map(|svc| {
+                let spec = self.machine.spec(svc);
+                let view = self.machine.view(svc);
+                let prepared = &self.prepared[svc];
+                let memfd =
+                    (prepared.backend() == crate::Backend::Memfd).then_some(self.sizes[svc]);
+                let ready = spec.ready.as_ref().map(|r| CheckStatus {
+                    check: r.check.to_string(),
+                    last: view.last_ready.as_ref().map(|(at, result)| CheckResult {
+                        ok: result.is_ok(),
+                        message: result.as_ref().err().cloned(),
+                        at: ago(*at),
+                    }),
+                });
+                ServiceStatus {
+                    name: spec.name.clone(),
+                    payload: spec.payload.clone(),
+                    state: view.state.to_owned(),
+                    pid: view.pid.map(|p| p.as_raw() as u32),
+                    uptime_secs: view.since.map(|t| now.saturating_duration_since(t).as_secs_f64()),
+                    restarts: view.restarts,
+                    backend: prepared.backend().to_string(),
+                    rss: view.pid.and_then(sys::rss),
+                    memfd,
+                    ready,
+                }
+            })
+            .collect();
+        Status {
+            pid: self.main_pid.as_raw() as u32,
+            supervisor: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_secs: now.saturating_duration_since(self.t0).as_secs_f64(),
+            socket: self.socket.clone(),
+            all_ready: !self.machine.stopping() && services.iter().all(|s| s.state == "ready"),
+            stopping: self.machine.stopping(),
+            services,
         }
     }
 
@@ -413,10 +564,15 @@ impl Supervisor {
                     continue;
                 }
             };
-            let tx = self.lines.clone();
+            let sinks = Sinks {
+                service: i,
+                name: spec.name.clone(),
+                tx: self.lines.clone(),
+                journal: self.journal.clone(),
+            };
             let events = self.events.clone();
             let mut pattern = log_check.clone();
-            tokio::spawn(logs::pump(pipe, i, stream, tx, move |line| {
+            tokio::spawn(logs::pump(pipe, stream, sinks, move |line| {
                 if let Some(p) = &pattern {
                     if contains(line, p) {
                         let _ = events.send(Event::Ready { svc: i, run });

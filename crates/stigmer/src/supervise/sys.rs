@@ -1,7 +1,7 @@
 //! The supervisor's platform-specific parts, all in this one file: the
 //! child subreaper, listing a process's children, tying a service to the
-//! supervisor's life (`PR_SET_PDEATHSIG`) and naming who listens on a TCP
-//! address. On Linux they read `/proc` and call `prctl(2)`; elsewhere
+//! supervisor's life (`PR_SET_PDEATHSIG`), naming who listens on a TCP
+//! address, a process's memory, and the abstract socket namespace. On Linux they read `/proc` and call `prctl(2)`; elsewhere
 //! (macOS) there is no subreaper, no `/proc` and no death signal, and each
 //! function does the little it can, as its doc says.
 
@@ -132,6 +132,33 @@ cfg_if::cfg_if! {
             None
         }
 
+        /// The control channel's socket address in the abstract namespace
+        /// (unix(7)): no file, so it needs nothing writable; it lives as long
+        /// as the socket, in this network namespace.
+        pub(crate) fn abstract_address(name: &str) -> Option<std::os::unix::net::SocketAddr> {
+            use std::os::linux::net::SocketAddrExt as _;
+            std::os::unix::net::SocketAddr::from_abstract_name(name).ok()
+        }
+
+        /// The uid and pid of the process at the other end of `stream`
+        /// (`SO_PEERCRED`, unix(7)).
+        pub(crate) fn peer_cred(
+            stream: &std::os::unix::net::UnixStream,
+        ) -> Option<(u32, Option<u32>)> {
+            use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+            let cred = getsockopt(stream, PeerCredentials).ok()?;
+            Some((cred.uid(), u32::try_from(cred.pid()).ok().filter(|&p| p != 0)))
+        }
+
+        /// The resident memory of process `pid` in bytes (`VmRSS` of
+        /// `/proc/PID/status`).
+        pub(crate) fn rss(pid: Pid) -> Option<u64> {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+            let kb: u64 = kb.trim().strip_suffix("kB")?.trim().parse().ok()?;
+            Some(kb * 1024)
+        }
+
         /// The inode of the socket listening on `addr` (or on the wildcard
         /// address of its family, same port) in a `/proc/net/tcp{,6}` table.
         fn listening_inode(table: &str, addr: SocketAddr) -> Option<u64> {
@@ -189,6 +216,12 @@ cfg_if::cfg_if! {
             }
 
             #[test]
+            fn reads_its_own_rss() {
+                let rss = rss(nix::unistd::getpid()).unwrap();
+                assert!(rss > 1 << 20, "{rss}");
+            }
+
+            #[test]
             fn parses_stat_lines_with_odd_names() {
                 assert_eq!(state_and_ppid("12 (a) b (c)) S 7 12 12"), Some(('S', 7)));
                 let me = nix::unistd::getpid();
@@ -234,6 +267,24 @@ cfg_if::cfg_if! {
 
         /// Unknown without `/proc`.
         pub(crate) fn who_listens(_addr: SocketAddr) -> Option<String> {
+            None
+        }
+
+        /// There is no abstract socket namespace here: the control socket
+        /// needs its folder.
+        pub(crate) fn abstract_address(_name: &str) -> Option<std::os::unix::net::SocketAddr> {
+            None
+        }
+
+        /// Only abstract sockets need it, and there are none here.
+        pub(crate) fn peer_cred(
+            _stream: &std::os::unix::net::UnixStream,
+        ) -> Option<(u32, Option<u32>)> {
+            None
+        }
+
+        /// Unknown without `/proc`.
+        pub(crate) fn rss(_pid: Pid) -> Option<u64> {
             None
         }
     }

@@ -24,6 +24,7 @@ const LAYOUT: &str = "v1";
 /// | `bin/v1/<sha256>/<name>` | the entry, read-only, checked before every launch | a read lease (Linux) from its check to its exec |
 /// | `bin/v1/<sha256>/.tmp-<pid>-...` | a fill in progress | its writer |
 /// | `tmp/run-...` | a private `TMPDIR` (PyInstaller one-file payloads) | the payload that uses it, and its stigmer |
+/// | `run/` | `stigmer server`'s control socket (`control.sock`) and its lock (`lock`) | the running server (exclusive `flock` on `lock`) |
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Layout {
@@ -35,12 +36,20 @@ pub struct Layout {
     pub entries: PathBuf,
     /// `tmp/`: private `TMPDIR`s.
     pub tmp: PathBuf,
+    /// `run/`: the running server's control socket and lock.
+    pub run: PathBuf,
 }
 
 impl Layout {
     pub(super) fn new(root: &Path) -> Layout {
         let bin = root.join("bin");
-        Layout { root: root.to_owned(), entries: bin.join(LAYOUT), bin, tmp: root.join("tmp") }
+        Layout {
+            root: root.to_owned(),
+            entries: bin.join(LAYOUT),
+            bin,
+            tmp: root.join("tmp"),
+            run: root.join("run"),
+        }
     }
 
     /// The folders stigmer makes on the way to the entries, root first.
@@ -289,6 +298,30 @@ fn trusted_dir(dir: &Path) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+impl CacheLauncher {
+    /// The folder of the server's control socket, created private if it
+    /// is missing and refused if it, or any folder above it, cannot be
+    /// trusted: the same checks as the cache's.
+    pub(crate) fn run_dir(&self) -> Result<PathBuf> {
+        let layout = self.layout()?;
+        trusted_ancestors(&layout.root)?;
+        private_dir(&layout.root, true)?;
+        trusted_ancestors(&layout.root)?;
+        private_dir(&layout.run, false)?;
+        Ok(layout.run)
+    }
+
+    /// The folder of the server's control socket if it exists and is
+    /// trusted; creates nothing.
+    pub(crate) fn existing_run_dir(&self) -> Result<PathBuf> {
+        let layout = self.layout()?;
+        trusted_ancestors(&layout.root)?;
+        trusted_dir(&layout.root)?;
+        trusted_dir(&layout.run)?;
+        Ok(layout.run)
+    }
 }
 
 /// The nearest folder above `path` that exists.

@@ -611,3 +611,98 @@ impl Outcome {
         }
     }
 }
+
+#[test]
+fn a_restart_of_one_service_leaves_its_dependents_running() {
+    let (mut m, t0) = machine(CHAIN);
+    start_all(&mut m, t0);
+    let (b, c) = (index(&m, "b"), index(&m, "c"));
+    let t1 = t0 + Duration::from_secs(5);
+    m.handle(t1, Event::Restart { svcs: vec![b] });
+    let deadline =
+        Arm { at: t1 + Duration::from_secs(3), timer: Timer::StopDeadline { svc: b, run: 1 } };
+    assert_eq!(drain(&mut m), [signal(b, 100 + b as i32, Signal::SIGTERM), deadline]);
+    assert_eq!(m.view(b).state, "restarting");
+    m.handle(t1, Event::Exited { svc: b, exit: Exit::Signal(Signal::SIGTERM) });
+    // Started again from the same payload at once: what it needs is ready.
+    let actions = drain(&mut m);
+    assert_eq!(actions, [signal(b, 100 + b as i32, Signal::SIGKILL), Spawn { svc: b, run: 2 }]);
+    m.handle(t1, Event::Spawned { svc: b, pid: pid(200) });
+    assert_eq!(drain(&mut m), []);
+    assert_eq!(m.view(b).state, "ready");
+    assert_eq!(m.view(b).restarts, 1);
+    // c was not named: it ran on, and was never signalled.
+    assert_eq!(state(&m, "c"), State::Running { pid: pid(100 + c as i32), ready: true, since: t0 });
+    // Not a failure, and not counted against its restart policy.
+    assert!(!m.stopping());
+    assert_eq!(m.services[b].history.count(), 0);
+}
+
+#[test]
+fn a_restart_of_everything_stops_in_reverse_order_and_starts_in_order() {
+    let (mut m, t0) = machine(CHAIN);
+    start_all(&mut m, t0);
+    let (a, b, c, solo) = (index(&m, "a"), index(&m, "b"), index(&m, "c"), index(&m, "solo"));
+    let sigterms = |actions: &[Action]| -> Vec<usize> {
+        let mut svcs: Vec<usize> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Signal { svc, signal: Signal::SIGTERM, .. } => Some(*svc),
+                _ => None,
+            })
+            .collect();
+        svcs.sort_unstable();
+        svcs
+    };
+    m.handle(t0, Event::Restart { svcs: vec![] });
+    let mut first = vec![c, solo];
+    first.sort_unstable();
+    assert_eq!(sigterms(&drain(&mut m)), first);
+    m.handle(t0, Event::Exited { svc: solo, exit: Exit::Code(0) });
+    // solo needs nothing: it starts again at once.
+    let actions = drain(&mut m);
+    assert!(actions.contains(&Spawn { svc: solo, run: 2 }), "{actions:?}");
+    m.handle(t0, Event::Spawned { svc: solo, pid: pid(300) });
+    drain(&mut m);
+    m.handle(t0, Event::Exited { svc: c, exit: Exit::Code(0) });
+    // c waits: b, which it needs, is being restarted; b goes now.
+    let actions = drain(&mut m);
+    assert_eq!(sigterms(&actions), [b]);
+    assert!(!actions.iter().any(|a| matches!(a, Spawn { .. })), "{actions:?}");
+    m.handle(t0, Event::Exited { svc: b, exit: Exit::Code(0) });
+    assert_eq!(sigterms(&drain(&mut m)), [a]);
+    m.handle(t0, Event::Exited { svc: a, exit: Exit::Code(0) });
+    // Then up again in dependency order: a, b, c.
+    for svc in [a, b, c] {
+        let actions = drain(&mut m);
+        assert_eq!(spawned(&mut m, t0, &actions), svc);
+    }
+    assert_eq!(drain(&mut m), []);
+    assert!((0..4).all(|svc| m.view(svc).state == "ready"));
+}
+
+#[test]
+fn a_stop_asked_twice_is_graceful_and_restarts_are_ignored_while_stopping() {
+    let (mut m, t0) = machine(CHAIN);
+    start_all(&mut m, t0);
+    while m.next_notice().is_some() {}
+    m.handle(t0, Event::StopAsked);
+    assert_eq!(m.next_notice(), Some(Notice::Stopping));
+    drain(&mut m);
+    m.handle(t0, Event::StopAsked);
+    m.handle(t0, Event::Restart { svcs: vec![] });
+    // No SIGKILL, nothing spawned: the first stop goes on at its pace.
+    assert_eq!(drain(&mut m), []);
+    assert!(!m.hurry());
+}
+
+#[test]
+fn notices_tell_what_a_client_watches_for() {
+    let (mut m, t0) = machine(CHAIN);
+    start_all(&mut m, t0);
+    let notices: Vec<Notice> = std::iter::from_fn(|| m.next_notice()).collect();
+    let started = notices.iter().filter(|n| matches!(n, Notice::Started { .. })).count();
+    let ready = notices.iter().filter(|n| matches!(n, Notice::Ready { .. })).count();
+    assert_eq!((started, ready), (4, 4), "{notices:?}");
+    assert!(matches!(notices.last(), Some(Notice::AllReady { .. })), "{notices:?}");
+}
