@@ -95,6 +95,9 @@ pub(crate) struct ServerArgs {
     /// One JSON object per output line instead of `name | line`
     #[arg(long)]
     pub(crate) json_logs: bool,
+    /// Internal, for `server start`: start no service until it watches
+    #[arg(long, hide = true)]
+    pub(crate) wait_for_watch: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -92,7 +92,7 @@ async fn start(
     let home = launcher.cache().layout()?.root;
     let exe = std::env::current_exe().context("cannot find stigmer's own executable")?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("--backend").arg(crate::cli::backend_arg(choice)).arg("server");
+    cmd.arg("--backend").arg(crate::cli::backend_arg(choice)).args(["server", "--wait-for-watch"]);
     if let Some(config) = &run.config {
         cmd.arg("--config").arg(std::path::absolute(config)?);
     }

@@ -239,6 +239,8 @@ fn server(
     let mut options = supervise::Options::default();
     (options.json_logs, options.color) = (args.json_logs, color);
     (options.control, options.journal) = (control, journal);
+    // `server start` watches at once; should it die first, go on anyway.
+    options.wait_for_watch = args.wait_for_watch.then_some(Duration::from_secs(10));
     // On this thread: services are spawned from it, and their death signal
     // is tied to it (see `supervise::serve`).
     let outcome = runtime.block_on(supervise::serve(manifest, catalog, launcher, options, guard));

@@ -114,6 +114,10 @@ pub struct Options {
     /// Where the server keeps its recent output (services' lines, and
     /// whatever the caller records of its own); `None`: a new one.
     pub journal: Option<Journal>,
+    /// Start no service until a client watches (`Request::Watch`) through
+    /// `control`, or this long has passed: `stigmer server start` sees
+    /// every step, even of a server that fails at once.
+    pub wait_for_watch: Option<Duration>,
 }
 
 /// How the server ended.
@@ -167,11 +171,13 @@ pub async fn serve(
     let journal = options.journal.take().unwrap_or_default();
     let (progress, _) = tokio::sync::broadcast::channel(256);
     let (commands_tx, mut commands) = mpsc::channel(64);
+    let watched = Arc::new(tokio::sync::Notify::new());
     // Answer before the payloads are prepared: `server start` watches.
     let control = match options.control.take() {
         Some(listener) => {
             let socket = listener.socket().to_owned();
             let handle = control::Handle {
+                watched: Arc::clone(&watched),
                 commands: commands_tx,
                 progress: progress.clone(),
                 journal: journal.clone(),
@@ -213,6 +219,12 @@ pub async fn serve(
     // payloads were prepared): nothing starts after that.
     while let Ok(event) = events.try_recv() {
         sup.feed(event);
+    }
+    if let (Some(limit), Some(_)) = (options.wait_for_watch, &control) {
+        tokio::select! {
+            () = watched.notified() => {}
+            () = tokio::time::sleep(limit) => debug!("nobody watched the start"),
+        }
     }
     sup.machine.start(Instant::now());
     sup.act();

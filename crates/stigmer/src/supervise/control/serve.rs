@@ -39,6 +39,8 @@ pub(crate) enum Ask {
 /// What the connections share.
 #[derive(Clone, Debug)]
 pub(crate) struct Handle {
+    /// Told once a client watches.
+    pub(crate) watched: Arc<tokio::sync::Notify>,
     /// To the supervisor.
     pub(crate) commands: mpsc::Sender<Ask>,
     /// From the supervisor.
@@ -90,9 +92,18 @@ pub(crate) fn listen(listener: Listener, handle: Handle) -> io::Result<Listener>
 
 /// Answers one connection.
 async fn answer(stream: UnixStream, handle: Handle) {
-    let me = nix::unistd::geteuid().as_raw();
     let cred = stream.peer_cred();
     let (read, mut write) = stream.into_split();
+    // The request first, whoever sent it: closing on unread bytes would
+    // reset the connection, and the refusal below would be lost.
+    let mut read = BufReader::new(read);
+    let mut line = Vec::new();
+    let got = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        (&mut read).take(MAX_REQUEST).read_until(b'\n', &mut line),
+    )
+    .await;
+    let me = nix::unistd::geteuid().as_raw();
     match cred {
         Ok(cred) if cred.uid() == me => {}
         Ok(cred) => {
@@ -110,13 +121,6 @@ async fn answer(stream: UnixStream, handle: Handle) {
             return;
         }
     }
-    let mut read = BufReader::new(read);
-    let mut line = Vec::new();
-    let got = tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        (&mut read).take(MAX_REQUEST).read_until(b'\n', &mut line),
-    )
-    .await;
     let request = match got {
         Ok(Ok(_)) => serde_json::from_slice::<Request>(&line),
         // Silence, or a hang-up: nothing to answer.
@@ -269,6 +273,8 @@ async fn logs(
 
 async fn watch(handle: &Handle, write: &mut OwnedWriteHalf) -> io::Result<()> {
     let mut progress = handle.progress.subscribe();
+    // A server that waits for its watcher starts now: nothing is missed.
+    handle.watched.notify_one();
     let Some(status) = ask_status(handle).await else {
         return send(write, &Reply::Error("the server is ending".into())).await;
     };
