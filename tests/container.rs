@@ -133,6 +133,26 @@ args = ["--server", "http://127.0.0.1:{port}"]
         .filter(|pid| parent_of(*pid).is_none_or(|parent| !stigmer.contains(&parent)))
         .collect();
     assert_eq!(stigmer.len(), 1, "{stigmer:?}");
+    // `kubectl exec POD -- stigmer server status`: another process of the
+    // pod's user, in the pod's namespaces (its read-only root, its
+    // emptyDir), reaches the server through its control socket.
+    let exec = |args: &[&str]| {
+        std::process::Command::new("timeout")
+            .args(["-s", "KILL", "60", "nsenter", "--target", &stigmer[0].to_string()])
+            .args(["--user", "--mount", "--setuid", uid, "--setgid", uid, "--"])
+            .arg(stigmer_bin())
+            .args(args)
+            .env("STIGMER_HOME", home)
+            .output()
+            .unwrap()
+    };
+    let o = exec(&["server", "status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&o), stderr(&o)));
+    assert_eq!(status["all_ready"], true, "{status:#}");
+    let o = exec(&["server", "logs", "stigmer-server"]);
+    assert!(ok(&o).contains(&format!("stigmer-server | listening on http://127.0.0.1:{port}")));
+
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(stigmer[0] as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -140,4 +160,53 @@ args = ["--server", "http://127.0.0.1:{port}"]
     .unwrap();
     let (status, _, stderr) = server.finish(30);
     assert!(status.success(), "{status}: {stderr:?}");
+}
+
+#[test]
+fn with_nothing_writable_the_server_is_reached_through_an_abstract_socket() {
+    require!(is_root() && have("bwrap"), "needs root and bubblewrap for a read-only root");
+    // A read-only root and no volume at all: STIGMER_HOME cannot be made.
+    let sandbox = |home: &str| -> Vec<String> {
+        let args = ["bwrap", "--unshare-user", "--uid", "65532", "--gid", "65532"];
+        let rest = ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"];
+        let mut v: Vec<String> = args.iter().chain(&rest).map(|s| s.to_string()).collect();
+        v.extend(
+            ["--setenv", "STIGMER_HOME", home, "--cap-drop", "ALL", "--die-with-parent", "--"]
+                .map(String::from),
+        );
+        v
+    };
+    let env = TestEnv::new();
+    let home = "/nonexistent/stigmer";
+    let wrapper = sandbox(home);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let m = format!("ro-{}", std::process::id());
+    let manifest = format!(
+        "[services.a]\npayload = \"probe\"\nargs = [\"--quiet\", \"--say\", \"{m}\", \"--sleep\", \"600000\"]\n"
+    );
+    let server = env.server(&manifest, &wrapper, &[]);
+    server.wait_stderr("all services running", 30);
+    // Another process under the same read-only root (bubblewrap keeps the
+    // network namespace, where abstract sockets live).
+    let exec = |args: &[&str]| {
+        std::process::Command::new("timeout")
+            .args(["-s", "KILL", "60"])
+            .args(&wrapper)
+            .arg(stigmer_bin())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = exec(&["server", "status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&o), stderr(&o)));
+    assert_eq!(status["all_ready"], true, "{status:#}");
+    assert!(status["socket"].as_str().unwrap().starts_with("@stigmer-65532-"), "{status:#}");
+    let o = exec(&["server", "logs", "a"]);
+    assert!(ok(&o).contains(&format!("a | {m}")), "{}", stdout(&o));
+    ok(&exec(&["server", "stop"]));
+    let (status, _, err) = server.finish(30);
+    assert!(status.success(), "{status}: {err:?}");
+    assert!(err.iter().any(|l| l.contains("stigmer server stop: stopping all services")));
+    assert!(processes_with(&m).iter().all(|p| state_of(p.0).is_none_or(|s| s == 'Z')));
 }
