@@ -1,13 +1,12 @@
 //! `probe`: a demo payload that reports how it sees the world, so a user (and
 //! stigmer's tests) can check how a payload is launched.
 //!
-//! It prints one `key: value` line per fact: argv, its own executable, the
-//! seals on it, whether it can write to it, its open fds and a few
-//! variables. Flags, applied in this order: `--delay MS` waits first,
-//! `--quiet` prints no report,
-//! `--env NAME` prints a variable, `--ignore N` ignores signal N, `--say
-//! TEXT` prints a line, `--listen PORT` accepts TCP connections on
-//! 127.0.0.1:PORT, `--orphan MS` leaves behind a grandchild that lives MS
+//! It prints one `key: value` line per fact: argv, its own executable, its
+//! working folder, the seals on it, whether it can write to it, its open
+//! fds and a few variables. Flags, applied in this order: `--delay MS`
+//! waits first, `--quiet` prints no report, `--env NAME` prints a
+//! variable, `--ignore N` ignores signal N, `--say TEXT` prints a line,
+//! `--listen PORT` accepts TCP connections on 127.0.0.1:PORT, `--orphan MS` leaves behind a grandchild that lives MS
 //! milliseconds, `--daemon MS` leaves behind a grandchild that calls
 //! `setsid` (a daemon that escaped the process group) and lives MS
 //! milliseconds, `--spam N` writes N long lines to stdout and stderr,
@@ -134,6 +133,8 @@ fn report(args: &[String], envs: &[String]) {
         let id = fs::metadata("/proc/self/exe").or_else(|_| fs::metadata(env::current_exe().unwrap_or_default()));
         println!("exe-id: {}", id.map(|m| format!("{}:{}", m.dev(), m.ino())).unwrap_or_else(|e| format!("unknown ({e})")));
     }
+    let cwd = env::current_dir().map(|p| p.display().to_string());
+    println!("cwd: {}", cwd.unwrap_or_else(|e| format!("unknown ({e})")));
     let comm = fs::read_to_string("/proc/self/comm").map(|c| c.trim_end().to_owned());
     println!("comm: {}", comm.unwrap_or_else(|e| format!("unknown ({e})")));
     println!("seals: {}", sys::seals());
