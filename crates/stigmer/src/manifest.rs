@@ -13,6 +13,15 @@
 //! stop_timeout = "10s"               # then SIGKILL
 //! ```
 //!
+//! In `args`, `env` values and `cwd`, `${VAR}` is replaced by the value of
+//! `VAR` in stigmer's environment and `${VAR:-default}` by the default when
+//! `VAR` is unset or empty; `$$` is a `$`, and any other `$` stays as
+//! written (`$HOME`, `$1`). This happens when the manifest is checked, and
+//! the results are checked as if written so; an unset variable without a
+//! default is a problem like any other. See the `vars` module for the
+//! details, and [`Manifest::parse_with`] to expand from another
+//! environment. `${asset:NAME}` is reserved for the files a build carries.
+//!
 //! Everything that can fail at start is checked before anything starts, and
 //! every problem is reported, one line each, naming the service, the key and
 //! the fix. Every value that comes from the file is printed escaped, so a
@@ -28,6 +37,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::ffi::OsString;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::path::PathBuf;
@@ -39,9 +49,11 @@ use nix::sys::signal::Signal;
 use serde::de::DeserializeOwned;
 
 mod problem;
+mod vars;
 
-pub use problem::{Key, ManifestError, Problem, ProblemKind};
+pub use problem::{Key, ManifestError, Place, Problem, ProblemKind};
 use problem::{LIST_AT_MOST, one_line};
+use vars::{Lookup, Piece, VarError};
 
 /// The longest duration any key takes (`ready.timeout`, `stop_timeout`,
 /// `restart_window`): 24 hours. Everything the supervisor computes from a
@@ -168,6 +180,39 @@ struct Node {
     service: Option<Service>,
 }
 
+/// What a manifest is checked against: the payloads this build carries,
+/// and the environment its `${VAR}`s expand from (stigmer's own, unless a
+/// lookup is given).
+#[derive(Clone, Copy)]
+pub struct Context<'a> {
+    payloads: &'a [&'a str],
+    vars: Lookup<'a>,
+}
+
+impl fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context").field("payloads", &self.payloads).finish_non_exhaustive()
+    }
+}
+
+/// A variable of stigmer's own environment.
+fn process_var(name: &str) -> Option<OsString> {
+    std::env::var_os(name)
+}
+
+impl<'a> Context<'a> {
+    /// Checks against `payloads`, expanding from stigmer's environment.
+    pub fn new(payloads: &'a [&'a str]) -> Context<'a> {
+        Context { payloads, vars: &process_var }
+    }
+
+    /// Expands `${VAR}` with `vars` instead: the value of a variable,
+    /// `None` when it is unset.
+    pub fn vars(self, vars: &'a dyn Fn(&str) -> Option<OsString>) -> Context<'a> {
+        Context { vars, ..self }
+    }
+}
+
 impl Manifest {
     /// Parses and checks the bytes of a manifest file: as [`Manifest::parse`],
     /// after checking that they are UTF-8 (the problem names the line and
@@ -177,8 +222,17 @@ impl Manifest {
         source: &str,
         payloads: &[&str],
     ) -> Result<Manifest, ManifestError> {
+        Manifest::parse_bytes_with(bytes, source, &Context::new(payloads))
+    }
+
+    /// As [`Manifest::parse_bytes`], against `context`.
+    pub fn parse_bytes_with(
+        bytes: &[u8],
+        source: &str,
+        context: &Context<'_>,
+    ) -> Result<Manifest, ManifestError> {
         match std::str::from_utf8(bytes) {
-            Ok(text) => Manifest::parse(text, source, payloads),
+            Ok(text) => Manifest::parse_with(text, source, context),
             Err(e) => {
                 let offset = e.valid_up_to();
                 let line = bytes[..offset].iter().filter(|&&b| b == b'\n').count() + 1;
@@ -192,8 +246,19 @@ impl Manifest {
     /// Parses and checks `text` (from `source`, which starts every problem
     /// line, cleaned of control characters) against the payloads this build
     /// carries. Checks everything that can fail when a service starts, and
-    /// reports every problem found.
+    /// reports every problem found. `${VAR}` in `args`, `env` values and
+    /// `cwd` expands from stigmer's environment, now.
     pub fn parse(text: &str, source: &str, payloads: &[&str]) -> Result<Manifest, ManifestError> {
+        Manifest::parse_with(text, source, &Context::new(payloads))
+    }
+
+    /// As [`Manifest::parse`], against `context`: e.g. with the variables
+    /// of another environment than stigmer's.
+    pub fn parse_with(
+        text: &str,
+        source: &str,
+        context: &Context<'_>,
+    ) -> Result<Manifest, ManifestError> {
         let source = one_line(source);
         let mut p: Vec<Problem> = Vec::new();
         let fail = |p: Vec<Problem>| Err(ManifestError::new(&source, p));
@@ -227,14 +292,15 @@ impl Manifest {
             }
             return fail(p);
         };
-        let payloads: HashSet<&str> = payloads.iter().copied().collect();
+        let payloads: HashSet<&str> = context.payloads.iter().copied().collect();
         let mut carried: Vec<String> = payloads.iter().map(|&p| p.to_owned()).collect();
         carried.sort_unstable();
+        let known = Known { payloads, carried, vars: context.vars };
         let mut nodes: Vec<Node> = services
             .iter()
             .map(|(name, value)| {
                 let mut problems = Vec::new();
-                let node = check_service(name, value, &payloads, &carried, &mut problems);
+                let node = check_service(name, value, &known, &mut problems);
                 p.extend(problems.into_iter().map(|kind| Problem::service(name, kind)));
                 node
             })
@@ -276,11 +342,65 @@ fn field<T: DeserializeOwned>(
     }
 }
 
+/// What every service is checked against.
+struct Known<'a> {
+    payloads: HashSet<&'a str>,
+    /// The payloads, sorted, for messages.
+    carried: Vec<String>,
+    vars: Lookup<'a>,
+}
+
+/// `written`, the value at `place`, with its variables expanded; `None`
+/// after a problem, each one pushed to `problems`.
+fn expand(
+    place: Place,
+    written: &str,
+    known: &Known<'_>,
+    problems: &mut Vec<ProblemKind>,
+) -> Option<String> {
+    let pieces = match vars::expand(written, known.vars) {
+        Ok(pieces) => pieces,
+        Err(errors) => {
+            problems.extend(errors.into_iter().map(|e| match e {
+                VarError::Unset { name } => {
+                    ProblemKind::UnsetVariable { place: place.clone(), name }
+                }
+                VarError::NotUtf8 { name } => {
+                    ProblemKind::VariableNotUtf8 { place: place.clone(), name }
+                }
+                VarError::BadName { written } => {
+                    ProblemKind::BadVariable { place: place.clone(), written }
+                }
+                VarError::Unclosed => ProblemKind::UnclosedVariable {
+                    place: place.clone(),
+                    value: written.to_owned(),
+                },
+            }));
+            return None;
+        }
+    };
+    let mut text = String::new();
+    let mut ok = true;
+    for piece in pieces {
+        match piece {
+            Piece::Text(t) => text.push_str(&t),
+            Piece::Asset(name) => {
+                problems.push(ProblemKind::UnknownAsset {
+                    place: place.clone(),
+                    name,
+                    carried: Vec::new(),
+                });
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(text)
+}
+
 fn check_service(
     name: &str,
     value: &toml::Value,
-    payloads: &HashSet<&str>,
-    carried: &[String],
+    known: &Known<'_>,
     problems: &mut Vec<ProblemKind>,
 ) -> Node {
     let mut node = Node { name: name.to_owned(), depends_on: Vec::new(), service: None };
@@ -304,32 +424,43 @@ fn check_service(
         true => field(fields, Key::Payload, problems),
         false => Some(name.to_owned()),
     };
-    if let Some(payload) = payload.as_deref().filter(|p| !payloads.contains(p)) {
+    if let Some(payload) = payload.as_deref().filter(|p| !known.payloads.contains(p)) {
         problems.push(ProblemKind::UnknownPayload {
             payload: payload.to_owned(),
-            carried: carried.to_vec(),
+            carried: known.carried.clone(),
         });
     }
 
-    let args: Vec<String> = field(fields, Key::Args, problems).unwrap_or_default();
-    for (index, arg) in args.iter().enumerate() {
+    // Expanded first, then checked as if written so.
+    let written: Vec<String> = field(fields, Key::Args, problems).unwrap_or_default();
+    let mut args = Vec::with_capacity(written.len());
+    for (index, arg) in written.iter().enumerate() {
+        let Some(arg) = expand(Place::Arg(index), arg, known, problems) else { continue };
         if arg.contains('\0') {
             problems.push(ProblemKind::NulInArg { index, arg: arg.clone() });
         }
+        args.push(arg);
     }
 
-    let env: BTreeMap<String, String> = field(fields, Key::Env, problems).unwrap_or_default();
-    for (name, value) in &env {
+    let written: BTreeMap<String, String> = field(fields, Key::Env, problems).unwrap_or_default();
+    let mut env = BTreeMap::new();
+    for (name, value) in written {
         if name.is_empty() || name.contains(['=', '\0']) {
             problems.push(ProblemKind::BadEnvName { name: name.clone() });
         }
+        let Some(value) = expand(Place::Env(name.clone()), &value, known, problems) else {
+            continue;
+        };
         if value.contains('\0') {
             problems.push(ProblemKind::NulInEnvValue { name: name.clone(), value: value.clone() });
         }
+        env.insert(name, value);
     }
 
-    let cwd = field::<String>(fields, Key::Cwd, problems)
-        .and_then(|cwd| check_cwd(&cwd).map_err(|e| problems.push(e)).ok());
+    let cwd = field::<String>(fields, Key::Cwd, problems).and_then(|cwd| {
+        let expanded = expand(Place::Cwd, &cwd, known, problems)?;
+        check_cwd(&cwd, &expanded).map_err(|e| problems.push(e)).ok()
+    });
 
     let ready = match fields.get(Key::Ready.name()) {
         None => None,
@@ -427,16 +558,20 @@ fn check_service(
     node
 }
 
-/// Resolves `cwd` against stigmer's working folder and checks that it is
-/// a folder that can be entered.
-fn check_cwd(cwd: &str) -> Result<PathBuf, ProblemKind> {
+/// Resolves `expanded`, the value of `cwd` (as written) with its variables
+/// put in, against stigmer's working folder and checks that it is a folder
+/// that can be entered.
+fn check_cwd(cwd: &str, expanded: &str) -> Result<PathBuf, ProblemKind> {
     if cwd.is_empty() {
         return Err(ProblemKind::EmptyCwd);
     }
-    if cwd.contains('\0') {
+    if expanded.is_empty() {
+        return Err(ProblemKind::EmptyExpandedCwd { cwd: cwd.to_owned() });
+    }
+    if expanded.contains('\0') {
         return Err(ProblemKind::NulInCwd { cwd: cwd.to_owned() });
     }
-    let path = std::path::absolute(cwd)
+    let path = std::path::absolute(expanded)
         .map_err(|e| ProblemKind::CwdUnresolved { cwd: cwd.to_owned(), source: Arc::new(e) })?;
     let cwd = cwd.to_owned();
     match std::fs::metadata(&path) {

@@ -394,3 +394,105 @@ fn an_unknown_dependency_among_many_lists_a_few_names() {
     assert!(err.contains("(services: s00000, s00001,"), "{err}");
     assert!(err.contains("s00019, and 81 more): fix the name"), "{err}");
 }
+
+/// `text` checked with `vars` as the environment: `PORT=8080`, `EMPTY=`,
+/// `DIR` the folder given, `BAD` not UTF-8.
+fn parse_vars(text: &str, dir: &std::path::Path) -> Result<Manifest, ManifestError> {
+    use std::os::unix::ffi::OsStringExt as _;
+    let dir = dir.as_os_str().to_owned();
+    let vars = move |name: &str| match name {
+        "PORT" => Some(OsString::from("8080")),
+        "EMPTY" => Some(OsString::new()),
+        "DIR" => Some(dir.clone()),
+        "BAD" => Some(OsString::from_vec(vec![0xff])),
+        _ => None,
+    };
+    Manifest::parse_with(text, "services.toml", &Context::new(PAYLOADS).vars(&vars))
+}
+
+#[test]
+fn variables_expand_in_args_env_values_and_cwd() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    // Only args, env values and cwd take variables.
+    let err = parse_vars("[services.api]\nrestart = \"${PORT}\"\n", dir.path()).unwrap_err();
+    assert!(err.to_string().contains("restart \"${PORT}\" is not a policy"), "{err}");
+    let m = parse_vars(
+        r#"
+[services.api]
+args = ["--port", "${PORT}", "--name=${NAME:-api}", "$$HOME", "$HOME", "${EMPTY:-x}", "sh -c 'echo $1'"]
+env = { URL = "http://127.0.0.1:${PORT}/", "${KEEP}" = "${EMPTY}" }
+cwd = "${DIR}/sub"
+"#,
+        dir.path(),
+    )
+    .unwrap();
+    let api = m.get("api").unwrap();
+    assert_eq!(
+        api.args,
+        ["--port", "8080", "--name=api", "$HOME", "$HOME", "x", "sh -c 'echo $1'"]
+    );
+    assert_eq!(api.env["URL"], "http://127.0.0.1:8080/");
+    assert_eq!(api.env["${KEEP}"], "", "names are not expanded");
+    assert_eq!(api.cwd.as_deref(), Some(dir.path().join("sub").as_path()));
+}
+
+#[test]
+fn every_variable_problem_names_its_place_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+[services.api]
+args = ["--port", "${PORT}", "${NOPE}", "${1X} ${A-b} ${}", "${BAD}", "x ${PORT", "${asset:app.conf}", "${OK:-a}\u0000"]
+env = { DATABASE_URL = "${DB}", OTHER = "${DB:-fine}" }
+cwd = "${DIR}/missing/${NOPE2}"
+[services.runner]
+cwd = "${EMPTY}"
+[services.probe]
+cwd = "${DIR}/missing"
+"#;
+    let err = parse_vars(text, dir.path()).unwrap_err();
+    let missing = dir.path().join("missing");
+    let want = [
+        "service api: args[2] uses ${NOPE}, which is not set in stigmer's environment: set it, or give a default with ${NOPE:-default}".to_owned(),
+        "service api: args[3] uses \"${1X}\", which is not ${NAME} or ${NAME:-default} (a NAME is letters, digits and _, not starting with a digit): fix it, or write $$ for a literal $".to_owned(),
+        "service api: args[3] uses \"${A-b}\", which is not".to_owned(),
+        "service api: args[3] uses \"${}\", which is not".to_owned(),
+        "service api: args[4] uses ${BAD}, whose value in stigmer's environment is not UTF-8: set it to UTF-8 text".to_owned(),
+        "service api: args[5] \"x ${PORT\" opens ${ and never closes it: add the }, or write $$ for a literal $".to_owned(),
+        "service api: args[6] uses ${asset:app.conf}, but this build carries no such asset (it carries none): fix the name".to_owned(),
+        "service api: args[7] \"a\\0\" holds a NUL byte".to_owned(),
+        "service api: env.DATABASE_URL uses ${DB}, which is not set in stigmer's environment: set it, or give a default with ${DB:-default}".to_owned(),
+        "service api: cwd uses ${NOPE2}, which is not set".to_owned(),
+        format!("service probe: cwd \"${{DIR}}/missing\" (here {missing:?}) does not exist"),
+        "service runner: cwd \"${EMPTY}\" expands to nothing: set its variables, or give a default, e.g. ${DATA_DIR:-/srv/data}".to_owned(),
+    ];
+    let lines: Vec<&str> = err.problems().iter().map(String::as_str).collect();
+    assert_eq!(lines.len(), want.len(), "{err}");
+    for (line, want) in lines.iter().zip(&want) {
+        assert!(line.starts_with(&format!("services.toml: {want}")), "{line}\nwant: {want}");
+    }
+    clean(&err.to_string());
+    let places: Vec<(Option<&str>, Option<Key>)> =
+        err.details().iter().map(|p| (p.service_name(), p.key())).collect();
+    assert!(places[..8].iter().all(|p| *p == (Some("api"), Some(Key::Args))), "{places:?}");
+    assert_eq!(places[8], (Some("api"), Some(Key::Env)));
+    assert!(places[9..].iter().all(|p| p.1 == Some(Key::Cwd)), "{places:?}");
+    assert!(matches!(
+        err.details()[8].kind(),
+        ProblemKind::UnsetVariable { place: Place::Env(name), name: var }
+            if name == "DATABASE_URL" && var == "DB"
+    ));
+}
+
+#[test]
+fn variable_problems_print_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[services.api]\nargs = [\"${\\u001b[2J}\", \"${\\n\", \"${asset:\\u009b}\"]\n\
+                env = { \"a\\u001bb\" = \"${NOPE}\" }\n";
+    let err = parse_vars(text, dir.path()).unwrap_err().to_string();
+    clean(&err);
+    assert!(err.contains(r#"args[0] uses "${\u{1b}[2J}", which is not"#), "{err}");
+    assert!(err.contains(r#"args[1] "${\n" opens ${"#), "{err}");
+    assert!(err.contains(r#"args[2] uses "${asset:\u{9b}}", but"#), "{err}");
+    assert!(err.contains(r#"env."a\u{1b}b" uses ${NOPE}"#), "{err}");
+}
