@@ -48,7 +48,7 @@ pub(crate) enum Cmd {
         /// Use this manifest instead of the embedded services.toml
         #[arg(long, value_name = "FILE")]
         config: Option<std::path::PathBuf>,
-        /// One JSON object per output line instead of `name | line`
+        /// One JSON object per line: the services' on stdout, stigmer's own on stderr
         #[arg(long)]
         json_logs: bool,
     },

@@ -7,6 +7,7 @@
 
 mod cli;
 
+mod logging;
 mod progress;
 mod stderr;
 
@@ -20,7 +21,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{CommandFactory as _, FromArgMatches as _};
 use stigmer::{Catalog, Choice, Launch, Launcher, Manifest, env, supervise};
-use tracing_subscriber::EnvFilter;
 
 use crate::cli::{CacheCmd, Cli, Cmd};
 
@@ -34,7 +34,7 @@ fn main() -> ExitCode {
     // Multi-call: `ln -s stigmer workflow-runner; ./workflow-runner --help`
     // runs the payload with every argument.
     if let Some(name) = args.first().and_then(|a| multicall_name(a, &catalog)) {
-        init_logging(0, false, false);
+        logging::init(0, false, false, false);
         let choice = match std::env::var(env::STIGMER_BACKEND) {
             Ok(v) if !v.is_empty() => match v.parse::<Choice>() {
                 Ok(c) => c,
@@ -63,7 +63,8 @@ fn main() -> ExitCode {
     }
     // The server's progress lines ("api: ready in 0.2s") are info events.
     let serving = guard.is_some();
-    init_logging(cli.verbose + u8::from(serving), cli.quiet, serving);
+    let json = matches!(cli.command, Cmd::Server { json_logs: true, .. });
+    logging::init(cli.verbose + u8::from(serving), cli.quiet, serving, json);
     let choice = Choice::from(cli.backend);
     outcome(match cli.command {
         Cmd::Run { argv } => match argv.split_first() {
@@ -118,38 +119,6 @@ fn long_version(catalog: &Catalog) -> String {
 fn multicall_name(argv0: &OsStr, catalog: &Catalog) -> Option<String> {
     let name = Path::new(argv0).file_name()?.to_str()?;
     catalog.find(name).map(|p| p.name().to_owned())
-}
-
-fn init_logging(verbose: u8, quiet: bool, serving: bool) {
-    let level = match (quiet, verbose) {
-        (true, _) => "error",
-        (false, 0) => "warn",
-        (false, 1) => "info",
-        (false, 2) => "debug",
-        (false, _) => "trace",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let color =
-        io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    // The server's messages go through a lossy queue (see `stderr`); the
-    // other commands write directly, so nothing is lost before an exec.
-    let writer = move || -> Box<dyn io::Write> {
-        match serving {
-            true => Box::new(stderr::Lossy),
-            false => Box::new(io::stderr()),
-        }
-    };
-    tracing_subscriber::fmt()
-        .with_writer(writer)
-        // On a failed write it would report with eprintln!, which panics
-        // when stderr is closed (`stigmer server 2>&1 | head`) and blocks
-        // when stderr is a pipe nobody reads.
-        .log_internal_errors(false)
-        .with_ansi(color)
-        .with_env_filter(filter)
-        .without_time()
-        .with_target(false)
-        .init();
 }
 
 /// The launcher for commands that launch payloads: with a progress bar for
@@ -215,7 +184,7 @@ fn server(
     match outcome? {
         supervise::Outcome::Clean => Ok(ExitCode::SUCCESS),
         supervise::Outcome::Failed(why) => {
-            stderr::write(format!("error: {why}\n").as_bytes());
+            stderr::write(logging::error_line(&why.to_string(), Default::default()).as_bytes());
             Ok(ExitCode::FAILURE)
         }
     }
@@ -422,7 +391,21 @@ fn fail(err: &anyhow::Error) -> ExitCode {
     // Every problem of a manifest, one line each.
     // (One write: for the server, one message through the lossy queue.)
     if let Some(e) = err.downcast_ref::<stigmer::ManifestError>() {
-        let lines: String = e.problems().iter().map(|p| format!("error: {p}\n")).collect();
+        let lines: String = e
+            .problems()
+            .iter()
+            .zip(e.details())
+            .map(|(line, problem)| {
+                let mut fields = serde_json::Map::new();
+                if let Some(service) = problem.service_name() {
+                    fields.insert("service".into(), service.into());
+                }
+                if let Some(key) = problem.key() {
+                    fields.insert("key".into(), key.as_str().into());
+                }
+                logging::error_line(line, fields)
+            })
+            .collect();
         stderr::write(lines.as_bytes());
         return ExitCode::from(2);
     }
@@ -431,7 +414,7 @@ fn fail(err: &anyhow::Error) -> ExitCode {
         Some(e) => (e.to_string(), if e.is_usage() { 2 } else { 1 }),
         None => (format!("{err:#}"), 1),
     };
-    stderr::write(format!("error: {message}\n").as_bytes());
+    stderr::write(logging::error_line(&message, Default::default()).as_bytes());
     ExitCode::from(code)
 }
 
