@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, FromArgMatches as _};
-use stigmer::{Catalog, Choice, Launch, Launcher, Manifest, env, supervise};
+use stigmer::{Catalog, Choice, Launch, Launcher, Manifest, env, manifest, supervise};
 
 use crate::cli::{CacheCmd, Cli, Cmd};
 
@@ -97,13 +97,17 @@ fn main() -> ExitCode {
 }
 
 /// What `--version` prints: stigmer's version and target (as in the release
-/// archive's name), then the name, size and sha256 of every payload, to
-/// compare against the release notes.
+/// archive's name), then the name, size and sha256 of every payload and
+/// asset, to compare against the release notes.
 fn long_version(catalog: &Catalog) -> String {
-    let width = catalog.payloads().iter().map(|p| p.name().len()).max().unwrap_or(0);
+    let all = || catalog.payloads().iter().chain(catalog.assets());
+    let width = all().map(|p| p.name().len()).max().unwrap_or(0);
     let mut text =
         format!("{} ({})\npayloads:", env!("CARGO_PKG_VERSION"), stigmer_payloads::TARGET);
-    for p in catalog.payloads() {
+    for (i, p) in all().enumerate() {
+        if i == catalog.payloads().len() {
+            text.push_str("\nassets:");
+        }
         text.push_str(&format!(
             "\n  {:width$}  {:>11} bytes  sha256 {}",
             p.name(),
@@ -112,6 +116,15 @@ fn long_version(catalog: &Catalog) -> String {
         ));
     }
     text
+}
+
+/// The names of the payloads and of the assets of `catalog`, which a
+/// manifest is checked against.
+fn names(catalog: &Catalog) -> (Vec<&str>, Vec<&str>) {
+    fn names(files: &[stigmer::Payload]) -> Vec<&str> {
+        files.iter().map(|p| p.name()).collect()
+    }
+    (names(catalog.payloads()), names(catalog.assets()))
 }
 
 /// The payload to run when stigmer was started through a link named after
@@ -155,18 +168,19 @@ fn server(
     json_logs: bool,
     guard: Option<supervise::Guard>,
 ) -> anyhow::Result<ExitCode> {
-    let names: Vec<&str> = catalog.payloads().iter().map(|p| p.name()).collect();
+    let (payloads, assets) = names(catalog);
+    let context = manifest::Context::new(&payloads).assets(&assets);
     let manifest = match config {
         Some(path) => {
             let bytes = std::fs::read(path)
                 .with_context(|| format!("cannot read the manifest {path:?}"))?;
-            Manifest::parse_bytes(&bytes, &format!("{path:?}"), &names)?
+            Manifest::parse_bytes_with(&bytes, &format!("{path:?}"), &context)?
         }
         None => {
             let bytes = catalog.manifest().context(
                 "this stigmer carries no services.toml: pass --config FILE, or embed one beside the payloads",
             )?;
-            Manifest::parse_bytes(bytes, EMBEDDED_MANIFEST, &names)?
+            Manifest::parse_bytes_with(bytes, EMBEDDED_MANIFEST, &context)?
         }
     };
     let color =
@@ -193,12 +207,16 @@ fn server(
 fn list(catalog: &Catalog, choice: Choice, json: bool) -> anyhow::Result<ExitCode> {
     let launcher = Launcher::new(choice, env::home().ok());
     let mut out = io::stdout().lock();
+    // Payloads, then assets: where each runs from, or is kept.
+    let plan = |p: &stigmer::Payload| match p.kind() {
+        stigmer::Kind::Asset => launcher.plan_asset(p),
+        _ => launcher.plan(p),
+    };
+    let all = || catalog.payloads().iter().chain(catalog.assets());
     if json {
-        let rows: Vec<_> = catalog
-            .payloads()
-            .iter()
+        let rows: Vec<_> = all()
             .map(|p| {
-                let plan = launcher.plan(p);
+                let plan = plan(p);
                 serde_json::json!({
                     "name": p.name(),
                     "kind": p.kind().as_str(),
@@ -218,10 +236,10 @@ fn list(catalog: &Catalog, choice: Choice, json: bool) -> anyhow::Result<ExitCod
         writeln!(out)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let width = catalog.payloads().iter().map(|p| p.name().len()).max().unwrap_or(0).max(4);
+    let width = all().map(|p| p.name().len()).max().unwrap_or(0).max(4);
     writeln!(out, "{:width$}  {:<11}  {:>9}  {:<12}  LAUNCH", "NAME", "KIND", "SIZE", "SHA256")?;
-    for p in catalog.payloads() {
-        let plan = launcher.plan(p);
+    for p in all() {
+        let plan = plan(p);
         let sha = p.sha256().to_string();
         writeln!(
             out,
@@ -239,9 +257,11 @@ fn list(catalog: &Catalog, choice: Choice, json: bool) -> anyhow::Result<ExitCod
 
 fn doctor(catalog: &Catalog, choice: Choice, json: bool) -> anyhow::Result<ExitCode> {
     let launcher = Launcher::new(choice, env::home().ok());
-    let names: Vec<&str> = catalog.payloads().iter().map(|p| p.name()).collect();
-    let manifest =
-        catalog.manifest().map(|bytes| Manifest::parse_bytes(bytes, EMBEDDED_MANIFEST, &names));
+    let (payloads, assets) = names(catalog);
+    let context = manifest::Context::new(&payloads).assets(&assets);
+    let manifest = catalog
+        .manifest()
+        .map(|bytes| Manifest::parse_bytes_with(bytes, EMBEDDED_MANIFEST, &context));
     let report = stigmer::doctor::diagnose(catalog, &launcher, manifest.as_ref());
     let code =
         if report.all_ok() && report.manifest_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
@@ -337,7 +357,7 @@ fn cache(catalog: &Catalog, choice: Choice, command: CacheCmd) -> anyhow::Result
     let mut out = io::stdout().lock();
     match command {
         CacheCmd::Prune => {
-            let keep: Vec<_> = catalog.payloads().iter().collect();
+            let keep: Vec<_> = catalog.payloads().iter().chain(catalog.assets()).collect();
             let (removed, kept) = stigmer::launch::prune(launcher.cache(), &keep)?;
             for f in &kept {
                 writeln!(out, "kept {} ({})", f.path.display(), f.what)?;

@@ -36,8 +36,7 @@
 //! [`MAX_RESTARTS`].
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
-use std::ffi::OsString;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::path::PathBuf;
@@ -49,11 +48,13 @@ use nix::sys::signal::Signal;
 use serde::de::DeserializeOwned;
 
 mod problem;
+mod values;
 mod vars;
 
 pub use problem::{Key, ManifestError, Place, Problem, ProblemKind};
 use problem::{LIST_AT_MOST, one_line};
-use vars::{Lookup, Piece, VarError};
+use values::Known;
+pub use values::{Context, Text};
 
 /// The longest duration any key takes (`ready.timeout`, `stop_timeout`,
 /// `restart_window`): 24 hours. Everything the supervisor computes from a
@@ -84,11 +85,12 @@ pub struct Service {
     pub name: String,
     /// The payload it runs.
     pub payload: String,
-    /// Arguments after `argv[0]` (none holds a NUL byte).
-    pub args: Vec<String>,
+    /// Arguments after `argv[0]` (none holds a NUL byte), variables
+    /// expanded; an asset's path goes in at start.
+    pub args: Vec<Text>,
     /// Variables added to stigmer's environment (names are not empty and
-    /// hold no `=` or NUL; values hold no NUL).
-    pub env: BTreeMap<String, String>,
+    /// hold no `=` or NUL; values hold no NUL), expanded as `args` are.
+    pub env: BTreeMap<String, Text>,
     /// Its working folder, absolute (a relative `cwd` is resolved against
     /// stigmer's working folder when the manifest is checked); it existed
     /// and was a folder then. `None`: stigmer's.
@@ -156,6 +158,13 @@ pub enum Restart {
     Always,
 }
 
+impl Service {
+    /// The assets its `args` and `env` name, each once.
+    pub fn assets(&self) -> BTreeSet<&str> {
+        self.args.iter().chain(self.env.values()).flat_map(Text::assets).collect()
+    }
+}
+
 impl fmt::Display for Restart {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -178,39 +187,6 @@ struct Node {
     name: String,
     depends_on: Vec<String>,
     service: Option<Service>,
-}
-
-/// What a manifest is checked against: the payloads this build carries,
-/// and the environment its `${VAR}`s expand from (stigmer's own, unless a
-/// lookup is given).
-#[derive(Clone, Copy)]
-pub struct Context<'a> {
-    payloads: &'a [&'a str],
-    vars: Lookup<'a>,
-}
-
-impl fmt::Debug for Context<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Context").field("payloads", &self.payloads).finish_non_exhaustive()
-    }
-}
-
-/// A variable of stigmer's own environment.
-fn process_var(name: &str) -> Option<OsString> {
-    std::env::var_os(name)
-}
-
-impl<'a> Context<'a> {
-    /// Checks against `payloads`, expanding from stigmer's environment.
-    pub fn new(payloads: &'a [&'a str]) -> Context<'a> {
-        Context { payloads, vars: &process_var }
-    }
-
-    /// Expands `${VAR}` with `vars` instead: the value of a variable,
-    /// `None` when it is unset.
-    pub fn vars(self, vars: &'a dyn Fn(&str) -> Option<OsString>) -> Context<'a> {
-        Context { vars, ..self }
-    }
 }
 
 impl Manifest {
@@ -292,10 +268,7 @@ impl Manifest {
             }
             return fail(p);
         };
-        let payloads: HashSet<&str> = context.payloads.iter().copied().collect();
-        let mut carried: Vec<String> = payloads.iter().map(|&p| p.to_owned()).collect();
-        carried.sort_unstable();
-        let known = Known { payloads, carried, vars: context.vars };
+        let known = Known::new(context);
         let mut nodes: Vec<Node> = services
             .iter()
             .map(|(name, value)| {
@@ -342,61 +315,6 @@ fn field<T: DeserializeOwned>(
     }
 }
 
-/// What every service is checked against.
-struct Known<'a> {
-    payloads: HashSet<&'a str>,
-    /// The payloads, sorted, for messages.
-    carried: Vec<String>,
-    vars: Lookup<'a>,
-}
-
-/// `written`, the value at `place`, with its variables expanded; `None`
-/// after a problem, each one pushed to `problems`.
-fn expand(
-    place: Place,
-    written: &str,
-    known: &Known<'_>,
-    problems: &mut Vec<ProblemKind>,
-) -> Option<String> {
-    let pieces = match vars::expand(written, known.vars) {
-        Ok(pieces) => pieces,
-        Err(errors) => {
-            problems.extend(errors.into_iter().map(|e| match e {
-                VarError::Unset { name } => {
-                    ProblemKind::UnsetVariable { place: place.clone(), name }
-                }
-                VarError::NotUtf8 { name } => {
-                    ProblemKind::VariableNotUtf8 { place: place.clone(), name }
-                }
-                VarError::BadName { written } => {
-                    ProblemKind::BadVariable { place: place.clone(), written }
-                }
-                VarError::Unclosed => ProblemKind::UnclosedVariable {
-                    place: place.clone(),
-                    value: written.to_owned(),
-                },
-            }));
-            return None;
-        }
-    };
-    let mut text = String::new();
-    let mut ok = true;
-    for piece in pieces {
-        match piece {
-            Piece::Text(t) => text.push_str(&t),
-            Piece::Asset(name) => {
-                problems.push(ProblemKind::UnknownAsset {
-                    place: place.clone(),
-                    name,
-                    carried: Vec::new(),
-                });
-                ok = false;
-            }
-        }
-    }
-    ok.then_some(text)
-}
-
 fn check_service(
     name: &str,
     value: &toml::Value,
@@ -433,14 +351,11 @@ fn check_service(
 
     // Expanded first, then checked as if written so.
     let written: Vec<String> = field(fields, Key::Args, problems).unwrap_or_default();
-    let mut args = Vec::with_capacity(written.len());
-    for (index, arg) in written.iter().enumerate() {
-        let Some(arg) = expand(Place::Arg(index), arg, known, problems) else { continue };
-        if arg.contains('\0') {
-            problems.push(ProblemKind::NulInArg { index, arg: arg.clone() });
-        }
-        args.push(arg);
-    }
+    let args: Vec<Text> = written
+        .iter()
+        .enumerate()
+        .filter_map(|(index, arg)| known.expand(Place::Arg(index), arg, problems))
+        .collect();
 
     let written: BTreeMap<String, String> = field(fields, Key::Env, problems).unwrap_or_default();
     let mut env = BTreeMap::new();
@@ -448,18 +363,15 @@ fn check_service(
         if name.is_empty() || name.contains(['=', '\0']) {
             problems.push(ProblemKind::BadEnvName { name: name.clone() });
         }
-        let Some(value) = expand(Place::Env(name.clone()), &value, known, problems) else {
-            continue;
-        };
-        if value.contains('\0') {
-            problems.push(ProblemKind::NulInEnvValue { name: name.clone(), value: value.clone() });
+        if let Some(value) = known.expand(Place::Env(name.clone()), &value, problems) {
+            env.insert(name, value);
         }
-        env.insert(name, value);
     }
 
     let cwd = field::<String>(fields, Key::Cwd, problems).and_then(|cwd| {
-        let expanded = expand(Place::Cwd, &cwd, known, problems)?;
-        check_cwd(&cwd, &expanded).map_err(|e| problems.push(e)).ok()
+        let expanded = known.expand(Place::Cwd, &cwd, problems)?;
+        // No asset in it (that is a problem): all text.
+        check_cwd(&cwd, &expanded.to_string()).map_err(|e| problems.push(e)).ok()
     });
 
     let ready = match fields.get(Key::Ready.name()) {
@@ -567,9 +479,6 @@ fn check_cwd(cwd: &str, expanded: &str) -> Result<PathBuf, ProblemKind> {
     }
     if expanded.is_empty() {
         return Err(ProblemKind::EmptyExpandedCwd { cwd: cwd.to_owned() });
-    }
-    if expanded.contains('\0') {
-        return Err(ProblemKind::NulInCwd { cwd: cwd.to_owned() });
     }
     let path = std::path::absolute(expanded)
         .map_err(|e| ProblemKind::CwdUnresolved { cwd: cwd.to_owned(), source: Arc::new(e) })?;

@@ -534,6 +534,17 @@ pub enum ProblemKind {
         value: String,
     },
 
+    /// An `${asset:NAME}` in `cwd`, which names a folder.
+    #[error(
+        "cwd uses {}, but an asset is a file, not a folder: give a folder, and the asset's path \
+         in args or env",
+        asset_ref(.name)
+    )]
+    AssetInCwd {
+        /// The asset's name as written.
+        name: String,
+    },
+
     /// An `${asset:NAME}` of an asset this build does not carry.
     #[error(
         "{place} uses {}, but this build carries no such asset ({}): fix the name",
@@ -734,6 +745,7 @@ impl ProblemKind {
             | UnclosedVariable { place, .. }
             | UnknownAsset { place, .. } => place.key(),
             EmptyCwd
+            | AssetInCwd { .. }
             | EmptyExpandedCwd { .. }
             | NulInCwd { .. }
             | CwdUnresolved { .. }

@@ -1,5 +1,7 @@
 //! Unit tests of [`super`].
 
+use std::ffi::OsString;
+
 use super::*;
 
 const PAYLOADS: &[&str] = &["api", "runner", "probe"];
@@ -407,7 +409,8 @@ fn parse_vars(text: &str, dir: &std::path::Path) -> Result<Manifest, ManifestErr
         "BAD" => Some(OsString::from_vec(vec![0xff])),
         _ => None,
     };
-    Manifest::parse_with(text, "services.toml", &Context::new(PAYLOADS).vars(&vars))
+    let context = Context::new(PAYLOADS).assets(&["db.pem", "app.conf"]).vars(&vars);
+    Manifest::parse_with(text, "services.toml", &context)
 }
 
 #[test]
@@ -442,7 +445,7 @@ fn every_variable_problem_names_its_place_and_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let text = r#"
 [services.api]
-args = ["--port", "${PORT}", "${NOPE}", "${1X} ${A-b} ${}", "${BAD}", "x ${PORT", "${asset:app.conf}", "${OK:-a}\u0000"]
+args = ["--port", "${PORT}", "${NOPE}", "${1X} ${A-b} ${}", "${BAD}", "x ${PORT", "${asset:nope.conf}", "${OK:-a}\u0000"]
 env = { DATABASE_URL = "${DB}", OTHER = "${DB:-fine}" }
 cwd = "${DIR}/missing/${NOPE2}"
 [services.runner]
@@ -459,7 +462,7 @@ cwd = "${DIR}/missing"
         "service api: args[3] uses \"${}\", which is not".to_owned(),
         "service api: args[4] uses ${BAD}, whose value in stigmer's environment is not UTF-8: set it to UTF-8 text".to_owned(),
         "service api: args[5] \"x ${PORT\" opens ${ and never closes it: add the }, or write $$ for a literal $".to_owned(),
-        "service api: args[6] uses ${asset:app.conf}, but this build carries no such asset (it carries none): fix the name".to_owned(),
+        "service api: args[6] uses ${asset:nope.conf}, but this build carries no such asset (it carries app.conf, db.pem): fix the name".to_owned(),
         "service api: args[7] \"a\\0\" holds a NUL byte".to_owned(),
         "service api: env.DATABASE_URL uses ${DB}, which is not set in stigmer's environment: set it, or give a default with ${DB:-default}".to_owned(),
         "service api: cwd uses ${NOPE2}, which is not set".to_owned(),
@@ -495,4 +498,43 @@ fn variable_problems_print_escaped() {
     assert!(err.contains(r#"args[1] "${\n" opens ${"#), "{err}");
     assert!(err.contains(r#"args[2] uses "${asset:\u{9b}}", but"#), "{err}");
     assert!(err.contains(r#"env."a\u{1b}b" uses ${NOPE}"#), "{err}");
+}
+
+#[test]
+fn assets_are_named_in_args_and_env_and_filled_in_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+[services.api]
+args = ["--config", "${asset:app.conf}", "--tls=${asset:db.pem},${PORT}", "$${asset:app.conf}"]
+env = { CERT = "${asset:db.pem}", PLAIN = "x" }
+"#;
+    let m = parse_vars(text, dir.path()).unwrap();
+    let api = m.get("api").unwrap();
+    assert_eq!(api.assets().into_iter().collect::<Vec<_>>(), ["app.conf", "db.pem"]);
+    assert_eq!(api.args[0], "--config");
+    assert_eq!(api.args[1].as_str(), None, "a path goes there at start");
+    assert_eq!(api.args[3], "${asset:app.conf}", "$$ keeps it text");
+    let path = |name: &str| OsString::from(format!("/proc/self/fd/{}", name.len()));
+    assert_eq!(api.args[1].with_paths(path), "/proc/self/fd/8");
+    assert_eq!(api.args[2].with_paths(path), "--tls=/proc/self/fd/6,8080");
+    assert_eq!(api.env["CERT"].with_paths(path), "/proc/self/fd/6");
+    assert_eq!(api.env["PLAIN"], "x");
+    // Without assets named, none.
+    let m = parse_vars("[services.api]\nargs = [\"a\"]\n", dir.path()).unwrap();
+    assert!(m.services[0].assets().is_empty());
+}
+
+#[test]
+fn an_asset_is_no_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = parse_vars("[services.api]\ncwd = \"${asset:app.conf}\"\n", dir.path()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "services.toml: service api: cwd uses ${asset:app.conf}, but an asset is a file, not a \
+         folder: give a folder, and the asset's path in args or env"
+    );
+    assert_eq!(err.details()[0].key(), Some(Key::Cwd));
+    // Unknown, with no asset carried at all.
+    let err = parse("[services.api]\nenv = { A = \"${asset:x}\" }\n").unwrap_err();
+    assert!(err.ends_with("env.A uses ${asset:x}, but this build carries no such asset (it carries none): fix the name"), "{err}");
 }
