@@ -16,6 +16,13 @@
 //! the exec, so that one descriptor is made inheritable in the child (and
 //! only there) right before the exec.
 //!
+//! An asset (a file services read, never run) gets a memfd of its own,
+//! once per process: `MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL`
+//! (6.3+; before, without the last, which kernels before 6.3 reject), filled
+//! the same way, `fchmod` to `0444`, sealed the same way. A service that
+//! names it gets its descriptor inheritable, in its child only, and opens
+//! it as `/proc/self/fd/N`.
+//!
 //! # References
 //! - memfd_create(2), execveat(2), fcntl(2) "File Sealing", sendfile(2)
 //! - Documentation/admin-guide/sysctl/vm.rst, `memfd_noexec`
