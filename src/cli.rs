@@ -92,7 +92,7 @@ pub(crate) struct ServerArgs {
     /// Use this manifest instead of the embedded services.toml
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<std::path::PathBuf>,
-    /// One JSON object per output line instead of `name | line`
+    /// One JSON object per line: the services' on stdout, stigmer's own on stderr
     #[arg(long)]
     pub(crate) json_logs: bool,
     /// Internal, for `server start`: start no service until it watches

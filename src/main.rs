@@ -8,6 +8,7 @@
 mod cli;
 
 mod control;
+mod logging;
 mod progress;
 mod stderr;
 
@@ -20,8 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, FromArgMatches as _};
-use stigmer::{Catalog, Choice, Launch, Launcher, Manifest, env, supervise};
-use tracing_subscriber::EnvFilter;
+use stigmer::{Catalog, Choice, Launch, Launcher, Manifest, env, manifest, supervise};
 
 use crate::cli::{CacheCmd, Cli, Cmd, ServerArgs};
 
@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     // Multi-call: `ln -s stigmer workflow-runner; ./workflow-runner --help`
     // runs the payload with every argument.
     if let Some(name) = args.first().and_then(|a| multicall_name(a, &catalog)) {
-        init_logging(0, false, None);
+        logging::init(0, false, None, false);
         let choice = match std::env::var(env::STIGMER_BACKEND) {
             Ok(v) if !v.is_empty() => match v.parse::<Choice>() {
                 Ok(c) => c,
@@ -65,7 +65,8 @@ fn main() -> ExitCode {
     // The server's progress lines ("api: ready in 0.2s") are info events,
     // kept in its journal too, for `stigmer server logs`.
     let journal = guard.is_some().then(supervise::Journal::new);
-    init_logging(cli.verbose + u8::from(journal.is_some()), cli.quiet, journal.clone());
+    let json = matches!(&cli.command, Cmd::Server { action: None, run } if run.json_logs);
+    logging::init(cli.verbose + u8::from(journal.is_some()), cli.quiet, journal.clone(), json);
     let choice = Choice::from(cli.backend);
     outcome(match cli.command {
         Cmd::Run { argv } => match argv.split_first() {
@@ -101,13 +102,17 @@ fn main() -> ExitCode {
 }
 
 /// What `--version` prints: stigmer's version and target (as in the release
-/// archive's name), then the name, size and sha256 of every payload, to
-/// compare against the release notes.
+/// archive's name), then the name, size and sha256 of every payload and
+/// asset, to compare against the release notes.
 fn long_version(catalog: &Catalog) -> String {
-    let width = catalog.payloads().iter().map(|p| p.name().len()).max().unwrap_or(0);
+    let all = || catalog.payloads().iter().chain(catalog.assets());
+    let width = all().map(|p| p.name().len()).max().unwrap_or(0);
     let mut text =
         format!("{} ({})\npayloads:", env!("CARGO_PKG_VERSION"), stigmer_payloads::TARGET);
-    for p in catalog.payloads() {
+    for (i, p) in all().enumerate() {
+        if i == catalog.payloads().len() {
+            text.push_str("\nassets:");
+        }
         text.push_str(&format!(
             "\n  {:width$}  {:>11} bytes  sha256 {}",
             p.name(),
@@ -118,45 +123,20 @@ fn long_version(catalog: &Catalog) -> String {
     text
 }
 
+/// The names of the payloads and of the assets of `catalog`, which a
+/// manifest is checked against.
+fn names(catalog: &Catalog) -> (Vec<&str>, Vec<&str>) {
+    fn names(files: &[stigmer::Payload]) -> Vec<&str> {
+        files.iter().map(|p| p.name()).collect()
+    }
+    (names(catalog.payloads()), names(catalog.assets()))
+}
+
 /// The payload to run when stigmer was started through a link named after
 /// it, if it was.
 fn multicall_name(argv0: &OsStr, catalog: &Catalog) -> Option<String> {
     let name = Path::new(argv0).file_name()?.to_str()?;
     catalog.find(name).map(|p| p.name().to_owned())
-}
-
-/// Logging on stderr; for the server (`journal`), through a lossy queue and
-/// into its journal as well.
-fn init_logging(verbose: u8, quiet: bool, journal: Option<supervise::Journal>) {
-    let level = match (quiet, verbose) {
-        (true, _) => "error",
-        (false, 0) => "warn",
-        (false, 1) => "info",
-        (false, 2) => "debug",
-        (false, _) => "trace",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let color =
-        io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    // The server's messages go through a lossy queue (see `stderr`); the
-    // other commands write directly, so nothing is lost before an exec.
-    let writer = move || -> Box<dyn io::Write> {
-        match &journal {
-            Some(journal) => Box::new(stderr::Lossy(Some(journal.clone()))),
-            None => Box::new(io::stderr()),
-        }
-    };
-    tracing_subscriber::fmt()
-        .with_writer(writer)
-        // On a failed write it would report with eprintln!, which panics
-        // when stderr is closed (`stigmer server 2>&1 | head`) and blocks
-        // when stderr is a pipe nobody reads.
-        .log_internal_errors(false)
-        .with_ansi(color)
-        .with_env_filter(filter)
-        .without_time()
-        .with_target(false)
-        .init();
 }
 
 /// The launcher for commands that launch payloads: with a progress bar for
@@ -188,18 +168,19 @@ const EMBEDDED_MANIFEST: &str = "services.toml (embedded)";
 /// The manifest `stigmer server` runs: `config`, or the embedded one;
 /// checked.
 fn manifest(catalog: &Catalog, config: Option<&Path>) -> anyhow::Result<Manifest> {
-    let names: Vec<&str> = catalog.payloads().iter().map(|p| p.name()).collect();
+    let (payloads, assets) = names(catalog);
+    let context = manifest::Context::new(&payloads).assets(&assets);
     Ok(match config {
         Some(path) => {
             let bytes = std::fs::read(path)
                 .with_context(|| format!("cannot read the manifest {path:?}"))?;
-            Manifest::parse_bytes(&bytes, &format!("{path:?}"), &names)?
+            Manifest::parse_bytes_with(&bytes, &format!("{path:?}"), &context)?
         }
         None => {
             let bytes = catalog.manifest().context(
                 "this stigmer carries no services.toml: pass --config FILE, or embed one beside the payloads",
             )?;
-            Manifest::parse_bytes(bytes, EMBEDDED_MANIFEST, &names)?
+            Manifest::parse_bytes_with(bytes, EMBEDDED_MANIFEST, &context)?
         }
     })
 }
@@ -249,7 +230,7 @@ fn server(
     match outcome? {
         supervise::Outcome::Clean => Ok(ExitCode::SUCCESS),
         supervise::Outcome::Failed(why) => {
-            stderr::write(format!("error: {why}\n").as_bytes());
+            stderr::write(logging::error_line(&why.to_string(), Default::default()).as_bytes());
             Ok(ExitCode::FAILURE)
         }
     }
@@ -258,12 +239,16 @@ fn server(
 fn list(catalog: &Catalog, choice: Choice, json: bool) -> anyhow::Result<ExitCode> {
     let launcher = Launcher::new(choice, env::home().ok());
     let mut out = io::stdout().lock();
+    // Payloads, then assets: where each runs from, or is kept.
+    let plan = |p: &stigmer::Payload| match p.kind() {
+        stigmer::Kind::Asset => launcher.plan_asset(p),
+        _ => launcher.plan(p),
+    };
+    let all = || catalog.payloads().iter().chain(catalog.assets());
     if json {
-        let rows: Vec<_> = catalog
-            .payloads()
-            .iter()
+        let rows: Vec<_> = all()
             .map(|p| {
-                let plan = launcher.plan(p);
+                let plan = plan(p);
                 serde_json::json!({
                     "name": p.name(),
                     "kind": p.kind().as_str(),
@@ -283,10 +268,10 @@ fn list(catalog: &Catalog, choice: Choice, json: bool) -> anyhow::Result<ExitCod
         writeln!(out)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let width = catalog.payloads().iter().map(|p| p.name().len()).max().unwrap_or(0).max(4);
+    let width = all().map(|p| p.name().len()).max().unwrap_or(0).max(4);
     writeln!(out, "{:width$}  {:<11}  {:>9}  {:<12}  LAUNCH", "NAME", "KIND", "SIZE", "SHA256")?;
-    for p in catalog.payloads() {
-        let plan = launcher.plan(p);
+    for p in all() {
+        let plan = plan(p);
         let sha = p.sha256().to_string();
         writeln!(
             out,
@@ -304,9 +289,11 @@ fn list(catalog: &Catalog, choice: Choice, json: bool) -> anyhow::Result<ExitCod
 
 fn doctor(catalog: &Catalog, choice: Choice, json: bool) -> anyhow::Result<ExitCode> {
     let launcher = Launcher::new(choice, env::home().ok());
-    let names: Vec<&str> = catalog.payloads().iter().map(|p| p.name()).collect();
-    let manifest =
-        catalog.manifest().map(|bytes| Manifest::parse_bytes(bytes, EMBEDDED_MANIFEST, &names));
+    let (payloads, assets) = names(catalog);
+    let context = manifest::Context::new(&payloads).assets(&assets);
+    let manifest = catalog
+        .manifest()
+        .map(|bytes| Manifest::parse_bytes_with(bytes, EMBEDDED_MANIFEST, &context));
     let report = stigmer::doctor::diagnose(catalog, &launcher, manifest.as_ref());
     let code =
         if report.all_ok() && report.manifest_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
@@ -402,7 +389,7 @@ fn cache(catalog: &Catalog, choice: Choice, command: CacheCmd) -> anyhow::Result
     let mut out = io::stdout().lock();
     match command {
         CacheCmd::Prune => {
-            let keep: Vec<_> = catalog.payloads().iter().collect();
+            let keep: Vec<_> = catalog.payloads().iter().chain(catalog.assets()).collect();
             let (removed, kept) = stigmer::launch::prune(launcher.cache(), &keep)?;
             for f in &kept {
                 writeln!(out, "kept {} ({})", f.path.display(), f.what)?;
@@ -456,7 +443,21 @@ fn fail(err: &anyhow::Error) -> ExitCode {
     // Every problem of a manifest, one line each.
     // (One write: for the server, one message through the lossy queue.)
     if let Some(e) = err.downcast_ref::<stigmer::ManifestError>() {
-        let lines: String = e.problems().iter().map(|p| format!("error: {p}\n")).collect();
+        let lines: String = e
+            .problems()
+            .iter()
+            .zip(e.details())
+            .map(|(line, problem)| {
+                let mut fields = serde_json::Map::new();
+                if let Some(service) = problem.service_name() {
+                    fields.insert("service".into(), service.into());
+                }
+                if let Some(key) = problem.key() {
+                    fields.insert("key".into(), key.as_str().into());
+                }
+                logging::error_line(line, fields)
+            })
+            .collect();
         stderr::write(lines.as_bytes());
         return ExitCode::from(2);
     }
@@ -465,7 +466,7 @@ fn fail(err: &anyhow::Error) -> ExitCode {
         Some(e) => (e.to_string(), if e.is_usage() { 2 } else { 1 }),
         None => (format!("{err:#}"), 1),
     };
-    stderr::write(format!("error: {message}\n").as_bytes());
+    stderr::write(logging::error_line(&message, Default::default()).as_bytes());
     ExitCode::from(code)
 }
 

@@ -36,8 +36,7 @@ pub(crate) fn start() {
                     let Some(out) = &mut out else { continue };
                     let dropped = DROPPED.swap(0, Ordering::Relaxed);
                     if dropped > 0 {
-                        let note =
-                            format!("stigmer: {dropped} log line(s) dropped: stderr is slow\n");
+                        let note = crate::logging::dropped_line(dropped);
                         let _ = out.write_all(note.as_bytes());
                     }
                     let _ = out.write_all(&bytes);

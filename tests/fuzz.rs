@@ -208,9 +208,9 @@ proptest! {
                         let at = m.services.iter().position(|x| &x.name == d);
                         prop_assert!(at.is_some_and(|at| at < i), "{text}");
                     }
-                    prop_assert!(!s.args.iter().any(|a| a.contains('\0')), "{text}");
+                    prop_assert!(!s.args.iter().any(|a| a.to_string().contains('\0')), "{text}");
                     prop_assert!(!s.env.iter().any(|(k, v)| k.is_empty()
-                        || k.contains(['=', '\0']) || v.contains('\0')), "{text}");
+                        || k.contains(['=', '\0']) || v.to_string().contains('\0')), "{text}");
                     prop_assert!(s.cwd.as_ref().is_none_or(|c| c.is_absolute() && c.is_dir()));
                     prop_assert!(s.stop_timeout <= MAX_DURATION && s.restart_window <= MAX_DURATION);
                     prop_assert!(s.max_restarts <= MAX_RESTARTS);

@@ -238,11 +238,13 @@ fn pyinstaller_and_script_payloads_from_a_custom_folder() {
 
     fs::copy(&app, payloads.join("pyapp")).unwrap();
     executable(&payloads.join("greet"), b"#!/bin/sh\necho \"greet: $1\"\nexit 4\n");
+    // Not executable: an asset; empty, it cannot be one, and is skipped.
     fs::write(payloads.join("notes.txt"), "not a payload").unwrap();
+    fs::write(payloads.join("empty.txt"), "").unwrap();
     let (o, stigmer) = build_with(&payloads);
     ok(&o);
     assert!(
-        stderr(&o).contains("skipping") && stderr(&o).contains("notes.txt"),
+        stderr(&o).contains("skipping") && stderr(&o).contains("empty.txt"),
         "warning: {}",
         stderr(&o)
     );
@@ -258,7 +260,9 @@ fn pyinstaller_and_script_payloads_from_a_custom_folder() {
     let list = ok(&run(&["list"]));
     let row = list.lines().find(|l| l.starts_with("pyapp ")).expect(&list);
     assert!(row.contains("pyinstaller") && row.contains("cache: PyInstaller"), "{row}");
-    assert!(!list.contains("notes.txt"), "{list}");
+    let row = list.lines().find(|l| l.starts_with("notes.txt ")).expect(&list);
+    assert!(row.contains(" asset "), "{row}");
+    assert!(!list.contains("empty.txt"), "{list}");
 
     // Even when memfd is forced, a PyInstaller payload goes through the cache.
     for backend in ["auto", "memfd", "cache"] {

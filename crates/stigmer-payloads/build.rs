@@ -70,7 +70,8 @@ fn run() -> Result<(), String> {
 }
 
 /// Builds every `*.rs` in the demo folder into a payload, and takes its
-/// executable files (scripts) and `services.toml` as they are.
+/// executable files (scripts), its other files (assets) and
+/// `services.toml` as they are.
 fn build_demo(demo: &Path, out: &Path, target: &str, root: &Path) -> Result<Embed, String> {
     let bin = out.join("demo");
     fs::create_dir_all(&bin).map_err(|e| io_err(&bin, e))?;
@@ -112,6 +113,8 @@ fn build_demo(demo: &Path, out: &Path, target: &str, root: &Path) -> Result<Embe
             builds.push((child, path, stem.to_owned(), exe));
         } else if is_executable(&path) {
             embed = embed.payload(&name, path).map_err(|e| e.to_string())?;
+        } else if !name.starts_with('.') && path.is_file() {
+            embed = embed.asset(&name, path).map_err(|e| e.to_string())?;
         }
     }
     for (child, path, name, exe) in builds {

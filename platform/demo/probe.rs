@@ -1,13 +1,14 @@
 //! `probe`: a demo payload that reports how it sees the world, so a user (and
 //! stigmer's tests) can check how a payload is launched.
 //!
-//! It prints one `key: value` line per fact: argv, its own executable, the
-//! seals on it, whether it can write to it, its open fds and a few
-//! variables. Flags, applied in this order: `--delay MS` waits first,
-//! `--quiet` prints no report,
-//! `--env NAME` prints a variable, `--ignore N` ignores signal N, `--say
-//! TEXT` prints a line, `--listen PORT` accepts TCP connections on
-//! 127.0.0.1:PORT, `--orphan MS` leaves behind a grandchild that lives MS
+//! It prints one `key: value` line per fact: argv, its own executable, its
+//! working folder, the seals on it, whether it can write to it, its open
+//! fds and a few variables. Flags, applied in this order: `--delay MS`
+//! waits first, `--quiet` prints no report, `--env NAME` prints a
+//! variable, `--ignore N` ignores signal N, `--say TEXT` prints a line,
+//! `--cat PATH` prints each line of a file as `cat: LINE` and the seals on
+//! it as `cat-seals: ...`,
+//! `--listen PORT` accepts TCP connections on 127.0.0.1:PORT, `--orphan MS` leaves behind a grandchild that lives MS
 //! milliseconds, `--daemon MS` leaves behind a grandchild that calls
 //! `setsid` (a daemon that escaped the process group) and lives MS
 //! milliseconds, `--spam N` writes N long lines to stdout and stderr,
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
     let mut quiet = false;
     let mut envs = Vec::new();
     let (mut ignore, mut say, mut listen, mut orphan, mut detach) = (vec![], vec![], None, None, None);
+    let mut cat = Vec::new();
     let (mut daemon, mut setsid) = (None, false);
     let (mut spam, mut sleep, mut delay) = (0u64, 0u64, 0u64);
     let mut rest = args.iter().skip(1);
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
             "--quiet" => quiet = true,
             "--ignore" => ignore.extend(value().parse::<i32>().ok()),
             "--say" => say.push(value()),
+            "--cat" => cat.push(value()),
             "--listen" => listen = value().parse::<u16>().ok(),
             "--orphan" => orphan = value().parse::<u64>().ok(),
             "--detach" => detach = value().parse::<u64>().ok(),
@@ -72,6 +75,13 @@ fn main() -> ExitCode {
     }
     for line in say {
         println!("{line}");
+    }
+    for path in cat {
+        match fs::read_to_string(&path) {
+            Ok(text) => text.lines().for_each(|l| println!("cat: {l}")),
+            Err(e) => println!("cat: cannot read {path}: {e}"),
+        }
+        println!("cat-seals: {}", sys::seals(&path));
     }
     if let Some(port) = listen {
         match std::net::TcpListener::bind(("127.0.0.1", port)) {
@@ -134,9 +144,11 @@ fn report(args: &[String], envs: &[String]) {
         let id = fs::metadata("/proc/self/exe").or_else(|_| fs::metadata(env::current_exe().unwrap_or_default()));
         println!("exe-id: {}", id.map(|m| format!("{}:{}", m.dev(), m.ino())).unwrap_or_else(|e| format!("unknown ({e})")));
     }
+    let cwd = env::current_dir().map(|p| p.display().to_string());
+    println!("cwd: {}", cwd.unwrap_or_else(|e| format!("unknown ({e})")));
     let comm = fs::read_to_string("/proc/self/comm").map(|c| c.trim_end().to_owned());
     println!("comm: {}", comm.unwrap_or_else(|e| format!("unknown ({e})")));
-    println!("seals: {}", sys::seals());
+    println!("seals: {}", sys::seals("/proc/self/exe"));
     let write = fs::OpenOptions::new().write(true).open("/proc/self/exe");
     println!(
         "write-self: {}",
@@ -199,8 +211,9 @@ mod sys {
         unsafe { raise(signal) };
     }
 
+    /// The seals on the file at `path`.
     #[cfg(target_os = "linux")]
-    pub fn seals() -> String {
+    pub fn seals(path: &str) -> String {
         use std::os::fd::AsRawFd;
         const F_GET_SEALS: i32 = 1034;
         const NAMES: [(i32, &str); 6] = [
@@ -211,7 +224,7 @@ mod sys {
             (0x10, "future-write"),
             (0x20, "exec"),
         ];
-        let file = match std::fs::File::open("/proc/self/exe") {
+        let file = match std::fs::File::open(path) {
             Ok(f) => f,
             Err(e) => return format!("unknown ({e})"),
         };
@@ -226,7 +239,7 @@ mod sys {
     }
 
     #[cfg(not(target_os = "linux"))]
-    pub fn seals() -> String {
+    pub fn seals(_path: &str) -> String {
         "none (not Linux)".to_owned()
     }
 }

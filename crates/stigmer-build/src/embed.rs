@@ -15,6 +15,7 @@ use crate::{Error, FRAME_LEN, Found, GENERATED, Kind, check_name, scan};
 #[derive(Debug, Default)]
 pub struct Embed {
     payloads: Vec<Found>,
+    assets: Vec<Found>,
     manifest: Option<PathBuf>,
     warnings: Vec<String>,
     compress: bool,
@@ -30,11 +31,13 @@ pub struct Embed {
 pub struct Embedded {
     /// Each payload, in name order.
     pub payloads: Vec<EmbeddedPayload>,
+    /// Each asset (of kind [`Kind::Asset`]), in name order.
+    pub assets: Vec<EmbeddedPayload>,
     /// The generated file.
     pub generated: PathBuf,
 }
 
-/// One payload, as [`Embed::write`] found it.
+/// One payload or asset, as [`Embed::write`] found it.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct EmbeddedPayload {
@@ -54,8 +57,9 @@ impl Embed {
         Embed::default()
     }
 
-    /// Every payload of `dir` (its executable files) and its
-    /// `services.toml`, as [`scan()`](crate::scan()) finds them. Files that are skipped
+    /// Every payload of `dir` (its executable files), its assets (its
+    /// other files) and its `services.toml`, as [`scan()`](crate::scan())
+    /// finds them. Files that are skipped
     /// become cargo warnings when the table is written. A folder with no
     /// payload is [`Error::Empty`].
     pub fn folder(dir: impl AsRef<Path>) -> Result<Embed, Error> {
@@ -67,6 +71,7 @@ impl Embed {
         rerun_if_changed(dir)?;
         Ok(Embed {
             payloads: scan.payloads,
+            assets: scan.assets,
             manifest: scan.manifest,
             warnings: scan.warnings,
             source: dir.display().to_string(),
@@ -81,11 +86,29 @@ impl Embed {
     /// rebuilt when its sources change, which the script must watch
     /// (`cargo::rerun-if-changed`).
     pub fn payload(mut self, name: &str, path: impl Into<PathBuf>) -> Result<Embed, Error> {
-        let path = path.into();
+        let found = self.new_name(name, path.into())?;
+        self.payloads.push(found);
+        self.payloads.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(self)
+    }
+
+    /// Adds the file at `path` as the asset `name`: bytes a service reads
+    /// (`${asset:NAME}` in the manifest), never run. Watched as
+    /// [`Embed::payload`] watches a payload.
+    pub fn asset(mut self, name: &str, path: impl Into<PathBuf>) -> Result<Embed, Error> {
+        let found = self.new_name(name, path.into())?;
+        self.assets.push(found);
+        self.assets.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(self)
+    }
+
+    /// `path` as `name`, after checking that the name is valid and not
+    /// taken by a payload or an asset, and telling cargo to watch it.
+    fn new_name(&self, name: &str, path: PathBuf) -> Result<Found, Error> {
         if let Err(source) = check_name(name) {
             return Err(Error::Name { path, source });
         }
-        if let Some(first) = self.payloads.iter().find(|p| p.name == name) {
+        if let Some(first) = self.payloads.iter().chain(&self.assets).find(|p| p.name == name) {
             return Err(Error::Duplicate {
                 name: name.to_owned(),
                 first: first.path.clone(),
@@ -93,9 +116,7 @@ impl Embed {
             });
         }
         rerun_if_changed(&path)?;
-        self.payloads.push(Found { name: name.to_owned(), path });
-        self.payloads.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(self)
+        Ok(Found { name: name.to_owned(), path })
     }
 
     /// Embeds the file at `path` as the `services.toml` beside the payloads.
@@ -132,6 +153,11 @@ impl Embed {
         &self.payloads
     }
 
+    /// The assets so far, in name order.
+    pub fn assets(&self) -> &[Found] {
+        &self.assets
+    }
+
     /// Writes the table to `$OUT_DIR/`[`GENERATED`] (run from a build
     /// script), prints the scan's warnings as cargo warnings, and returns
     /// what was embedded.
@@ -165,15 +191,18 @@ impl Embed {
         let mut placed: Vec<(PathBuf, usize)> = Vec::new();
         // The block's items (the bytes, their symbols) and the table's rows.
         let (mut items, mut entries) = (String::new(), String::new());
-        let mut embedded = Vec::new();
-        for (i, p) in self.payloads.iter().enumerate() {
+        let (mut embedded, mut assets) = (Vec::new(), Vec::new());
+        // Payloads, then assets: one table, told apart by their kind.
+        let all =
+            self.payloads.iter().map(|p| (p, false)).chain(self.assets.iter().map(|a| (a, true)));
+        for (i, (p, asset)) in all.enumerate() {
             regular_file(&p.path)?;
             let bytes =
                 fs::read(&p.path).map_err(|source| Error::Read { path: p.path.clone(), source })?;
             if bytes.is_empty() {
                 return Err(Error::EmptyPayload { path: p.path.clone() });
             }
-            let kind = Kind::detect(&bytes);
+            let kind = if asset { Kind::Asset } else { Kind::detect(&bytes) };
             let sha256: [u8; 32] = sha2::Sha256::digest(&bytes).into();
             let hex: String = sha256.iter().map(|b| format!("{b:02x}")).collect();
             // The bytes that were hashed are the bytes embedded: the build
@@ -234,12 +263,13 @@ impl Embed {
                     i
                 }
             };
-            embedded.push(EmbeddedPayload {
-                name: p.name.clone(),
-                kind,
-                size: bytes.len() as u64,
-                sha256,
-            });
+            let found =
+                EmbeddedPayload { name: p.name.clone(), kind, size: bytes.len() as u64, sha256 };
+            if asset {
+                assets.push(found)
+            } else {
+                embedded.push(found)
+            }
             writeln!(
                 entries,
                 "        ::stigmer::Embedded::new({:?}, ::stigmer::Kind::{kind:?}, {}, {sha256:?}, \
@@ -263,11 +293,11 @@ impl Embed {
              {{\n{items}    static PAYLOADS: [::stigmer::Embedded; {}] = [\n{entries}    ];\n    \
              ::stigmer::Bundle::new(&PAYLOADS, {manifest})\n}}\n",
             self.source,
-            self.payloads.len(),
+            self.payloads.len() + self.assets.len(),
         );
         let path = out.join(GENERATED);
         write_if_changed(&path, generated.as_bytes())?;
-        Ok(Embedded { payloads: embedded, generated: path })
+        Ok(Embedded { payloads: embedded, assets, generated: path })
     }
 }
 

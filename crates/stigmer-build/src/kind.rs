@@ -1,4 +1,5 @@
-//! What kind of executable a payload is, decided from its bytes.
+//! What kind of executable a payload is, decided from its bytes (or, for
+//! an asset, from its mode: not executable).
 //!
 //! The kind decides how a payload can be launched: an ELF runs from a sealed
 //! memfd, a `#!` script needs its memfd to stay open across exec for the
@@ -25,6 +26,10 @@ pub enum Kind {
     PyInstaller,
     /// Anything else; the kernel decides whether it can run.
     Other,
+    /// Not an executable: a file shipped beside the payloads for them to
+    /// read (a config file), never run. The build decides this from the
+    /// file's mode (not executable), never [`Kind::detect`].
+    Asset,
 }
 
 /// The magic that starts PyInstaller's archive cookie, which its bootloader
@@ -72,12 +77,13 @@ impl Kind {
             Kind::Script => "script",
             Kind::PyInstaller => "pyinstaller",
             Kind::Other => "other",
+            Kind::Asset => "asset",
         }
     }
 
     /// The inverse of [`Kind::as_str`].
     pub fn from_name(name: &str) -> Option<Kind> {
-        [Kind::Elf, Kind::MachO, Kind::Script, Kind::PyInstaller, Kind::Other]
+        [Kind::Elf, Kind::MachO, Kind::Script, Kind::PyInstaller, Kind::Other, Kind::Asset]
             .into_iter()
             .find(|k| k.as_str() == name)
     }
@@ -173,7 +179,8 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for k in [Kind::Elf, Kind::MachO, Kind::Script, Kind::PyInstaller, Kind::Other] {
+        for k in [Kind::Elf, Kind::MachO, Kind::Script, Kind::PyInstaller, Kind::Other, Kind::Asset]
+        {
             assert_eq!(Kind::from_name(k.as_str()), Some(k));
         }
     }

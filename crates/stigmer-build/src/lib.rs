@@ -1,5 +1,7 @@
-//! The build side of a stigmer fat binary: find the payloads, decide their
-//! kinds, hash them, compress them, and generate the table that embeds them.
+//! The build side of a stigmer fat binary: find the payloads (and the
+//! assets: the folder's files that are not executable, which services
+//! read), decide their kinds, hash them, compress them, and generate the
+//! table that embeds them.
 //!
 //! A program that carries its own executables calls this from its
 //! `build.rs`, and includes the result with `stigmer::include_payloads!()`:

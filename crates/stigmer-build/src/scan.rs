@@ -19,13 +19,16 @@ pub const MANIFEST: &str = "services.toml";
 pub struct Scan {
     /// The payloads, sorted by name.
     pub payloads: Vec<Found>,
+    /// The assets: regular files that are not executable, which services
+    /// read (`${asset:NAME}` in the manifest), sorted by name.
+    pub assets: Vec<Found>,
     /// The path of `services.toml`, if there is one.
     pub manifest: Option<PathBuf>,
     /// Files that were skipped, with why and how to include them.
     pub warnings: Vec<String>,
 }
 
-/// One payload found in the folder.
+/// One payload (or asset) found in the folder.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Found {
@@ -63,10 +66,11 @@ pub fn check_name(name: &str) -> Result<(), NameError> {
 }
 
 /// Lists the payloads in `dir`: every regular executable file whose name
-/// passes [`check_name`], plus the optional `services.toml`.
+/// passes [`check_name`], plus the optional `services.toml`; and its
+/// assets: every other regular file, under the same name rule.
 ///
-/// Hidden files (dotfiles) are ignored silently; other files that are not
-/// payloads give a warning. A missing folder or an unsafe name is an error;
+/// Hidden files (dotfiles) are ignored silently; subfolders and empty
+/// assets give a warning. A missing folder or an unsafe name is an error;
 /// whether a folder without payloads is one is the caller's choice.
 pub fn scan(dir: &Path) -> Result<Scan, Error> {
     let entries =
@@ -97,23 +101,33 @@ pub fn scan(dir: &Path) -> Result<Scan, Error> {
             ));
             continue;
         }
-        if meta.permissions().mode() & 0o111 == 0 {
+        if meta.permissions().mode() & 0o111 != 0 {
+            if let Err(source) = check_name(&name) {
+                return Err(Error::Name { path, source });
+            }
+            if meta.len() == 0 {
+                return Err(Error::EmptyPayload { path });
+            }
+            scan.payloads.push(Found { name, path });
+            continue;
+        }
+        // Not executable: an asset, if it can be one. A stray file (notes,
+        // a copy) is left out with a warning rather than failing the build.
+        if let Err(e) = check_name(&name) {
+            scan.warnings.push(format!("skipping {}: not embedded as an asset: {e}", shown(&path)));
+        } else if meta.len() == 0 {
             scan.warnings.push(format!(
-                "skipping {}: not executable (run \"chmod +x {}\" to embed it as a payload)",
+                "skipping {}: empty, so not embedded as an asset (give it content, or \
+                 \"chmod +x {}\" to embed it as a payload)",
                 shown(&path),
                 shown(&path)
             ));
-            continue;
+        } else {
+            scan.assets.push(Found { name, path });
         }
-        if let Err(source) = check_name(&name) {
-            return Err(Error::Name { path, source });
-        }
-        if meta.len() == 0 {
-            return Err(Error::EmptyPayload { path });
-        }
-        scan.payloads.push(Found { name, path });
     }
     scan.payloads.sort_by(|a, b| a.name.cmp(&b.name));
+    scan.assets.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(scan)
 }
 
@@ -140,23 +154,42 @@ mod tests {
     }
 
     #[test]
-    fn finds_executables_and_manifest() {
+    fn finds_executables_assets_and_manifest() {
         let dir = tempfile::tempdir().unwrap();
         file(dir.path(), "b-svc", 0o755);
         file(dir.path(), "a-svc", 0o700);
-        file(dir.path(), "README.md", 0o644);
+        file(dir.path(), "app.conf", 0o644);
+        file(dir.path(), "README.md", 0o400);
         file(dir.path(), ".DS_Store", 0o644);
+        file(dir.path(), ".hidden.conf", 0o600);
+        fs::write(dir.path().join("empty.conf"), "").unwrap();
         fs::write(dir.path().join(MANIFEST), "").unwrap();
         fs::create_dir(dir.path().join("sub")).unwrap();
         let scan = scan(dir.path()).unwrap();
         let names: Vec<_> = scan.payloads.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["a-svc", "b-svc"]);
+        // Not executable: an asset; a dotfile and the manifest: neither.
+        let assets: Vec<_> = scan.assets.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(assets, ["README.md", "app.conf"]);
+        assert_eq!(scan.assets[1].path, dir.path().join("app.conf"));
         assert_eq!(scan.manifest.unwrap(), dir.path().join(MANIFEST));
         assert_eq!(scan.warnings.len(), 2, "{:?}", scan.warnings);
-        assert!(scan.warnings.iter().any(|w| w.contains("README.md") && w.contains("chmod +x")));
+        assert!(scan.warnings.iter().any(|w| w.contains("empty.conf") && w.contains("empty")));
         assert!(
             scan.warnings.iter().any(|w| w.contains("sub") && w.contains("not a regular file"))
         );
+    }
+
+    #[test]
+    fn an_asset_takes_the_name_rule_of_payloads() {
+        let dir = tempfile::tempdir().unwrap();
+        file(dir.path(), "ok", 0o755);
+        file(dir.path(), "my config.toml", 0o644);
+        let scan = scan(dir.path()).unwrap();
+        assert!(scan.assets.is_empty());
+        let [warning] = &scan.warnings[..] else { panic!("{:?}", scan.warnings) };
+        assert!(warning.contains("\"my config.toml\" contains ' '"), "{warning}");
+        assert!(warning.contains("not embedded as an asset") && warning.contains("rename"));
     }
 
     #[test]

@@ -30,6 +30,44 @@ fn generates_one_entry_per_payload_and_the_manifest() {
 }
 
 #[test]
+fn a_file_that_is_not_executable_is_embedded_as_an_asset() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("tool");
+    fs::write(&exe, b"#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(dir.path().join("app.conf"), b"port = 80\n").unwrap();
+    fs::write(dir.path().join(".env"), b"SECRET=1\n").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let embedded = Embed::folder(dir.path()).unwrap().write_to(out.path()).unwrap();
+    assert_eq!(embedded.payloads.len(), 1);
+    let [asset] = &embedded.assets[..] else { panic!("{:?}", embedded.assets) };
+    assert_eq!((asset.name.as_str(), asset.kind, asset.size), ("app.conf", Kind::Asset, 10));
+    assert_eq!(
+        asset.sha256,
+        <[u8; 32]>::from(<sha2::Sha256 as sha2::Digest>::digest(b"port = 80\n"))
+    );
+    let code = fs::read_to_string(&embedded.generated).unwrap();
+    assert!(code.contains("[::stigmer::Embedded; 2]"), "{code}");
+    assert!(code.contains("\"app.conf\", ::stigmer::Kind::Asset, 10,"), "{code}");
+    // A dotfile is still no asset, nor a payload.
+    assert!(!code.contains(".env") && !code.contains("SECRET"), "{code}");
+    // Its bytes are stored, as a payload's are, under their sha256.
+    let hex: String = asset.sha256.iter().map(|b| format!("{b:02x}")).collect();
+    let stored = out.path().join("stigmer-payloads").join(&hex);
+    if !cfg!(feature = "compress") {
+        assert_eq!(fs::read(stored).unwrap(), b"port = 80\n");
+    }
+    // Names are one namespace: an asset cannot take a payload's.
+    let err = Embed::new()
+        .payload("a", "/bin/true")
+        .unwrap()
+        .asset("a", dir.path().join("app.conf"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("rename one"), "{err}");
+}
+
+#[test]
 fn empty_folders_and_duplicates_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let err = Embed::folder(dir.path()).unwrap_err();

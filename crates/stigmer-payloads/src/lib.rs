@@ -24,13 +24,14 @@ pub fn catalog() -> Catalog {
 mod tests {
     use super::*;
 
-    /// What the table says of each payload (its sha256 and size) is true of
-    /// the bytes in the binary, decompressed where they are compressed.
+    /// What the table says of each payload and asset (its sha256 and size)
+    /// is true of the bytes in the binary, decompressed where they are
+    /// compressed.
     #[test]
     fn build_time_hashes_match_the_embedded_bytes() {
         use std::io::Read as _;
         let catalog = catalog();
-        for p in catalog.payloads() {
+        for p in catalog.payloads().iter().chain(catalog.assets()) {
             let mut bytes = Vec::new();
             p.decode(p.data()).unwrap().read_to_end(&mut bytes).unwrap();
             assert_eq!(stigmer::Digest::of(&bytes), p.sha256(), "{}", p.name());

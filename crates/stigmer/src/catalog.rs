@@ -1,4 +1,5 @@
-//! The set of payloads a build carries, and its manifest.
+//! The set of payloads a build carries, its assets (files its services
+//! read, never run: [`Kind::Asset`]), and its manifest.
 
 use std::borrow::Cow;
 
@@ -62,8 +63,9 @@ impl Embedded {
     }
 }
 
-/// What a build embedded: its payloads and its optional `services.toml`.
-/// Made by [`include_payloads!`].
+/// What a build embedded: its payloads and assets (one table, told apart by
+/// their kind) and its optional `services.toml`. Made by
+/// [`include_payloads!`].
 #[derive(Clone, Copy, Debug)]
 pub struct Bundle {
     payloads: &'static [Embedded],
@@ -86,24 +88,43 @@ impl Bundle {
     }
 }
 
-/// The payloads one build carries, sorted by name, and the optional
-/// `services.toml` embedded beside them.
+/// The payloads one build carries, sorted by name, its assets, and the
+/// optional `services.toml` embedded beside them.
 #[derive(Clone, Debug, Default)]
 pub struct Catalog {
     payloads: Vec<Payload>,
+    assets: Vec<Payload>,
     manifest: Option<Cow<'static, [u8]>>,
 }
 
 impl Catalog {
-    /// A catalogue of the given payloads and manifest.
-    pub fn new(mut payloads: Vec<Payload>, manifest: Option<Cow<'static, [u8]>>) -> Catalog {
+    /// A catalogue of the given payloads and manifest; those of kind
+    /// [`Kind::Asset`] are its assets.
+    pub fn new(files: Vec<Payload>, manifest: Option<Cow<'static, [u8]>>) -> Catalog {
+        let (mut assets, mut payloads): (Vec<Payload>, Vec<Payload>) =
+            files.into_iter().partition(|p| p.kind() == Kind::Asset);
         payloads.sort_by(|a, b| a.name().cmp(b.name()));
-        Catalog { payloads, manifest }
+        assets.sort_by(|a, b| a.name().cmp(b.name()));
+        Catalog { payloads, assets, manifest }
     }
 
-    /// The payloads, sorted by name.
+    /// The payloads (the executables), sorted by name.
     pub fn payloads(&self) -> &[Payload] {
         &self.payloads
+    }
+
+    /// The assets, sorted by name: files the services read
+    /// (`${asset:NAME}` in the manifest), never run.
+    pub fn assets(&self) -> &[Payload] {
+        &self.assets
+    }
+
+    /// The asset called `name`, or an error that lists the assets there are.
+    pub fn asset(&self, name: &str) -> Result<&Payload> {
+        self.assets.iter().find(|p| p.name() == name).ok_or_else(|| Error::UnknownAsset {
+            name: name.to_owned(),
+            known: self.assets.iter().map(|p| p.name().to_owned()).collect(),
+        })
     }
 
     /// The payload called `name`, if there is one.
@@ -139,5 +160,18 @@ mod tests {
         assert!(c.get("a").is_ok());
         let err = c.get("nope").unwrap_err().to_string();
         assert!(err.contains("a, b"), "{err}");
+    }
+
+    #[test]
+    fn assets_are_kept_apart_from_payloads() {
+        let conf = Payload::new("app.conf", &b"x = 1\n"[..], Digest::of(b"x = 1\n"), Kind::Asset);
+        let c = Catalog::new(vec![conf, Payload::from_bytes("api", &b"#!/bin/sh\n"[..])], None);
+        let names = |ps: &[Payload]| ps.iter().map(|p| p.name().to_owned()).collect::<Vec<_>>();
+        assert_eq!(names(c.payloads()), ["api"]);
+        assert_eq!(names(c.assets()), ["app.conf"]);
+        assert!(c.get("app.conf").is_err(), "an asset is not a payload: it never runs");
+        assert_eq!(c.asset("app.conf").unwrap().kind(), Kind::Asset);
+        let err = c.asset("nope").unwrap_err().to_string();
+        assert_eq!(err, "no asset named \"nope\": this stigmer carries app.conf");
     }
 }

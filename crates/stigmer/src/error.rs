@@ -26,6 +26,41 @@ pub enum Error {
         known: Vec<String>,
     },
 
+    /// No asset has that name.
+    #[error("no asset named {name:?}: this stigmer carries {}", carried(known))]
+    UnknownAsset {
+        /// The name asked for.
+        name: String,
+        /// The assets this build carries.
+        known: Vec<String>,
+    },
+
+    /// A step of keeping an asset in a sealed memfd failed.
+    #[error("cannot keep the asset {name} in a sealed memfd: {op}: {source}")]
+    AssetMemfd {
+        /// The asset.
+        name: String,
+        /// The step that failed.
+        op: MemfdOp,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+
+    /// An asset could be kept neither in a sealed memfd nor in the cache.
+    #[error(
+        "cannot give the services the asset {name}: no sealed memfd ({memfd}) and the cache is \
+         unusable ({cache}); set STIGMER_HOME to a writable folder"
+    )]
+    NoAssetBackend {
+        /// The asset.
+        name: String,
+        /// Why the memfd failed.
+        memfd: Box<Error>,
+        /// Why the cache failed.
+        cache: Box<Error>,
+    },
+
     /// A backend name that is not `auto`, `memfd` or `cache`.
     #[error("unknown backend {0:?}: use auto, memfd or cache")]
     UnknownBackend(String),
@@ -144,6 +179,8 @@ pub enum MemfdOp {
     Write,
     /// Sealing it (`F_ADD_SEALS`).
     AddSeals,
+    /// Making an asset's memfd read-only (`fchmod`).
+    Chmod,
 }
 
 impl MemfdOp {
@@ -154,6 +191,7 @@ impl MemfdOp {
             MemfdOp::Sendfile => "sendfile",
             MemfdOp::Write => "write",
             MemfdOp::AddSeals => "F_ADD_SEALS",
+            MemfdOp::Chmod => "fchmod",
         }
     }
 }
@@ -234,7 +272,10 @@ impl Error {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            Error::UnknownPayload { .. } | Error::UnknownBackend(_) | Error::MemfdUnsupported
+            Error::UnknownPayload { .. }
+                | Error::UnknownAsset { .. }
+                | Error::UnknownBackend(_)
+                | Error::MemfdUnsupported
         )
     }
 
@@ -249,6 +290,11 @@ impl Error {
         matches!(source.kind(), io::ErrorKind::PermissionDenied | io::ErrorKind::Unsupported)
             || matches!(source.raw_os_error(), Some(code) if is_refusal(code))
     }
+}
+
+/// Names for a message, or "none".
+fn carried(names: &[String]) -> String {
+    if names.is_empty() { "none".to_owned() } else { names.join(", ") }
 }
 
 /// EACCES, EPERM and ENOSYS: what `memfd_create` and `execveat` return when

@@ -56,7 +56,7 @@ pub mod supervise;
 
 pub use catalog::{Bundle, Catalog, Embedded, MANIFEST};
 pub use error::{CacheOp, Error, MemfdOp, Result};
-pub use launch::{Backend, Choice, Launch, Launcher, Plan, Prepared};
+pub use launch::{Backend, Choice, Launch, Launcher, Plan, Prepared, PreparedAsset};
 pub use manifest::{Manifest, ManifestError};
 pub use payload::{Digest, Encoding, ParseDigestError, Payload};
 pub use stigmer_build::Kind;

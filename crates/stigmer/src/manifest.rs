@@ -13,6 +13,15 @@
 //! stop_timeout = "10s"               # then SIGKILL
 //! ```
 //!
+//! In `args`, `env` values and `cwd`, `${VAR}` is replaced by the value of
+//! `VAR` in stigmer's environment and `${VAR:-default}` by the default when
+//! `VAR` is unset or empty; `$$` is a `$`, and any other `$` stays as
+//! written (`$HOME`, `$1`). This happens when the manifest is checked, and
+//! the results are checked as if written so; an unset variable without a
+//! default is a problem like any other. See the `vars` module for the
+//! details, and [`Manifest::parse_with`] to expand from another
+//! environment. `${asset:NAME}` is reserved for the files a build carries.
+//!
 //! Everything that can fail at start is checked before anything starts, and
 //! every problem is reported, one line each, naming the service, the key and
 //! the fix. Every value that comes from the file is printed escaped, so a
@@ -27,7 +36,7 @@
 //! [`MAX_RESTARTS`].
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::path::PathBuf;
@@ -39,9 +48,13 @@ use nix::sys::signal::Signal;
 use serde::de::DeserializeOwned;
 
 mod problem;
+mod values;
+mod vars;
 
-pub use problem::{Key, ManifestError, Problem, ProblemKind};
+pub use problem::{Key, ManifestError, Place, Problem, ProblemKind};
 use problem::{LIST_AT_MOST, one_line};
+use values::Known;
+pub use values::{Context, Text};
 
 /// The longest duration any key takes (`ready.timeout`, `stop_timeout`,
 /// `restart_window`): 24 hours. Everything the supervisor computes from a
@@ -72,11 +85,12 @@ pub struct Service {
     pub name: String,
     /// The payload it runs.
     pub payload: String,
-    /// Arguments after `argv[0]` (none holds a NUL byte).
-    pub args: Vec<String>,
+    /// Arguments after `argv[0]` (none holds a NUL byte), variables
+    /// expanded; an asset's path goes in at start.
+    pub args: Vec<Text>,
     /// Variables added to stigmer's environment (names are not empty and
-    /// hold no `=` or NUL; values hold no NUL).
-    pub env: BTreeMap<String, String>,
+    /// hold no `=` or NUL; values hold no NUL), expanded as `args` are.
+    pub env: BTreeMap<String, Text>,
     /// Its working folder, absolute (a relative `cwd` is resolved against
     /// stigmer's working folder when the manifest is checked); it existed
     /// and was a folder then. `None`: stigmer's.
@@ -155,6 +169,13 @@ pub enum Restart {
     Always,
 }
 
+impl Service {
+    /// The assets its `args` and `env` name, each once.
+    pub fn assets(&self) -> BTreeSet<&str> {
+        self.args.iter().chain(self.env.values()).flat_map(Text::assets).collect()
+    }
+}
+
 impl fmt::Display for Restart {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -188,8 +209,17 @@ impl Manifest {
         source: &str,
         payloads: &[&str],
     ) -> Result<Manifest, ManifestError> {
+        Manifest::parse_bytes_with(bytes, source, &Context::new(payloads))
+    }
+
+    /// As [`Manifest::parse_bytes`], against `context`.
+    pub fn parse_bytes_with(
+        bytes: &[u8],
+        source: &str,
+        context: &Context<'_>,
+    ) -> Result<Manifest, ManifestError> {
         match std::str::from_utf8(bytes) {
-            Ok(text) => Manifest::parse(text, source, payloads),
+            Ok(text) => Manifest::parse_with(text, source, context),
             Err(e) => {
                 let offset = e.valid_up_to();
                 let line = bytes[..offset].iter().filter(|&&b| b == b'\n').count() + 1;
@@ -203,8 +233,19 @@ impl Manifest {
     /// Parses and checks `text` (from `source`, which starts every problem
     /// line, cleaned of control characters) against the payloads this build
     /// carries. Checks everything that can fail when a service starts, and
-    /// reports every problem found.
+    /// reports every problem found. `${VAR}` in `args`, `env` values and
+    /// `cwd` expands from stigmer's environment, now.
     pub fn parse(text: &str, source: &str, payloads: &[&str]) -> Result<Manifest, ManifestError> {
+        Manifest::parse_with(text, source, &Context::new(payloads))
+    }
+
+    /// As [`Manifest::parse`], against `context`: e.g. with the variables
+    /// of another environment than stigmer's.
+    pub fn parse_with(
+        text: &str,
+        source: &str,
+        context: &Context<'_>,
+    ) -> Result<Manifest, ManifestError> {
         let source = one_line(source);
         let mut p: Vec<Problem> = Vec::new();
         let fail = |p: Vec<Problem>| Err(ManifestError::new(&source, p));
@@ -238,14 +279,12 @@ impl Manifest {
             }
             return fail(p);
         };
-        let payloads: HashSet<&str> = payloads.iter().copied().collect();
-        let mut carried: Vec<String> = payloads.iter().map(|&p| p.to_owned()).collect();
-        carried.sort_unstable();
+        let known = Known::new(context);
         let mut nodes: Vec<Node> = services
             .iter()
             .map(|(name, value)| {
                 let mut problems = Vec::new();
-                let node = check_service(name, value, &payloads, &carried, &mut problems);
+                let node = check_service(name, value, &known, &mut problems);
                 p.extend(problems.into_iter().map(|kind| Problem::service(name, kind)));
                 node
             })
@@ -290,8 +329,7 @@ fn field<T: DeserializeOwned>(
 fn check_service(
     name: &str,
     value: &toml::Value,
-    payloads: &HashSet<&str>,
-    carried: &[String],
+    known: &Known<'_>,
     problems: &mut Vec<ProblemKind>,
 ) -> Node {
     let mut node = Node { name: name.to_owned(), depends_on: Vec::new(), service: None };
@@ -315,32 +353,37 @@ fn check_service(
         true => field(fields, Key::Payload, problems),
         false => Some(name.to_owned()),
     };
-    if let Some(payload) = payload.as_deref().filter(|p| !payloads.contains(p)) {
+    if let Some(payload) = payload.as_deref().filter(|p| !known.payloads.contains(p)) {
         problems.push(ProblemKind::UnknownPayload {
             payload: payload.to_owned(),
-            carried: carried.to_vec(),
+            carried: known.carried.clone(),
         });
     }
 
-    let args: Vec<String> = field(fields, Key::Args, problems).unwrap_or_default();
-    for (index, arg) in args.iter().enumerate() {
-        if arg.contains('\0') {
-            problems.push(ProblemKind::NulInArg { index, arg: arg.clone() });
-        }
-    }
+    // Expanded first, then checked as if written so.
+    let written: Vec<String> = field(fields, Key::Args, problems).unwrap_or_default();
+    let args: Vec<Text> = written
+        .iter()
+        .enumerate()
+        .filter_map(|(index, arg)| known.expand(Place::Arg(index), arg, problems))
+        .collect();
 
-    let env: BTreeMap<String, String> = field(fields, Key::Env, problems).unwrap_or_default();
-    for (name, value) in &env {
+    let written: BTreeMap<String, String> = field(fields, Key::Env, problems).unwrap_or_default();
+    let mut env = BTreeMap::new();
+    for (name, value) in written {
         if name.is_empty() || name.contains(['=', '\0']) {
             problems.push(ProblemKind::BadEnvName { name: name.clone() });
         }
-        if value.contains('\0') {
-            problems.push(ProblemKind::NulInEnvValue { name: name.clone(), value: value.clone() });
+        if let Some(value) = known.expand(Place::Env(name.clone()), &value, problems) {
+            env.insert(name, value);
         }
     }
 
-    let cwd = field::<String>(fields, Key::Cwd, problems)
-        .and_then(|cwd| check_cwd(&cwd).map_err(|e| problems.push(e)).ok());
+    let cwd = field::<String>(fields, Key::Cwd, problems).and_then(|cwd| {
+        let expanded = known.expand(Place::Cwd, &cwd, problems)?;
+        // No asset in it (that is a problem): all text.
+        check_cwd(&cwd, &expanded.to_string()).map_err(|e| problems.push(e)).ok()
+    });
 
     let ready = match fields.get(Key::Ready.name()) {
         None => None,
@@ -438,16 +481,17 @@ fn check_service(
     node
 }
 
-/// Resolves `cwd` against stigmer's working folder and checks that it is
-/// a folder that can be entered.
-fn check_cwd(cwd: &str) -> Result<PathBuf, ProblemKind> {
+/// Resolves `expanded`, the value of `cwd` (as written) with its variables
+/// put in, against stigmer's working folder and checks that it is a folder
+/// that can be entered.
+fn check_cwd(cwd: &str, expanded: &str) -> Result<PathBuf, ProblemKind> {
     if cwd.is_empty() {
         return Err(ProblemKind::EmptyCwd);
     }
-    if cwd.contains('\0') {
-        return Err(ProblemKind::NulInCwd { cwd: cwd.to_owned() });
+    if expanded.is_empty() {
+        return Err(ProblemKind::EmptyExpandedCwd { cwd: cwd.to_owned() });
     }
-    let path = std::path::absolute(cwd)
+    let path = std::path::absolute(expanded)
         .map_err(|e| ProblemKind::CwdUnresolved { cwd: cwd.to_owned(), source: Arc::new(e) })?;
     let cwd = cwd.to_owned();
     match std::fs::metadata(&path) {

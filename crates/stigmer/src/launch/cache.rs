@@ -26,7 +26,7 @@
 //!
 //! **Writes.** An entry is written to a temporary file in its own folder
 //! (locked by its writer while it writes), hashed while it is written,
-//! fsynced, made read-only (`0500`) and renamed into place: a new inode
+//! fsynced, made read-only (`0500`; an asset's `0400`) and renamed into place: a new inode
 //! every time, never rewritten in place (macOS kills a signed binary
 //! rewritten in place). Many processes filling the same entry at once all
 //! succeed: the first rename wins and the others find a good entry.
@@ -519,8 +519,11 @@ fn write_entry(
             actual: actual.to_string(),
         });
     }
+    // Read-only for its owner; executable too, unless it is an asset,
+    // which nothing runs.
+    let mode = if payload.kind() == crate::Kind::Asset { 0o400 } else { 0o500 };
     tmp.as_file()
-        .set_permissions(fs::Permissions::from_mode(0o500))
+        .set_permissions(fs::Permissions::from_mode(mode))
         .map_err(|e| cache_err(CacheOp::SetPermissionsIn, e))?;
     tmp.as_file().sync_all().map_err(|e| cache_err(CacheOp::SyncFileIn, e))?;
     let persisted = if replace { tmp.persist(path) } else { tmp.persist_noclobber(path) };

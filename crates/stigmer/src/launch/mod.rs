@@ -14,6 +14,11 @@
 //! cache for payloads that need a real path (PyInstaller one-file), and the
 //! cache, with one warning, where the kernel refuses exec from memory.
 //!
+//! Assets ([`Kind::Asset`]), which services read and nothing runs, go the
+//! same two ways ([`Launch::prepare_asset`], a [`PreparedAsset`]): a sealed
+//! memfd that is not executable, named `/proc/self/fd/N` and kept open in
+//! the services that read it, or a read-only, verified cache entry.
+//!
 //! # Platform-specific behaviour
 //!
 //! The platform is chosen once, below, as one module: `imp/linux/` (memfds,
@@ -91,11 +96,74 @@ pub(crate) struct MemfdProbe {
     pub(crate) exec: io::Result<Duration>,
 }
 
-/// Makes payloads ready to run.
+/// Makes payloads ready to run, and assets ready to read.
 pub trait Launch {
     /// Prepares `payload`: fills and seals its memfd, or writes and verifies
     /// its cache entry. Cheap to call again for the same payload.
     fn prepare(&self, payload: &Payload) -> Result<Prepared>;
+
+    /// Prepares `asset` (a [`Kind::Asset`]) for the services that read it:
+    /// a sealed memfd that is not executable, or a verified, read-only
+    /// cache entry. Cheap to call again for the same asset. By default, a
+    /// sealed memfd ([`MemfdLauncher`]); a launcher that wraps another
+    /// should pass this on too.
+    fn prepare_asset(&self, asset: &Payload) -> Result<PreparedAsset> {
+        MemfdLauncher::new().prepare_asset(asset)
+    }
+}
+
+/// An asset ready for services to read, by the path [`PreparedAsset::path`]
+/// gives, which stays valid for as long as this (or a clone) lives.
+#[derive(Clone, Debug)]
+pub struct PreparedAsset {
+    name: String,
+    image: AssetImage,
+}
+
+#[derive(Clone, Debug)]
+enum AssetImage {
+    Memfd(imp::AssetImage),
+    File(cache::Entry),
+}
+
+impl PreparedAsset {
+    /// The asset's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where it is kept.
+    pub fn backend(&self) -> Backend {
+        match self.image {
+            AssetImage::Memfd(_) => Backend::Memfd,
+            AssetImage::File(_) => Backend::Cache,
+        }
+    }
+
+    /// The path a service opens it by, read-only: `/proc/self/fd/N` for a
+    /// memfd (valid in the services [`PreparedAsset::pass_to`] was called
+    /// for), the cache entry's path otherwise.
+    pub fn path(&self) -> PathBuf {
+        match &self.image {
+            AssetImage::Memfd(image) => image.path(),
+            AssetImage::File(entry) => entry.path().to_owned(),
+        }
+    }
+
+    /// Gets the asset to `cmd`'s child, to call before it is spawned: a
+    /// memfd's descriptor stays open across that child's exec (and only
+    /// that one's); a cache entry is verified again now (and refilled from
+    /// the embedded bytes if it is missing or bad), as a payload's is
+    /// before each start.
+    pub fn pass_to(&self, cmd: &mut Command) -> Result<()> {
+        match &self.image {
+            AssetImage::Memfd(image) => {
+                image.pass_to(cmd);
+                Ok(())
+            }
+            AssetImage::File(entry) => entry.open().map(drop),
+        }
+    }
 }
 
 /// A backend: where a payload runs from.
@@ -418,6 +486,25 @@ impl Launcher {
         Plan { backend, why }
     }
 
+    /// Where `asset` will be kept for the services that read it, decided
+    /// without touching the kernel or the cache.
+    pub fn plan_asset(&self, _asset: &Payload) -> Plan {
+        match self.choice {
+            Choice::Only(Backend::Cache) => Plan {
+                backend: Backend::Cache,
+                why: "chosen with --backend or STIGMER_BACKEND: a read-only, verified file",
+            },
+            _ if NATIVE == Backend::Memfd => Plan {
+                backend: Backend::Memfd,
+                why: "sealed in memory, not executable; services read /proc/self/fd/N",
+            },
+            _ => Plan {
+                backend: Backend::Cache,
+                why: "a read-only file in the verified cache, this platform's backend",
+            },
+        }
+    }
+
     /// How `payload` would be launched on `host`: [`Launcher::plan`], with
     /// the fallback [`Launch::prepare`] takes where exec from memory is
     /// refused, or why it cannot run there.
@@ -534,6 +621,34 @@ impl Launcher {
 }
 
 impl Launch for Launcher {
+    /// As [`Launcher::plan_asset`] says; with `auto`, an asset whose memfd
+    /// is refused (a seccomp profile) is kept in the cache instead, with
+    /// one warning.
+    fn prepare_asset(&self, asset: &Payload) -> Result<PreparedAsset> {
+        let plan = self.plan_asset(asset);
+        if plan.backend == Backend::Cache {
+            return self.cache.prepare_asset(asset);
+        }
+        match self.memfd.prepare_asset(asset) {
+            Err(memfd) if self.choice == Choice::Auto => match self.cache.prepare_asset(asset) {
+                Ok(prepared) => {
+                    warn!(
+                        "cannot keep the asset {} in memory ({memfd}); using the cache in {}",
+                        asset.name(),
+                        self.cache_home()
+                    );
+                    Ok(prepared)
+                }
+                Err(cache) => Err(Error::NoAssetBackend {
+                    name: asset.name().to_owned(),
+                    memfd: Box::new(memfd),
+                    cache: Box::new(cache),
+                }),
+            },
+            other => other,
+        }
+    }
+
     fn prepare(&self, payload: &Payload) -> Result<Prepared> {
         let plan = self.plan(payload);
         match plan.backend {
@@ -556,12 +671,25 @@ impl Launch for CacheLauncher {
         let entry = self.entry(payload)?;
         Ok(Prepared { name: payload.name().to_owned(), image: Image::File(entry) })
     }
+
+    /// A read-only (`0400`) entry, checked like a payload's.
+    fn prepare_asset(&self, asset: &Payload) -> Result<PreparedAsset> {
+        let entry = self.entry(asset)?;
+        // Checked just now; every start checks it again (`pass_to`).
+        drop(entry.take_checked());
+        Ok(PreparedAsset { name: asset.name().to_owned(), image: AssetImage::File(entry) })
+    }
 }
 
 /// Elsewhere than Linux, fails with [`Error::MemfdUnsupported`].
 impl Launch for MemfdLauncher {
     fn prepare(&self, payload: &Payload) -> Result<Prepared> {
         Ok(Prepared { name: payload.name().to_owned(), image: Image::Memfd(self.image(payload)?) })
+    }
+
+    fn prepare_asset(&self, asset: &Payload) -> Result<PreparedAsset> {
+        let image = AssetImage::Memfd(self.asset(asset)?);
+        Ok(PreparedAsset { name: asset.name().to_owned(), image })
     }
 }
 

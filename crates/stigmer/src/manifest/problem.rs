@@ -254,6 +254,42 @@ impl fmt::Display for Key {
     }
 }
 
+/// Where in a service a value that may hold `${VAR}` is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Place {
+    /// `args[i]`, from 0.
+    Arg(usize),
+    /// The value of `env.NAME`.
+    Env(String),
+    /// `cwd`.
+    Cwd,
+}
+
+impl Place {
+    /// The key it is a value of.
+    pub fn key(&self) -> Key {
+        match self {
+            Place::Arg(_) => Key::Args,
+            Place::Env(_) => Key::Env,
+            Place::Cwd => Key::Cwd,
+        }
+    }
+}
+
+impl fmt::Display for Place {
+    /// `args[1]`, `env.DATABASE_URL` (`env."A B"` when the name is not
+    /// plain), `cwd`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Place::Arg(i) => write!(f, "args[{i}]"),
+            Place::Env(name) if super::vars::is_name(name) => write!(f, "env.{name}"),
+            Place::Env(name) => write!(f, "env.{name:?}"),
+            Place::Cwd => f.write_str("cwd"),
+        }
+    }
+}
+
 /// What is wrong: each kind carries the values its message shows, as
 /// written in the manifest.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -439,6 +475,91 @@ pub enum ProblemKind {
         source: Errno,
     },
 
+    /// `cwd` is not empty, but its variables made it so.
+    #[error(
+        "cwd {cwd:?} expands to nothing: set its variables, or give a default, e.g. \
+         ${{DATA_DIR:-/srv/data}}"
+    )]
+    EmptyExpandedCwd {
+        /// `cwd` as written.
+        cwd: String,
+    },
+
+    /// A `${NAME}` without a default, and stigmer's environment has no
+    /// `NAME`.
+    #[error(
+        "{place} uses ${{{name}}}, which is not set in stigmer's environment: set it, or give a \
+         default with ${{{name}:-default}}"
+    )]
+    UnsetVariable {
+        /// Where.
+        place: Place,
+        /// The variable.
+        name: String,
+    },
+
+    /// A `${NAME}` whose value in stigmer's environment is not UTF-8.
+    #[error(
+        "{place} uses ${{{name}}}, whose value in stigmer's environment is not UTF-8: set it to \
+         UTF-8 text"
+    )]
+    VariableNotUtf8 {
+        /// Where.
+        place: Place,
+        /// The variable.
+        name: String,
+    },
+
+    /// A `${...}` that is neither `${NAME}`, `${NAME:-default}` nor
+    /// `${asset:NAME}`: an empty or invalid name.
+    #[error(
+        "{place} uses {written:?}, which is not ${{NAME}} or ${{NAME:-default}} (a NAME is \
+         letters, digits and _, not starting with a digit): fix it, or write $$ for a literal $"
+    )]
+    BadVariable {
+        /// Where.
+        place: Place,
+        /// The whole `${...}` as written.
+        written: String,
+    },
+
+    /// A `${` with no `}` after it.
+    #[error(
+        "{place} {value:?} opens ${{ and never closes it: add the }}, or write $$ for a literal $"
+    )]
+    UnclosedVariable {
+        /// Where.
+        place: Place,
+        /// The value as written.
+        value: String,
+    },
+
+    /// An `${asset:NAME}` in `cwd`, which names a folder.
+    #[error(
+        "cwd uses {}, but an asset is a file, not a folder: give a folder, and the asset's path \
+         in args or env",
+        asset_ref(.name)
+    )]
+    AssetInCwd {
+        /// The asset's name as written.
+        name: String,
+    },
+
+    /// An `${asset:NAME}` of an asset this build does not carry.
+    #[error(
+        "{place} uses {}, but this build carries no such asset ({}): fix the name",
+        asset_ref(.name),
+        assets_carried(.carried)
+    )]
+    UnknownAsset {
+        /// Where.
+        place: Place,
+        /// The asset's name as written.
+        name: String,
+        /// The assets this build carries, sorted.
+        carried: Vec<String>,
+    },
+
     /// `restart` is not a policy.
     #[error("restart {value:?} is not a policy: use \"no\", \"on-failure\" or \"always\"")]
     UnknownRestart {
@@ -618,7 +739,14 @@ impl ProblemKind {
             UnknownPayload { .. } => Key::Payload,
             NulInArg { .. } => Key::Args,
             BadEnvName { .. } | NulInEnvValue { .. } => Key::Env,
+            UnsetVariable { place, .. }
+            | VariableNotUtf8 { place, .. }
+            | BadVariable { place, .. }
+            | UnclosedVariable { place, .. }
+            | UnknownAsset { place, .. } => place.key(),
             EmptyCwd
+            | AssetInCwd { .. }
+            | EmptyExpandedCwd { .. }
             | NulInCwd { .. }
             | CwdUnresolved { .. }
             | CwdNotFolder { .. }
@@ -653,6 +781,23 @@ fn cwd_shown(cwd: &str, path: &Path) -> String {
         format!("cwd {path:?}")
     } else {
         format!("cwd {cwd:?} (here {path:?})")
+    }
+}
+
+/// `${asset:NAME}` in a message; escaped and quoted when `NAME` is not a
+/// plain name.
+fn asset_ref(name: &str) -> String {
+    match stigmer_build::check_name(name) {
+        Ok(()) => format!("${{asset:{name}}}"),
+        Err(_) => format!("{:?}", format!("${{asset:{name}}}")),
+    }
+}
+
+/// The assets a build carries, for a message.
+fn assets_carried(carried: &[String]) -> String {
+    match carried {
+        [] => "it carries none".to_owned(),
+        some => format!("it carries {}", some_names(some, some.len())),
     }
 }
 

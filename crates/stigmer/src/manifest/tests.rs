@@ -1,5 +1,7 @@
 //! Unit tests of [`super`].
 
+use std::ffi::OsString;
+
 use super::*;
 
 const PAYLOADS: &[&str] = &["api", "runner", "probe"];
@@ -393,4 +395,146 @@ fn an_unknown_dependency_among_many_lists_a_few_names() {
     let err = one_problem(&text);
     assert!(err.contains("(services: s00000, s00001,"), "{err}");
     assert!(err.contains("s00019, and 81 more): fix the name"), "{err}");
+}
+
+/// `text` checked with `vars` as the environment: `PORT=8080`, `EMPTY=`,
+/// `DIR` the folder given, `BAD` not UTF-8.
+fn parse_vars(text: &str, dir: &std::path::Path) -> Result<Manifest, ManifestError> {
+    use std::os::unix::ffi::OsStringExt as _;
+    let dir = dir.as_os_str().to_owned();
+    let vars = move |name: &str| match name {
+        "PORT" => Some(OsString::from("8080")),
+        "EMPTY" => Some(OsString::new()),
+        "DIR" => Some(dir.clone()),
+        "BAD" => Some(OsString::from_vec(vec![0xff])),
+        _ => None,
+    };
+    let context = Context::new(PAYLOADS).assets(&["db.pem", "app.conf"]).vars(&vars);
+    Manifest::parse_with(text, "services.toml", &context)
+}
+
+#[test]
+fn variables_expand_in_args_env_values_and_cwd() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    // Only args, env values and cwd take variables.
+    let err = parse_vars("[services.api]\nrestart = \"${PORT}\"\n", dir.path()).unwrap_err();
+    assert!(err.to_string().contains("restart \"${PORT}\" is not a policy"), "{err}");
+    let m = parse_vars(
+        r#"
+[services.api]
+args = ["--port", "${PORT}", "--name=${NAME:-api}", "$$HOME", "$HOME", "${EMPTY:-x}", "sh -c 'echo $1'"]
+env = { URL = "http://127.0.0.1:${PORT}/", "${KEEP}" = "${EMPTY}" }
+cwd = "${DIR}/sub"
+"#,
+        dir.path(),
+    )
+    .unwrap();
+    let api = m.get("api").unwrap();
+    assert_eq!(
+        api.args,
+        ["--port", "8080", "--name=api", "$HOME", "$HOME", "x", "sh -c 'echo $1'"]
+    );
+    assert_eq!(api.env["URL"], "http://127.0.0.1:8080/");
+    assert_eq!(api.env["${KEEP}"], "", "names are not expanded");
+    assert_eq!(api.cwd.as_deref(), Some(dir.path().join("sub").as_path()));
+}
+
+#[test]
+fn every_variable_problem_names_its_place_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+[services.api]
+args = ["--port", "${PORT}", "${NOPE}", "${1X} ${A-b} ${}", "${BAD}", "x ${PORT", "${asset:nope.conf}", "${OK:-a}\u0000"]
+env = { DATABASE_URL = "${DB}", OTHER = "${DB:-fine}" }
+cwd = "${DIR}/missing/${NOPE2}"
+[services.runner]
+cwd = "${EMPTY}"
+[services.probe]
+cwd = "${DIR}/missing"
+"#;
+    let err = parse_vars(text, dir.path()).unwrap_err();
+    let missing = dir.path().join("missing");
+    let want = [
+        "service api: args[2] uses ${NOPE}, which is not set in stigmer's environment: set it, or give a default with ${NOPE:-default}".to_owned(),
+        "service api: args[3] uses \"${1X}\", which is not ${NAME} or ${NAME:-default} (a NAME is letters, digits and _, not starting with a digit): fix it, or write $$ for a literal $".to_owned(),
+        "service api: args[3] uses \"${A-b}\", which is not".to_owned(),
+        "service api: args[3] uses \"${}\", which is not".to_owned(),
+        "service api: args[4] uses ${BAD}, whose value in stigmer's environment is not UTF-8: set it to UTF-8 text".to_owned(),
+        "service api: args[5] \"x ${PORT\" opens ${ and never closes it: add the }, or write $$ for a literal $".to_owned(),
+        "service api: args[6] uses ${asset:nope.conf}, but this build carries no such asset (it carries app.conf, db.pem): fix the name".to_owned(),
+        "service api: args[7] \"a\\0\" holds a NUL byte".to_owned(),
+        "service api: env.DATABASE_URL uses ${DB}, which is not set in stigmer's environment: set it, or give a default with ${DB:-default}".to_owned(),
+        "service api: cwd uses ${NOPE2}, which is not set".to_owned(),
+        format!("service probe: cwd \"${{DIR}}/missing\" (here {missing:?}) does not exist"),
+        "service runner: cwd \"${EMPTY}\" expands to nothing: set its variables, or give a default, e.g. ${DATA_DIR:-/srv/data}".to_owned(),
+    ];
+    let lines: Vec<&str> = err.problems().iter().map(String::as_str).collect();
+    assert_eq!(lines.len(), want.len(), "{err}");
+    for (line, want) in lines.iter().zip(&want) {
+        assert!(line.starts_with(&format!("services.toml: {want}")), "{line}\nwant: {want}");
+    }
+    clean(&err.to_string());
+    let places: Vec<(Option<&str>, Option<Key>)> =
+        err.details().iter().map(|p| (p.service_name(), p.key())).collect();
+    assert!(places[..8].iter().all(|p| *p == (Some("api"), Some(Key::Args))), "{places:?}");
+    assert_eq!(places[8], (Some("api"), Some(Key::Env)));
+    assert!(places[9..].iter().all(|p| p.1 == Some(Key::Cwd)), "{places:?}");
+    assert!(matches!(
+        err.details()[8].kind(),
+        ProblemKind::UnsetVariable { place: Place::Env(name), name: var }
+            if name == "DATABASE_URL" && var == "DB"
+    ));
+}
+
+#[test]
+fn variable_problems_print_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[services.api]\nargs = [\"${\\u001b[2J}\", \"${\\n\", \"${asset:\\u009b}\"]\n\
+                env = { \"a\\u001bb\" = \"${NOPE}\" }\n";
+    let err = parse_vars(text, dir.path()).unwrap_err().to_string();
+    clean(&err);
+    assert!(err.contains(r#"args[0] uses "${\u{1b}[2J}", which is not"#), "{err}");
+    assert!(err.contains(r#"args[1] "${\n" opens ${"#), "{err}");
+    assert!(err.contains(r#"args[2] uses "${asset:\u{9b}}", but"#), "{err}");
+    assert!(err.contains(r#"env."a\u{1b}b" uses ${NOPE}"#), "{err}");
+}
+
+#[test]
+fn assets_are_named_in_args_and_env_and_filled_in_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+[services.api]
+args = ["--config", "${asset:app.conf}", "--tls=${asset:db.pem},${PORT}", "$${asset:app.conf}"]
+env = { CERT = "${asset:db.pem}", PLAIN = "x" }
+"#;
+    let m = parse_vars(text, dir.path()).unwrap();
+    let api = m.get("api").unwrap();
+    assert_eq!(api.assets().into_iter().collect::<Vec<_>>(), ["app.conf", "db.pem"]);
+    assert_eq!(api.args[0], "--config");
+    assert_eq!(api.args[1].as_str(), None, "a path goes there at start");
+    assert_eq!(api.args[3], "${asset:app.conf}", "$$ keeps it text");
+    let path = |name: &str| OsString::from(format!("/proc/self/fd/{}", name.len()));
+    assert_eq!(api.args[1].with_paths(path), "/proc/self/fd/8");
+    assert_eq!(api.args[2].with_paths(path), "--tls=/proc/self/fd/6,8080");
+    assert_eq!(api.env["CERT"].with_paths(path), "/proc/self/fd/6");
+    assert_eq!(api.env["PLAIN"], "x");
+    // Without assets named, none.
+    let m = parse_vars("[services.api]\nargs = [\"a\"]\n", dir.path()).unwrap();
+    assert!(m.services[0].assets().is_empty());
+}
+
+#[test]
+fn an_asset_is_no_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = parse_vars("[services.api]\ncwd = \"${asset:app.conf}\"\n", dir.path()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "services.toml: service api: cwd uses ${asset:app.conf}, but an asset is a file, not a \
+         folder: give a folder, and the asset's path in args or env"
+    );
+    assert_eq!(err.details()[0].key(), Some(Key::Cwd));
+    // Unknown, with no asset carried at all.
+    let err = parse("[services.api]\nenv = { A = \"${asset:x}\" }\n").unwrap_err();
+    assert!(err.ends_with("env.A uses ${asset:x}, but this build carries no such asset (it carries none): fix the name"), "{err}");
 }

@@ -33,6 +33,10 @@
 //! - SIGUSR1 is a reload: each running service whose manifest sets
 //!   `reload_signal` gets that signal (to its group); the others get
 //!   nothing.
+//! - An asset a service names (`${asset:NAME}`) is prepared once, with the
+//!   payloads: a sealed memfd that is not executable, whose descriptor
+//!   stays open in the services that name it (and only those), or a
+//!   read-only cache entry, verified again before each of their starts.
 //! - A service that exits on its own is restarted by its policy, from the
 //!   same prepared payload (the same sealed memfd); `restart = "no"`, or too
 //!   many restarts, shuts the server down with an error naming it.
@@ -59,7 +63,7 @@ mod reap;
 mod restart;
 mod sys;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
@@ -75,7 +79,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::manifest::{Check, Manifest, Service};
-use crate::{Catalog, Error, Launch, Prepared, Result};
+use crate::{Catalog, Error, Launch, Prepared, PreparedAsset, Result};
 
 use self::control::{Ask, CheckResult, CheckStatus, Progress, ServiceStatus, Status};
 use self::failure::SpawnError;
@@ -191,6 +195,7 @@ pub async fn serve(
     };
 
     let prepared = prepare_all(&manifest, catalog, &launcher).await?;
+    let assets = prepare_assets(&manifest, catalog, &launcher).await?;
     let (lines, written) =
         logs::writer(Format { names, json: options.json_logs, color: options.color })
             .map_err(|source| Error::Exec { name: "stigmer server".into(), source })?;
@@ -204,6 +209,7 @@ pub async fn serve(
     let mut sup = Supervisor {
         machine: Machine::new(manifest.services, t0),
         prepared,
+        assets,
         events: events_tx,
         lines,
         home: std::thread::current().id(),
@@ -379,11 +385,40 @@ async fn prepare_all(
     Ok(prepared)
 }
 
+/// Prepares every asset the manifest's services name, in parallel, once
+/// for the whole server: every start of every service that names one gets
+/// the same sealed memfd (or cache entry, checked again at each start).
+async fn prepare_assets(
+    manifest: &Manifest,
+    catalog: &Catalog,
+    launcher: &Arc<dyn Launch + Send + Sync>,
+) -> Result<HashMap<String, PreparedAsset>> {
+    let names: BTreeSet<&str> = manifest.services.iter().flat_map(Service::assets).collect();
+    let mut tasks = Vec::new();
+    for name in names {
+        let asset = catalog.asset(name)?.clone();
+        let launcher = Arc::clone(launcher);
+        tasks.push((name, tokio::task::spawn_blocking(move || launcher.prepare_asset(&asset))));
+    }
+    let mut prepared = HashMap::new();
+    for (name, task) in tasks {
+        let p = task.await.map_err(|e| Error::Exec {
+            name: name.to_owned(),
+            source: std::io::Error::other(format!("preparing it failed: {e}")),
+        })??;
+        debug!("asset {name}: prepared ({}, {})", p.backend(), p.path().display());
+        prepared.insert(name.to_owned(), p);
+    }
+    Ok(prepared)
+}
+
 /// The shell around the [`Machine`]: it owns what touches the system.
 struct Supervisor {
     machine: Machine,
     /// Each service's payload, by index.
     prepared: Vec<Prepared>,
+    /// Every asset a service names, by name.
+    assets: HashMap<String, PreparedAsset>,
     events: mpsc::UnboundedSender<Event>,
     lines: mpsc::Sender<Line>,
     /// The thread that runs the supervisor, the only one that spawns.
@@ -541,14 +576,19 @@ impl Supervisor {
         }
         let prepared = &self.prepared[i];
         let mut cmd = prepared.command();
-        cmd.args(&spec.args)
-            .envs(&spec.env)
+        // Every asset it names was prepared with the payloads.
+        let path = |name: &str| self.assets[name].path().into_os_string();
+        cmd.args(spec.args.iter().map(|a| a.with_paths(path)))
+            .envs(spec.env.iter().map(|(k, v)| (k, v.with_paths(path))))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
         if let Some(cwd) = &spec.cwd {
             cmd.current_dir(cwd);
+        }
+        for name in spec.assets() {
+            self.assets[name].pass_to(&mut cmd).map_err(SpawnError::Launch)?;
         }
         let mut child = spawn_service(self.home, prepared, &mut cmd).map_err(SpawnError::Launch)?;
         // The child is never waited for through std: see `reap`.

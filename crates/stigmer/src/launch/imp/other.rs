@@ -43,6 +43,29 @@ impl MemfdLauncher {
     pub(crate) fn image(&self, _payload: &Payload) -> Result<Image> {
         Err(Error::MemfdUnsupported)
     }
+
+    /// Never: there is no memfd here; assets come from the cache.
+    pub(crate) fn asset(&self, _asset: &Payload) -> Result<AssetImage> {
+        Err(Error::MemfdUnsupported)
+    }
+}
+
+/// An asset sealed in a memfd: none can exist here.
+#[derive(Clone, Debug)]
+pub(crate) struct AssetImage {
+    never: Infallible,
+}
+
+impl AssetImage {
+    /// Never called: no `AssetImage` exists here.
+    pub(crate) fn path(&self) -> std::path::PathBuf {
+        match self.never {}
+    }
+
+    /// Never called: no `AssetImage` exists here.
+    pub(crate) fn pass_to(&self, _cmd: &mut Command) {
+        match self.never {}
+    }
 }
 
 /// A payload sealed in a memfd: none can exist here.

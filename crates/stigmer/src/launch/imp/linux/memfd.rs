@@ -16,6 +16,13 @@
 //! the exec, so that one descriptor is made inheritable in the child (and
 //! only there) right before the exec.
 //!
+//! An asset (a file services read, never run) gets a memfd of its own,
+//! once per process: `MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL`
+//! (6.3+; before, without the last, which kernels before 6.3 reject), filled
+//! the same way, `fchmod` to `0444`, sealed the same way. A service that
+//! names it gets its descriptor inheritable, in its child only, and opens
+//! it as `/proc/self/fd/N`.
+//!
 //! # References
 //! - memfd_create(2), execveat(2), fcntl(2) "File Sealing", sendfile(2)
 //! - Documentation/admin-guide/sysctl/vm.rst, `memfd_noexec`
@@ -64,9 +71,37 @@ pub(crate) struct Image {
     script: bool,
 }
 
+/// An asset in a sealed memfd that is not executable: a service that names
+/// it opens `/proc/self/fd/N`, N being this very descriptor, which stays
+/// open across the exec of that service only ([`AssetImage::pass_to`]).
+#[derive(Clone, Debug)]
+pub(crate) struct AssetImage {
+    fd: Arc<OwnedFd>,
+}
+
 /// One slot per payload, so payloads are prepared in parallel while two
 /// threads asking for the same payload wait for one memfd.
-type Slot = Arc<Mutex<Option<Image>>>;
+type Slot<T = Image> = Arc<Mutex<Option<T>>>;
+
+/// The memfd in `table` for `payload`'s bytes, made by `make` on first use.
+fn once<T: Clone>(
+    table: &'static OnceLock<Mutex<HashMap<Digest, Slot<T>>>>,
+    payload: &Payload,
+    make: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let slot = {
+        let mut table =
+            table.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(table.entry(payload.sha256()).or_default())
+    };
+    let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(made) = &*slot {
+        return Ok(made.clone());
+    }
+    let made = make()?;
+    *slot = Some(made.clone());
+    Ok(made)
+}
 
 impl MemfdLauncher {
     /// A launcher; memfds already made by this process are reused.
@@ -77,21 +112,76 @@ impl MemfdLauncher {
     /// The sealed memfd of `payload`, made on first use.
     pub(crate) fn image(&self, payload: &Payload) -> Result<Image> {
         static IMAGES: OnceLock<Mutex<HashMap<Digest, Slot>>> = OnceLock::new();
-        let slot = {
-            let mut images =
-                IMAGES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-            Arc::clone(images.entry(payload.sha256()).or_default())
-        };
-        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(image) = &*slot {
-            return Ok(image.clone());
+        once(&IMAGES, payload, || {
+            Ok(Image {
+                fd: Arc::new(seal(fill(create(payload)?, payload)?, payload)?),
+                script: payload.kind() == Kind::Script,
+            })
+        })
+    }
+
+    /// The sealed, non-executable memfd of `asset`, made on first use and
+    /// kept for the life of the process (every start of every service that
+    /// reads it shares it). Its mode is `0444`, and it is sealed against
+    /// writes, growing, shrinking and new seals; `MFD_NOEXEC_SEAL` (6.3+)
+    /// also seals its exec bits off.
+    pub(crate) fn asset(&self, asset: &Payload) -> Result<AssetImage> {
+        static ASSETS: OnceLock<Mutex<HashMap<Digest, Slot<AssetImage>>>> = OnceLock::new();
+        once(&ASSETS, asset, || {
+            let memfd = data_memfd_create(asset.name())
+                .map_err(op_err(asset, MemfdOp::Create))
+                .and_then(|memfd| fill(memfd, asset))?;
+            // Read-only for everyone: no exec bit where MFD_NOEXEC_SEAL is
+            // unknown (its memfds start at 0777), no write bit either way.
+            rustix::fs::fchmod(memfd.as_file(), rustix::fs::Mode::from_raw_mode(0o444))
+                .map_err(|e| op_err(asset, MemfdOp::Chmod)(e.into()))?;
+            Ok(AssetImage { fd: Arc::new(seal(memfd, asset)?) })
+        })
+        .map_err(|e| match e {
+            Error::Memfd { name, op, source } => Error::AssetMemfd { name, op, source },
+            other => other,
+        })
+    }
+}
+
+/// `memfd_create` for an asset: close-on-exec, sealable, and never
+/// executable (`MFD_NOEXEC_SEAL`) where the kernel knows the flag (6.3+;
+/// before, it says `EINVAL`, and the mode is set to `0444` instead). Under
+/// `vm.memfd_noexec=2`, which refuses exec from memory, such a memfd is
+/// still allowed.
+fn data_memfd_create(name: &str) -> io::Result<Memfd> {
+    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+    let fd = match rustix::fs::memfd_create(name, flags | MemfdFlags::NOEXEC_SEAL) {
+        Err(rustix::io::Errno::INVAL) => rustix::fs::memfd_create(name, flags)?,
+        other => other?,
+    };
+    Memfd::try_from_fd(fd).map_err(|fd| match rustix::fs::fcntl_get_seals(&fd) {
+        Err(e) => io::Error::from(e),
+        Ok(_) => io::Error::other("memfd_create gave a descriptor that is not a memfd"),
+    })
+}
+
+impl AssetImage {
+    /// The path a service opens it by: `/proc/self/fd/N`.
+    pub(crate) fn path(&self) -> std::path::PathBuf {
+        format!("/proc/self/fd/{}", self.fd.as_raw_fd()).into()
+    }
+
+    /// Keeps the descriptor open across the exec of `cmd`'s child, and only
+    /// there: its close-on-exec flag is cleared in the child, after the
+    /// fork, so every other process stigmer starts still closes it.
+    pub(crate) fn pass_to(&self, cmd: &mut Command) {
+        let fd = Arc::clone(&self.fd);
+        // SAFETY: the closure runs in the child between fork and exec and
+        // makes only one raw fcntl(2) system call, which is
+        // async-signal-safe; it allocates nothing and takes no lock. `fd`
+        // is kept open by the Arc the closure owns.
+        unsafe {
+            cmd.pre_exec(move || {
+                rustix::io::fcntl_setfd(fd.as_fd(), rustix::io::FdFlags::empty())?;
+                Ok(())
+            });
         }
-        let image = Image {
-            fd: Arc::new(seal(fill(create(payload)?, payload)?, payload)?),
-            script: payload.kind() == Kind::Script,
-        };
-        *slot = Some(image.clone());
-        Ok(image)
     }
 }
 

@@ -4,7 +4,8 @@
 //! other (`imp/other.rs`) has the same items, disabled. What is here:
 //!
 //! - [`MemfdLauncher`] and its [`Image`]s: payloads sealed in memfds
-//!   (`memfd.rs`);
+//!   (`memfd.rs`); and [`AssetImage`]s: assets sealed in memfds that are
+//!   not executable, passed to the services that read them;
 //! - [`spawn_entry`] and [`exec_entry`]: what runs is the descriptor that
 //!   was checked (`spawn.rs`, which memfds use too), so [`EXEC_BY_FD`];
 //! - [`hold_bytes`]: read leases on cache entries (`lease.rs`);
@@ -24,8 +25,8 @@ mod memfd;
 mod spawn;
 
 pub(crate) use lease::hold_bytes;
-pub(crate) use memfd::Image;
 pub use memfd::MemfdLauncher;
+pub(crate) use memfd::{AssetImage, Image};
 
 /// The backend `auto` means on this platform.
 pub(crate) const NATIVE: Backend = Backend::Memfd;
