@@ -3,7 +3,7 @@
 //! never a panic.
 
 use proptest::prelude::*;
-use stigmer::manifest::{MAX_DURATION, MAX_RESTARTS, MIN_READY_TIMEOUT};
+use stigmer::manifest::{Condition, MAX_DURATION, MAX_RESTARTS, MIN_READY_TIMEOUT, Restart};
 use stigmer::{Catalog, Manifest, ManifestError, Payload};
 
 const PAYLOADS: &[&str] = &["api", "worker", "hello"];
@@ -80,6 +80,9 @@ fn service_line() -> impl Strategy<Value = String> {
         "cwd = \"/tmp\"",
         "depends_on = [\"api\"]",
         "depends_on = [\"worker\"]",
+        "depends_on = { api = \"started\" }",
+        "depends_on = { worker = \"completed_successfully\", api = \"healthy\" }",
+        "depends_on = { api = \"completed_successfully\" }",
         "restart = \"on-failure\"",
         "restart = \"always\"",
         "max_restarts = 3",
@@ -205,8 +208,12 @@ proptest! {
                 for (i, s) in m.services.iter().enumerate() {
                     prop_assert!(PAYLOADS.contains(&s.payload.as_str()), "{text}");
                     for d in &s.depends_on {
-                        let at = m.services.iter().position(|x| &x.name == d);
+                        let at = m.services.iter().position(|x| x.name == d.name);
                         prop_assert!(at.is_some_and(|at| at < i), "{text}");
+                        if d.condition == Condition::CompletedSuccessfully {
+                            let dep = &m.services[at.unwrap()];
+                            prop_assert!(dep.restart != Restart::Always, "{text}");
+                        }
                     }
                     prop_assert!(!s.args.iter().any(|a| a.contains('\0')), "{text}");
                     prop_assert!(!s.env.iter().any(|(k, v)| k.is_empty()

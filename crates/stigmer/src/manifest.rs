@@ -6,12 +6,26 @@
 //! env = { LOG_FORMAT = "json" }
 //! ready = { http = "http://127.0.0.1:7234/healthz", timeout = "20s" }
 //!
+//! [services.migrate]                 # a one-shot job: runs once, exits 0
+//! payload = "stigmer-server"
+//! args = ["--migrate"]
+//!
 //! [services.workflow-runner]
 //! depends_on = ["stigmer-server"]    # started once stigmer-server is ready
 //! restart = "on-failure"             # "no" (default) | "on-failure" | "always"
 //! stop_signal = "SIGTERM"
 //! stop_timeout = "10s"               # then SIGKILL
+//!
+//! [services.activity-runner]
+//! depends_on = { migrate = "completed_successfully", stigmer-server = "started" }
 //! ```
+//!
+//! `depends_on` is a list of services that must be ready (`"healthy"`), or
+//! a table from service to condition: `"started"` (spawned), `"healthy"`
+//! (passed its readiness check) or `"completed_successfully"` (exited with
+//! status 0 and not run again: a job, see [`Condition`]). A `restart = "no"`
+//! service that someone waits for with `completed_successfully` is a job:
+//! its exit 0 does not stop the server.
 //!
 //! Everything that can fail at start is checked before anything starts, and
 //! every problem is reported, one line each, naming the service, the key and
@@ -38,8 +52,10 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde::de::DeserializeOwned;
 
+mod depends;
 mod problem;
 
+pub use depends::{Condition, Dependency};
 pub use problem::{Key, ManifestError, Problem, ProblemKind};
 use problem::{LIST_AT_MOST, one_line};
 
@@ -83,8 +99,11 @@ pub struct Service {
     pub cwd: Option<PathBuf>,
     /// How to tell it is ready; `None`: as soon as it has started.
     pub ready: Option<Ready>,
-    /// The services that must be ready before it starts.
-    pub depends_on: Vec<String>,
+    /// The services it waits for before it starts, each with how far it
+    /// must have got: every name is another service of the manifest (none
+    /// twice in the table form), and a `completed_successfully` one is not
+    /// `restart = "always"`.
+    pub depends_on: Vec<Dependency>,
     /// What to do when it exits on its own.
     pub restart: Restart,
     /// The most restarts allowed within [`Service::restart_window`] before
@@ -164,7 +183,10 @@ const DEFAULT_MAX_RESTARTS: u32 = 5;
 /// reported in the same run.
 struct Node {
     name: String,
-    depends_on: Vec<String>,
+    depends_on: Vec<Dependency>,
+    /// Its restart policy, if it could be read: a `completed_successfully`
+    /// dependency must be one that can complete.
+    restart: Option<Restart>,
     service: Option<Service>,
 }
 
@@ -283,7 +305,8 @@ fn check_service(
     carried: &[String],
     problems: &mut Vec<ProblemKind>,
 ) -> Node {
-    let mut node = Node { name: name.to_owned(), depends_on: Vec::new(), service: None };
+    let mut node =
+        Node { name: name.to_owned(), depends_on: Vec::new(), restart: None, service: None };
     if let Err(source) = stigmer_build::check_name(name) {
         problems.push(ProblemKind::BadName { source });
     }
@@ -296,7 +319,10 @@ fn check_service(
         problems.push(ProblemKind::UnknownKey { key: key.clone() });
     }
 
-    let depends_on: Vec<String> = field(fields, Key::DependsOn, problems).unwrap_or_default();
+    let depends_on = match fields.get(Key::DependsOn.name()) {
+        Some(value) => depends::read(value, problems),
+        None => Vec::new(),
+    };
     node.depends_on = depends_on.clone();
 
     // A payload of the wrong type is reported once, as such.
@@ -349,6 +375,7 @@ fn check_service(
             None
         }
     };
+    node.restart = restart;
 
     let max_restarts = match field::<i64>(fields, Key::MaxRestarts, problems) {
         None => Some(DEFAULT_MAX_RESTARTS),
@@ -559,8 +586,9 @@ fn socket_addr(key: Key, address: &str) -> Result<SocketAddr, ProblemKind> {
 /// Plans the start order of `nodes` (sorted by name): their indices, each
 /// after its dependencies, ties by name (Kahn's algorithm with a min-heap,
 /// O(n log n + edges)). Also returns the problems: a service that depends on
-/// itself or on an unknown service, and the dependency cycles (each found by
-/// one walk over the services left unplanned, so linear in all).
+/// itself or on an unknown service, or waits for one that never stays
+/// completed to complete, and the dependency cycles (each found by one walk
+/// over the services left unplanned, so linear in all).
 fn order(nodes: &[Node]) -> (Vec<usize>, Vec<Problem>) {
     let n = nodes.len();
     let index: HashMap<&str, usize> =
@@ -574,19 +602,27 @@ fn order(nodes: &[Node]) -> (Vec<usize>, Vec<Problem>) {
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
     for (i, s) in nodes.iter().enumerate() {
         for dep in &s.depends_on {
-            match index.get(dep.as_str()) {
+            match index.get(dep.name.as_str()) {
                 Some(&j) if j == i => problems.push(Problem::service(
                     &s.name,
-                    ProblemKind::DependsOnItself { name: dep.clone() },
+                    ProblemKind::DependsOnItself { name: dep.name.clone() },
                 )),
                 Some(&j) => {
+                    if dep.condition == Condition::CompletedSuccessfully
+                        && nodes[j].restart == Some(Restart::Always)
+                    {
+                        problems.push(Problem::service(
+                            &s.name,
+                            ProblemKind::NeverCompletes { name: dep.name.clone() },
+                        ));
+                    }
                     deps[i].push(j);
                     dependents[j].push(i);
                 }
                 None => problems.push(Problem::service(
                     &s.name,
                     ProblemKind::UnknownDependency {
-                        name: dep.clone(),
+                        name: dep.name.clone(),
                         services: some_services.clone(),
                         count: n,
                     },

@@ -234,7 +234,9 @@ impl Key {
             Key::Ready | Key::ReadyTimeout => {
                 "ready = { tcp = \"127.0.0.1:8080\", timeout = \"20s\" }"
             }
-            Key::DependsOn => "depends_on = [\"db\"]",
+            Key::DependsOn => {
+                "depends_on = [\"db\"] or depends_on = { db = \"healthy\", migrate = \"completed_successfully\" }"
+            }
             Key::Restart => "restart = \"on-failure\"",
             Key::MaxRestarts => "max_restarts = 5",
             Key::RestartWindow => "restart_window = \"60s\"",
@@ -581,6 +583,32 @@ pub enum ProblemKind {
         count: usize,
     },
 
+    /// A `depends_on` table names a condition that is not one of the three.
+    #[error(
+        "depends_on {name:?} = {value:?} is not a condition: use \"started\", \"healthy\" or \
+         \"completed_successfully\""
+    )]
+    UnknownCondition {
+        /// The service depended on.
+        name: String,
+        /// The condition as written.
+        value: String,
+    },
+
+    /// `completed_successfully` on a service that `restart = "always"` runs
+    /// again after every exit: it never stays completed.
+    #[error(
+        "depends_on {name:?} = \"completed_successfully\" can never hold: {} has restart = \
+         \"always\", so it is run again after every exit: wait for \"started\" or \"healthy\" \
+         instead, or give {} restart = \"no\" or \"on-failure\"",
+        label(.name),
+        label(.name)
+    )]
+    NeverCompletes {
+        /// The service depended on.
+        name: String,
+    },
+
     /// Services that depend on each other in a circle.
     #[error(
         "services {} form a dependency cycle: remove one of those depends_on",
@@ -629,7 +657,11 @@ impl ProblemKind {
             MaxRestartsOutOfRange { .. } => Key::MaxRestarts,
             EmptyReadyLog => Key::ReadyLog,
             SpaceInUrl { .. } | NotHttpUrl { .. } => Key::ReadyHttp,
-            DependsOnItself { .. } | UnknownDependency { .. } | Cycle { .. } => Key::DependsOn,
+            DependsOnItself { .. }
+            | UnknownDependency { .. }
+            | UnknownCondition { .. }
+            | NeverCompletes { .. }
+            | Cycle { .. } => Key::DependsOn,
         })
     }
 }

@@ -394,3 +394,122 @@ fn an_unknown_dependency_among_many_lists_a_few_names() {
     assert!(err.contains("(services: s00000, s00001,"), "{err}");
     assert!(err.contains("s00019, and 81 more): fix the name"), "{err}");
 }
+
+#[test]
+fn depends_on_takes_a_list_or_a_table_of_conditions() {
+    let m = parse(
+        r#"
+[services.migrate]
+payload = "api"
+[services.cache]
+payload = "api"
+restart = "always"
+[services.api]
+[services.runner]
+depends_on = { migrate = "completed_successfully", api = "healthy", cache = "started" }
+[services.probe]
+depends_on = ["runner", "api"]
+"#,
+    )
+    .unwrap();
+    let deps = |name: &str| -> Vec<(String, Condition)> {
+        m.get(name).unwrap().depends_on.iter().map(|d| (d.name.clone(), d.condition)).collect()
+    };
+    // A table comes in name order, a list as written, each meaning healthy.
+    assert_eq!(
+        deps("runner"),
+        [
+            ("api".into(), Condition::Healthy),
+            ("cache".into(), Condition::Started),
+            ("migrate".into(), Condition::CompletedSuccessfully),
+        ]
+    );
+    assert_eq!(
+        deps("probe"),
+        [("runner".into(), Condition::Healthy), ("api".into(), Condition::Healthy)]
+    );
+    let names: Vec<_> = m.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["api", "cache", "migrate", "runner", "probe"]);
+    assert_eq!(Condition::CompletedSuccessfully.to_string(), "completed_successfully");
+}
+
+#[test]
+fn depends_on_problems_name_the_service_the_key_and_the_fix() {
+    let cases = [
+        (
+            "[services.api]\ndepends_on = { runner = \"ready\" }\n[services.runner]\n",
+            "service api: depends_on \"runner\" = \"ready\" is not a condition: use \"started\", \
+             \"healthy\" or \"completed_successfully\"",
+        ),
+        (
+            "[services.api]\ndepends_on = { runner = 1 }\n[services.runner]\n",
+            "service api: depends_on: \"runner\": invalid type: integer, expected a condition \
+             string: write e.g. depends_on = [\"db\"] or depends_on = { db = \"healthy\"",
+        ),
+        (
+            "[services.api]\ndepends_on = \"runner\"\n[services.runner]\n",
+            "service api: depends_on: invalid type: string, expected a list of service names or \
+             a table of conditions",
+        ),
+        (
+            "[services.api]\ndepends_on = [1]\n",
+            "service api: depends_on: invalid type: integer `1`, expected a string",
+        ),
+        ("[services.api]\ndepends_on = { api = \"started\" }\n", "depends_on names itself"),
+        (
+            "[services.api]\ndepends_on = { db = \"started\" }\n",
+            "service api: depends_on \"db\" is not a service here (services: api): fix the name",
+        ),
+        (
+            "[services.api]\ndepends_on = { runner = \"started\" }\n\
+             [services.runner]\ndepends_on = { api = \"completed_successfully\" }\n",
+            "services api -> runner -> api form a dependency cycle",
+        ),
+        (
+            "[services.api]\ndepends_on = { runner = \"completed_successfully\" }\n\
+             [services.runner]\nrestart = \"always\"\n",
+            "service api: depends_on \"runner\" = \"completed_successfully\" can never hold: \
+             runner has restart = \"always\", so it is run again after every exit: wait for \
+             \"started\" or \"healthy\" instead, or give runner restart = \"no\" or \"on-failure\"",
+        ),
+    ];
+    for (text, want) in cases {
+        let err = one_problem(text);
+        assert!(err.contains(want), "{text:?}\n  got: {err}\n want: {want}");
+    }
+    // Typed, with the key.
+    let err = Manifest::parse(
+        "[services.api]\ndepends_on = { runner = \"ready\", db = \"started\" }\n\
+         [services.runner]\nrestart = \"always\"\n[services.probe]\n\
+         depends_on = { runner = \"completed_successfully\" }\n",
+        "services.toml",
+        PAYLOADS,
+    )
+    .unwrap_err();
+    let kinds: Vec<_> = err.details().iter().map(|p| (p.service_name(), p.key())).collect();
+    assert_eq!(
+        kinds,
+        [
+            (Some("api"), Some(Key::DependsOn)),
+            (Some("api"), Some(Key::DependsOn)),
+            (Some("probe"), Some(Key::DependsOn)),
+        ],
+        "{err}"
+    );
+    assert!(matches!(
+        err.details().iter().map(Problem::kind).collect::<Vec<_>>()[..],
+        [
+            ProblemKind::UnknownCondition { .. },
+            ProblemKind::UnknownDependency { .. },
+            ProblemKind::NeverCompletes { .. },
+        ]
+    ));
+    // on-failure and no can complete.
+    for restart in ["no", "on-failure"] {
+        parse(&format!(
+            "[services.api]\ndepends_on = {{ runner = \"completed_successfully\" }}\n\
+             [services.runner]\nrestart = \"{restart}\"\n"
+        ))
+        .unwrap();
+    }
+}

@@ -63,6 +63,37 @@ pub enum Failure {
         exit: Exit,
     },
 
+    /// A one-shot job (`restart = "no"`, waited for with
+    /// `completed_successfully`) exited with a non-zero status or a
+    /// signal: what waits for it can never start.
+    #[error(
+        "job {service} failed ({exit}) and its restart policy is \"no\": {}, waiting for it \
+         to complete successfully, cannot start",
+        waiting.join(", ")
+    )]
+    JobFailed {
+        /// The job.
+        service: String,
+        /// How it ended.
+        exit: Exit,
+        /// The services that wait for it to complete successfully, in
+        /// manifest order.
+        waiting: Vec<String>,
+    },
+
+    /// A service waits for another to be healthy, and that one completed
+    /// (exited with status 0, not run again by its policy) first.
+    #[error(
+        "{service} cannot start: it waits for {dependency} to be healthy, but {dependency} \
+         completed (exited with status 0) and its restart policy does not run it again"
+    )]
+    DependencyCompleted {
+        /// The service that waits.
+        service: String,
+        /// The service it waits for.
+        dependency: String,
+    },
+
     /// The service restarted `max_restarts` times within `restart_window`
     /// and exited again.
     #[error(
@@ -172,6 +203,23 @@ mod tests {
         assert_eq!(
             gave_up.to_string(),
             "db exited (killed by SIGSEGV) after 3 restarts within 1m: giving up"
+        );
+        let job = Failure::JobFailed {
+            service: "migrate".into(),
+            exit: Exit::Code(3),
+            waiting: vec!["api".into(), "worker".into()],
+        };
+        assert_eq!(
+            job.to_string(),
+            "job migrate failed (exit status 3) and its restart policy is \"no\": api, worker, \
+             waiting for it to complete successfully, cannot start"
+        );
+        let completed =
+            Failure::DependencyCompleted { service: "api".into(), dependency: "db".into() };
+        assert_eq!(
+            completed.to_string(),
+            "api cannot start: it waits for db to be healthy, but db completed (exited with \
+             status 0) and its restart policy does not run it again"
         );
         let killed = Failure::Killed { services: vec!["a".into(), "b".into()] };
         assert_eq!(killed.to_string(), "a, b had to be killed");

@@ -12,11 +12,12 @@
 //!
 //! The rules, in the order a server lives them:
 //!
-//! - **Start.** A service starts once every service it depends on is
-//!   ready, one spawn at a time: after [`Action::Spawn`] nothing else
-//!   starts until the shell reports [`Event::Spawned`] or
-//!   [`Event::SpawnFailed`], so a failed spawn stops what would have
-//!   followed it.
+//! - **Start.** A service starts once every service it depends on meets
+//!   its condition (`started`: running; `healthy`: running and ready;
+//!   `completed_successfully`: completed), one spawn at a time: after
+//!   [`Action::Spawn`] nothing else starts until the shell reports
+//!   [`Event::Spawned`] or [`Event::SpawnFailed`], so a failed spawn stops
+//!   what would have followed it.
 //! - **Ready.** A service without a check is ready once spawned; with one,
 //!   once the shell reports [`Event::Ready`] for that run. A check that
 //!   fails ([`Event::NotReady`]) fails the server, and its dependents never
@@ -25,6 +26,14 @@
 //!   policy after a backoff (see `restart`), through a timer; past
 //!   `max_restarts` within `restart_window`, or with `restart = "no"`, the
 //!   server shuts down with a [`Failure`].
+//! - **Complete.** A service that exits with status 0 and is not run again
+//!   (`restart = "on-failure"`, or a *job*: `restart = "no"` and some
+//!   service waits for it with `completed_successfully`) is completed: a
+//!   terminal, clean state, which starts its `completed_successfully`
+//!   dependents. A job that fails stops the server: what waits for it can
+//!   never start. So does a completed service that a waiting dependent
+//!   needed `healthy`. "All services running" means every service is
+//!   ready or completed, and at least one runs.
 //! - **Stop.** In a shutdown a running service gets its stop signal once no
 //!   service that depends on it still runs (reverse dependency order), and
 //!   SIGKILL when its `stop_timeout` timer fires first. A second stop
@@ -41,7 +50,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tracing::{debug, error, info, warn};
 
-use crate::manifest::{Restart, Service};
+use crate::manifest::{Condition, Restart, Service};
 
 use super::Outcome;
 use super::failure::{Failure, SpawnError};
@@ -112,6 +121,10 @@ enum State {
     Stopping { pid: Pid, killed: bool },
     /// Finished; `clean` unless it had to be killed or failed.
     Done { clean: bool },
+    /// Exited with status 0, and its policy does not run it again (a job,
+    /// or `restart = "on-failure"`): finished, clean, and what
+    /// `completed_successfully` waits for.
+    Completed,
 }
 
 /// Why the server is shutting down.
@@ -128,14 +141,18 @@ enum Shutdown {
 #[derive(Debug)]
 struct Svc {
     spec: Service,
-    /// The services it depends on, by index.
-    deps: Vec<usize>,
+    /// The services it depends on, by index, each with its condition.
+    deps: Vec<(usize, Condition)>,
     /// The services that depend on it, by index.
     dependents: Vec<usize>,
     state: State,
     /// Counts spawns, so events about an earlier run are ignored.
     run: u64,
     history: History,
+    /// A one-shot job: `restart = "no"`, and some service waits for it with
+    /// `completed_successfully`, so its exit 0 completes it instead of
+    /// stopping the server.
+    job: bool,
 }
 
 /// The supervisor's state and rules.
@@ -159,20 +176,26 @@ impl Machine {
         let index = |name: &str| services.iter().position(|s| s.name == name);
         // Dependencies by index, both ways, so that each start or stop
         // decision costs the edges it looks at, not a search by name.
-        let deps: Vec<Vec<usize>> = services
+        let deps: Vec<Vec<(usize, Condition)>> = services
             .iter()
-            .map(|s| s.depends_on.iter().filter_map(|d| index(d)).collect())
+            .map(|s| {
+                s.depends_on.iter().filter_map(|d| Some((index(&d.name)?, d.condition))).collect()
+            })
             .collect();
         let mut dependents = vec![Vec::new(); deps.len()];
+        let mut awaited = vec![false; deps.len()];
         for (i, ds) in deps.iter().enumerate() {
-            for &d in ds {
+            for &(d, condition) in ds {
                 dependents[d].push(i);
+                awaited[d] |= condition == Condition::CompletedSuccessfully;
             }
         }
         let services = services
             .into_iter()
             .zip(deps.into_iter().zip(dependents))
-            .map(|(spec, (deps, dependents))| Svc {
+            .zip(awaited)
+            .map(|((spec, (deps, dependents)), awaited)| Svc {
+                job: awaited && spec.restart == Restart::No,
                 spec,
                 deps,
                 dependents,
@@ -206,7 +229,7 @@ impl Machine {
 
     /// Whether every service has finished: the server is over.
     pub(crate) fn finished(&self) -> bool {
-        self.services.iter().all(|s| matches!(s.state, State::Done { .. }))
+        self.services.iter().all(|s| matches!(s.state, State::Done { .. } | State::Completed))
     }
 
     /// Whether there is no time for grace any more.
@@ -313,27 +336,53 @@ impl Machine {
 
     /// After any event: starts what can start, or stops what can stop.
     fn advance(&mut self, now: Instant) {
+        if self.shutdown.is_none() {
+            // It may find a service that can never start, and shut down.
+            self.start_next();
+        }
         if self.shutdown.is_some() {
             self.stop_what_can_stop(now);
-        } else {
-            self.start_next();
         }
     }
 
     /// Starts the first service, in manifest order, that waits and whose
-    /// dependencies are all ready, unless a spawn is under way.
+    /// dependencies all meet their conditions, unless a spawn is under way.
+    /// A waiting service that needs a completed one `healthy` can never
+    /// start: the server fails.
     fn start_next(&mut self) {
         if self.services.iter().any(|s| s.state == State::Starting) {
             return;
         }
-        let next = self.services.iter().position(|s| {
-            s.state == State::Waiting
-                && s.deps
-                    .iter()
-                    .all(|&d| matches!(self.services[d].state, State::Running { ready: true, .. }))
+        let stranded = self.services.iter().find_map(|s| {
+            let waiting = s.state == State::Waiting;
+            s.deps
+                .iter()
+                .find(|&&(d, c)| {
+                    waiting && c == Condition::Healthy && self.services[d].state == State::Completed
+                })
+                .map(|&(d, _)| (s.spec.name.clone(), self.services[d].spec.name.clone()))
         });
+        if let Some((service, dependency)) = stranded {
+            let failure = Failure::DependencyCompleted { service, dependency };
+            self.begin_shutdown(Shutdown::Failed(failure));
+            return;
+        }
+        let next = self
+            .services
+            .iter()
+            .position(|s| s.state == State::Waiting && s.deps.iter().all(|&(d, c)| self.met(d, c)));
         if let Some(svc) = next {
             self.spawn(svc);
+        }
+    }
+
+    /// Whether service `dep` has got as far as `condition` asks.
+    fn met(&self, dep: usize, condition: Condition) -> bool {
+        match (condition, self.services[dep].state) {
+            (Condition::Started, State::Running { .. } | State::Completed) => true,
+            (Condition::Healthy, State::Running { ready, .. }) => ready,
+            (Condition::CompletedSuccessfully, State::Completed) => true,
+            _ => false,
         }
     }
 
@@ -368,9 +417,18 @@ impl Machine {
             s.state = State::Running { pid, ready: true, since };
             info!("{}: ready in {:.2}s", s.spec.name, secs(now, since));
         }
-        let all =
-            self.services.iter().all(|s| matches!(s.state, State::Running { ready: true, .. }));
-        if all && !self.all_ready && self.shutdown.is_none() {
+        self.note_all_ready(now);
+    }
+
+    /// Says "all services running" the first time every service is ready
+    /// or completed, and at least one runs.
+    fn note_all_ready(&mut self, now: Instant) {
+        if self.all_ready || self.shutdown.is_some() {
+            return;
+        }
+        let ready = |s: &Svc| matches!(s.state, State::Running { ready: true, .. });
+        let all = self.services.iter().all(|s| ready(s) || s.state == State::Completed);
+        if all && self.services.iter().any(ready) {
             self.all_ready = true;
             info!("all services running ({:.2}s)", secs(now, self.t0));
         }
@@ -402,6 +460,18 @@ impl Machine {
                     now,
                 );
                 match (decision, spec.restart) {
+                    (Decision::Done, Restart::No) if s.job && !exit.failed() => {
+                        info!("{}: completed ({exit})", spec.name);
+                        s.state = State::Completed;
+                        self.note_all_ready(now);
+                    }
+                    (Decision::Done, Restart::No) if s.job => {
+                        s.state = State::Done { clean: false };
+                        let service = spec.name.clone();
+                        let waiting = self.awaiting(svc);
+                        let failure = Failure::JobFailed { service, exit, waiting };
+                        self.begin_shutdown(Shutdown::Failed(failure));
+                    }
                     (Decision::Done, Restart::No) => {
                         s.state = State::Done { clean: false };
                         let failure = Failure::NotRestarted { service: spec.name.clone(), exit };
@@ -412,7 +482,8 @@ impl Machine {
                             "{}: exited ({exit}); not restarted (restart = \"{}\")",
                             spec.name, spec.restart
                         );
-                        s.state = State::Done { clean: true };
+                        s.state = State::Completed;
+                        self.note_all_ready(now);
                     }
                     (Decision::RestartAfter(delay), _) => {
                         warn!(
@@ -440,6 +511,17 @@ impl Machine {
                 }
             }
         }
+    }
+
+    /// The names of the services that wait for `svc` to complete
+    /// successfully, in manifest order.
+    fn awaiting(&self, svc: usize) -> Vec<String> {
+        let s = &self.services[svc];
+        s.dependents
+            .iter()
+            .filter(|&&j| self.services[j].deps.contains(&(svc, Condition::CompletedSuccessfully)))
+            .map(|&j| self.services[j].spec.name.clone())
+            .collect()
     }
 
     /// SIGKILLs every service group at once, and gives up all grace.
