@@ -17,7 +17,9 @@
 //! and carries out the actions it returns (spawn, start a readiness check,
 //! signal a group, arm a timer). The rules:
 //!
-//! - A service starts once every service it depends on is ready. The
+//! - A service starts once every service it depends on meets its
+//!   condition (`started`, `healthy` or `completed_successfully`: see the
+//!   `machine` module, which also says what a one-shot job is). The
 //!   payloads are prepared in parallel before anything starts. A service
 //!   whose readiness check is `tcp` or `http` does not start while someone
 //!   already answers on that address: the server fails, naming the address
