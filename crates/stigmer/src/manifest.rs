@@ -53,11 +53,13 @@ use nix::sys::signal::Signal;
 use serde::de::DeserializeOwned;
 
 mod depends;
+mod key;
 mod problem;
 
 pub use depends::{Condition, Dependency};
-pub use problem::{Key, ManifestError, Problem, ProblemKind};
+pub use key::Key;
 use problem::{LIST_AT_MOST, one_line};
+pub use problem::{ManifestError, Problem, ProblemKind};
 
 /// The longest duration any key takes (`ready.timeout`, `stop_timeout`,
 /// `restart_window`): 24 hours. Everything the supervisor computes from a

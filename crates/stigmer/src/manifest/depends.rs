@@ -14,7 +14,8 @@
 
 use std::fmt;
 
-use super::problem::{Key, ProblemKind, one_line};
+use super::key::Key;
+use super::problem::{ProblemKind, one_line};
 
 /// How far a dependency must have got before its dependent starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
