@@ -35,15 +35,28 @@
 //! its service, its [`Key`] and a [`ProblemKind`]. Services come out in
 //! dependency order, planned in O(n log n) for n services.
 //!
-//! Limits: every duration is at most [`MAX_DURATION`] (24h); `ready.timeout`
-//! is at least 1ms, `restart_window` and `stop_timeout` may be 0
-//! (SIGKILL right after the stop signal); `max_restarts` is 0 to
-//! [`MAX_RESTARTS`].
+//! A service may have a liveness check, checked once it is ready:
+//!
+//! ```toml
+//! health = { http = "http://127.0.0.1:7234/healthz", interval = "10s", timeout = "5s", retries = 3 }
+//! health = { exec = ["pg_isready", "-q"], start_period = "30s" }
+//! ```
+//!
+//! `health` takes one of `http`, `tcp` and `exec` (not `log`), and `ready`
+//! takes `exec` too: a command run on the host, passing when it exits 0,
+//! found (in `PATH` for a bare name) when the manifest is checked. See
+//! [`Health`] and [`Check::Exec`].
+//!
+//! Limits: every duration is at most [`MAX_DURATION`] (24h); `ready.timeout`,
+//! `health.interval` and `health.timeout` are at least 1ms, `restart_window`,
+//! `stop_timeout` and `health.start_period` may be 0 (SIGKILL right after
+//! the stop signal); `max_restarts` is 0 to [`MAX_RESTARTS`],
+//! `health.retries` 1 to [`MAX_HEALTH_RETRIES`].
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs as _};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr as _;
 use std::sync::Arc;
@@ -52,6 +65,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde::de::DeserializeOwned;
 
+mod check;
 mod depends;
 mod key;
 mod problem;
@@ -69,6 +83,12 @@ pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 pub const MAX_RESTARTS: u32 = 1000;
 /// The shortest `ready.timeout`: 0 would give a check no time at all.
 pub const MIN_READY_TIMEOUT: Duration = Duration::from_millis(1);
+/// The shortest `health.interval`: 0 would run checks back to back.
+pub const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(1);
+/// The shortest `health.timeout`: 0 would give a check no time at all.
+pub const MIN_HEALTH_TIMEOUT: Duration = Duration::from_millis(1);
+/// The most `health.retries` allows.
+pub const MAX_HEALTH_RETRIES: u32 = 1000;
 /// The shortest `restart_window`: any. One shorter than the backoff (250ms
 /// at first) forgets every restart before the next, so the service is
 /// restarted for ever, every 250ms: a choice, not a mistake.
@@ -101,6 +121,9 @@ pub struct Service {
     pub cwd: Option<PathBuf>,
     /// How to tell it is ready; `None`: as soon as it has started.
     pub ready: Option<Ready>,
+    /// How to tell it is still alive once ready; `None`: it is not
+    /// checked.
+    pub health: Option<Health>,
     /// The services it waits for before it starts, each with how far it
     /// must have got: every name is another service of the manifest (none
     /// twice in the table form), and a `completed_successfully` one is not
@@ -132,7 +155,30 @@ pub struct Ready {
     pub timeout: Duration,
 }
 
-/// What makes a service ready.
+/// A liveness check: run every `interval` while the service runs and is
+/// ready; after `retries` failures in a row the service is restarted by its
+/// policy (with `restart = "no"`, the server fails).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Health {
+    /// What to check: [`Check::Http`], [`Check::Tcp`] or [`Check::Exec`],
+    /// never [`Check::Log`].
+    pub check: Check,
+    /// From the service being ready, or the end of one check, to the next
+    /// check: [`MIN_HEALTH_INTERVAL`] to [`MAX_DURATION`].
+    pub interval: Duration,
+    /// How long one check may take before it counts as failed:
+    /// [`MIN_HEALTH_TIMEOUT`] to [`MAX_DURATION`].
+    pub timeout: Duration,
+    /// How many failures in a row make it unhealthy: 1 to
+    /// [`MAX_HEALTH_RETRIES`].
+    pub retries: u32,
+    /// How long after it became ready a failed check does not count (up to
+    /// [`MAX_DURATION`]; 0 by default).
+    pub start_period: Duration,
+}
+
+/// What makes a service ready, or shows that it is still alive.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Check {
@@ -149,8 +195,18 @@ pub enum Check {
     },
     /// A TCP connection accepted.
     Tcp(SocketAddr),
-    /// A line of its output containing this text.
+    /// A line of its output containing this text (`ready` only).
     Log(String),
+    /// A command run on the host, beside the service, with the service's
+    /// `env` and `cwd`: it passes when it exits with status 0 in time.
+    Exec {
+        /// The command line as written: `argv[0]`, then its arguments (not
+        /// empty; none holds a NUL byte).
+        argv: Vec<String>,
+        /// The executable `argv[0]` named, absolute, found when the
+        /// manifest was checked (a bare name in `PATH`).
+        program: PathBuf,
+    },
 }
 
 /// When a service that exits on its own is started again.
@@ -175,7 +231,6 @@ impl fmt::Display for Restart {
     }
 }
 
-const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_RESTARTS: u32 = 5;
@@ -361,9 +416,17 @@ fn check_service(
 
     let ready = match fields.get(Key::Ready.name()) {
         None => None,
-        Some(toml::Value::Table(ready)) => check_ready(ready, problems),
+        Some(toml::Value::Table(ready)) => check::ready(ready, problems),
         Some(_) => {
             field::<toml::Table>(fields, Key::Ready, problems);
+            None
+        }
+    };
+    let health = match fields.get(Key::Health.name()) {
+        None => None,
+        Some(toml::Value::Table(health)) => check::health(health, problems),
+        Some(_) => {
+            field::<toml::Table>(fields, Key::Health, problems);
             None
         }
     };
@@ -444,6 +507,7 @@ fn check_service(
             env,
             cwd,
             ready,
+            health,
             depends_on,
             restart,
             max_restarts,
@@ -508,81 +572,6 @@ fn duration(
         return Err(ProblemKind::TooShort { key, value, min });
     }
     Ok(d)
-}
-
-fn check_ready(ready: &toml::Table, problems: &mut Vec<ProblemKind>) -> Option<Ready> {
-    let before = problems.len();
-    let names = Key::READY.map(Key::name);
-    for key in ready.keys().filter(|k| !names.contains(&k.as_str())) {
-        problems.push(ProblemKind::UnknownReadyKey { key: key.clone() });
-    }
-    let mut text = |key: Key| field::<String>(ready, key, problems);
-    let (http, tcp, log, timeout) =
-        (text(Key::ReadyHttp), text(Key::ReadyTcp), text(Key::ReadyLog), text(Key::ReadyTimeout));
-    let timeout = duration(Key::ReadyTimeout, timeout, DEFAULT_READY_TIMEOUT, MIN_READY_TIMEOUT)
-        .map_err(|e| problems.push(e))
-        .ok();
-    if problems.len() > before {
-        return None;
-    }
-    let check = match (http, tcp, log) {
-        (Some(url), None, None) => http_check(&url),
-        (None, Some(addr), None) => socket_addr(Key::ReadyTcp, &addr).map(Check::Tcp),
-        (None, None, Some(text)) if !text.is_empty() => Ok(Check::Log(text)),
-        (None, None, Some(_)) => Err(ProblemKind::EmptyReadyLog),
-        _ => Err(ProblemKind::NotOneCheck),
-    };
-    match (check, timeout) {
-        (Ok(check), Some(timeout)) => Some(Ready { check, timeout }),
-        (Err(e), _) => {
-            problems.push(e);
-            None
-        }
-        (Ok(_), None) => None,
-    }
-}
-
-fn http_check(url: &str) -> Result<Check, ProblemKind> {
-    let bad = || ProblemKind::NotHttpUrl { url: url.to_owned() };
-    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(ProblemKind::SpaceInUrl { url: url.to_owned() });
-    }
-    let rest = url.strip_prefix("http://").ok_or_else(bad)?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    if authority.is_empty() || authority.contains('@') {
-        return Err(bad());
-    }
-    let with_port =
-        if has_port(authority) { authority.to_owned() } else { format!("{authority}:80") };
-    let addr = socket_addr(Key::ReadyHttp, &with_port)?;
-    Ok(Check::Http { url: url.to_owned(), addr, host: authority.to_owned(), path: path.to_owned() })
-}
-
-fn has_port(authority: &str) -> bool {
-    match authority.rsplit_once(':') {
-        Some((host, port)) => {
-            !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !host.ends_with(':')
-        }
-        None => false,
-    }
-}
-
-fn socket_addr(key: Key, address: &str) -> Result<SocketAddr, ProblemKind> {
-    let fix = || ProblemKind::NotHostPort { key, address: address.to_owned() };
-    if let Ok(addr) = address.parse() {
-        return Ok(addr);
-    }
-    let (host, port) = address.rsplit_once(':').ok_or_else(fix)?;
-    port.parse::<u16>().map_err(|_| fix())?;
-    if host.is_empty() || host.contains('\0') {
-        return Err(fix());
-    }
-    address.to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or_else(|| {
-        ProblemKind::Unresolved { key, address: address.to_owned(), host: host.to_owned() }
-    })
 }
 
 /// Plans the start order of `nodes` (sorted by name): their indices, each

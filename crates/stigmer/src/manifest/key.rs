@@ -1,9 +1,9 @@
-//! The keys a manifest takes: a service's, and those of its `ready`
-//! table, as [`Key`] values that problems name.
+//! The keys a manifest takes: a service's, and those of its `ready` and
+//! `health` tables, as [`Key`] values that problems name.
 
 use std::fmt;
 
-/// A key of a service, or of its `ready` table.
+/// A key of a service, or of its `ready` or `health` table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Key {
@@ -17,6 +17,8 @@ pub enum Key {
     Cwd,
     /// `ready`.
     Ready,
+    /// `health`.
+    Health,
     /// `depends_on`.
     DependsOn,
     /// `restart`.
@@ -39,16 +41,33 @@ pub enum Key {
     ReadyLog,
     /// `ready.timeout`.
     ReadyTimeout,
+    /// `ready.exec`.
+    ReadyExec,
+    /// `health.http`.
+    HealthHttp,
+    /// `health.tcp`.
+    HealthTcp,
+    /// `health.exec`.
+    HealthExec,
+    /// `health.interval`.
+    HealthInterval,
+    /// `health.timeout`.
+    HealthTimeout,
+    /// `health.retries`.
+    HealthRetries,
+    /// `health.start_period`.
+    HealthStartPeriod,
 }
 
 impl Key {
     /// The keys of a service, in the order messages list them.
-    pub(super) const SERVICE: [Key; 12] = [
+    pub(super) const SERVICE: [Key; 13] = [
         Key::Payload,
         Key::Args,
         Key::Env,
         Key::Cwd,
         Key::Ready,
+        Key::Health,
         Key::DependsOn,
         Key::Restart,
         Key::MaxRestarts,
@@ -58,8 +77,18 @@ impl Key {
         Key::ReloadSignal,
     ];
     /// The keys of `ready`.
-    pub(super) const READY: [Key; 4] =
-        [Key::ReadyHttp, Key::ReadyTcp, Key::ReadyLog, Key::ReadyTimeout];
+    pub(super) const READY: [Key; 5] =
+        [Key::ReadyHttp, Key::ReadyTcp, Key::ReadyLog, Key::ReadyExec, Key::ReadyTimeout];
+    /// The keys of `health`.
+    pub(super) const HEALTH: [Key; 7] = [
+        Key::HealthHttp,
+        Key::HealthTcp,
+        Key::HealthExec,
+        Key::HealthInterval,
+        Key::HealthTimeout,
+        Key::HealthRetries,
+        Key::HealthStartPeriod,
+    ];
 
     /// The key as messages write it: `stop_timeout`, `ready.tcp`.
     pub fn as_str(self) -> &'static str {
@@ -69,6 +98,7 @@ impl Key {
             Key::Env => "env",
             Key::Cwd => "cwd",
             Key::Ready => "ready",
+            Key::Health => "health",
             Key::DependsOn => "depends_on",
             Key::Restart => "restart",
             Key::MaxRestarts => "max_restarts",
@@ -80,13 +110,21 @@ impl Key {
             Key::ReadyTcp => "ready.tcp",
             Key::ReadyLog => "ready.log",
             Key::ReadyTimeout => "ready.timeout",
+            Key::ReadyExec => "ready.exec",
+            Key::HealthHttp => "health.http",
+            Key::HealthTcp => "health.tcp",
+            Key::HealthExec => "health.exec",
+            Key::HealthInterval => "health.interval",
+            Key::HealthTimeout => "health.timeout",
+            Key::HealthRetries => "health.retries",
+            Key::HealthStartPeriod => "health.start_period",
         }
     }
 
-    /// Its name in its own table: `tcp` for `ready.tcp`.
+    /// Its name in its own table: `tcp` for `ready.tcp` or `health.tcp`.
     pub(super) fn name(self) -> &'static str {
         let key = self.as_str();
-        key.strip_prefix("ready.").unwrap_or(key)
+        key.strip_prefix("ready.").or_else(|| key.strip_prefix("health.")).unwrap_or(key)
     }
 
     /// An example of its value, for a fix.
@@ -111,6 +149,19 @@ impl Key {
             Key::ReadyHttp => "ready = { http = \"http://127.0.0.1:8080/healthz\" }",
             Key::ReadyTcp => "ready = { tcp = \"127.0.0.1:8080\" }",
             Key::ReadyLog => "ready = { log = \"listening\" }",
+            Key::ReadyExec => "ready = { exec = [\"pg_isready\", \"-q\"] }",
+            Key::Health => {
+                "health = { http = \"http://127.0.0.1:8080/healthz\", interval = \"10s\" }"
+            }
+            Key::HealthHttp => "health = { http = \"http://127.0.0.1:8080/healthz\" }",
+            Key::HealthTcp => "health = { tcp = \"127.0.0.1:8080\" }",
+            Key::HealthExec => "health = { exec = [\"pg_isready\", \"-q\"] }",
+            Key::HealthInterval => "health = { tcp = \"127.0.0.1:8080\", interval = \"10s\" }",
+            Key::HealthTimeout => "health = { tcp = \"127.0.0.1:8080\", timeout = \"5s\" }",
+            Key::HealthRetries => "health = { tcp = \"127.0.0.1:8080\", retries = 3 }",
+            Key::HealthStartPeriod => {
+                "health = { tcp = \"127.0.0.1:8080\", start_period = \"30s\" }"
+            }
         }
     }
 }
@@ -130,7 +181,8 @@ mod tests {
         assert_eq!(Key::ReadyTimeout.to_string(), "ready.timeout");
         assert_eq!(Key::ReadyTimeout.name(), "timeout");
         assert_eq!(Key::StopSignal.name(), "stop_signal");
-        for key in Key::SERVICE.into_iter().chain(Key::READY) {
+        assert_eq!(Key::HealthStartPeriod.name(), "start_period");
+        for key in Key::SERVICE.into_iter().chain(Key::READY).chain(Key::HEALTH) {
             assert!(key.example().starts_with(key.as_str().split('.').next().unwrap()), "{key}");
         }
     }

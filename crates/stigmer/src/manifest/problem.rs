@@ -16,8 +16,8 @@ use std::time::Duration;
 use nix::errno::Errno;
 use stigmer_build::NameError;
 
-use super::MAX_RESTARTS;
 use super::key::Key;
+use super::{MAX_HEALTH_RETRIES, MAX_RESTARTS};
 
 /// Up to this many names are listed in a message; more are counted.
 pub(super) const LIST_AT_MOST: usize = 20;
@@ -203,11 +203,22 @@ pub enum ProblemKind {
 
     /// A key `ready` does not take.
     #[error(
-        "unknown key {:?} (ready takes one of http, tcp, log, and timeout)",
+        "unknown key {:?} (ready takes one of http, tcp, log or exec, and timeout)",
         ready_key(.key)
     )]
     UnknownReadyKey {
         /// The key, without `ready.`.
+        key: String,
+    },
+
+    /// A key `health` does not take.
+    #[error(
+        "unknown key {:?} (health takes one of http, tcp or exec, and interval, timeout, \
+         retries, start_period)",
+        format!("health.{key}")
+    )]
+    UnknownHealthKey {
+        /// The key, without `health.`.
         key: String,
     },
 
@@ -401,24 +412,93 @@ pub enum ProblemKind {
     #[error("ready.log is empty: give the text of the line that means ready")]
     EmptyReadyLog,
 
-    /// `ready` has none, or more than one, of `http`, `tcp` and `log`.
+    /// `ready` has none, or more than one, of `http`, `tcp`, `log` and
+    /// `exec`.
     #[error(
-        "ready takes exactly one of http, tcp or log: e.g. ready = {{ tcp = \"127.0.0.1:8080\" }}"
+        "ready takes exactly one of http, tcp, log or exec: e.g. ready = {{ tcp = \
+         \"127.0.0.1:8080\" }}"
     )]
     NotOneCheck,
 
-    /// `ready.http` holds a space or control character.
-    #[error("ready.http {url:?} holds a space or control character: percent-encode it (%20)")]
+    /// `health` has none, or more than one, of `http`, `tcp` and `exec`.
+    #[error(
+        "health takes exactly one of http, tcp or exec: e.g. health = {{ tcp = \
+         \"127.0.0.1:8080\" }}"
+    )]
+    NotOneHealthCheck,
+
+    /// `health.log`: a line written once says nothing about later.
+    #[error(
+        "health cannot be a log check (a line written once says nothing about later): use \
+         http, tcp or exec, e.g. health = {{ tcp = \"127.0.0.1:8080\" }}"
+    )]
+    LogHealth,
+
+    /// `ready.exec` or `health.exec` is empty, or its command is `""`.
+    #[error("{key} has no command: write e.g. exec = [\"pg_isready\", \"-q\"]")]
+    EmptyExec {
+        /// `ready.exec` or `health.exec`.
+        key: Key,
+    },
+
+    /// An `exec` argument holds a NUL byte.
+    #[error("{key}[{index}] {arg:?} holds a NUL byte, which no argument can: remove it")]
+    NulInExec {
+        /// `ready.exec` or `health.exec`.
+        key: Key,
+        /// Its index in the command line.
+        index: usize,
+        /// The argument.
+        arg: String,
+    },
+
+    /// An `exec` command named without a `/` is in no folder of `PATH`.
+    #[error("{key}: {program:?} is not found in PATH: install it, or give its full path")]
+    ExecNotFound {
+        /// `ready.exec` or `health.exec`.
+        key: Key,
+        /// The command as written.
+        program: String,
+    },
+
+    /// An `exec` command given as a path is not an executable file.
+    #[error(
+        "{key}: {} is not an executable file: fix the path, or its permissions",
+        shown(.program, .path)
+    )]
+    ExecNotExecutable {
+        /// `ready.exec` or `health.exec`.
+        key: Key,
+        /// The command as written.
+        program: String,
+        /// The command made absolute.
+        path: PathBuf,
+    },
+
+    /// `health.retries` is below 1 or above [`MAX_HEALTH_RETRIES`].
+    #[error(
+        "health.retries {value} is out of range: use 1 (unhealthy at the first failed check) to \
+         {MAX_HEALTH_RETRIES}"
+    )]
+    RetriesOutOfRange {
+        /// The value.
+        value: i64,
+    },
+
+    /// An `http` check holds a space or control character.
+    #[error("{key} {url:?} holds a space or control character: percent-encode it (%20)")]
     SpaceInUrl {
+        /// `ready.http` or `health.http`.
+        key: Key,
         /// The URL.
         url: String,
     },
 
-    /// `ready.http` is not an `http://` URL stigmer can check.
-    #[error(
-        "ready.http {url:?} is not an http:// URL: write e.g. \"http://127.0.0.1:8080/healthz\""
-    )]
+    /// An `http` check is not an `http://` URL stigmer can check.
+    #[error("{key} {url:?} is not an http:// URL: write e.g. \"http://127.0.0.1:8080/healthz\"")]
     NotHttpUrl {
+        /// `ready.http` or `health.http`.
+        key: Key,
         /// The URL.
         url: String,
     },
@@ -426,9 +506,9 @@ pub enum ProblemKind {
     /// An address that is not `host:port`.
     #[error("{key} {address:?} is not a host:port address: write e.g. \"127.0.0.1:8080\"")]
     NotHostPort {
-        /// `ready.tcp` or `ready.http`.
+        /// `ready.tcp`, `ready.http`, `health.tcp` or `health.http`.
         key: Key,
-        /// The address (for `ready.http`, the URL's host and port).
+        /// The address (for `http`, the URL's host and port).
         address: String,
     },
 
@@ -437,9 +517,9 @@ pub enum ProblemKind {
         "{key} {address:?}: cannot resolve {host:?}: use an IP address or a name in /etc/hosts"
     )]
     Unresolved {
-        /// `ready.tcp` or `ready.http`.
+        /// `ready.tcp`, `ready.http`, `health.tcp` or `health.http`.
         key: Key,
-        /// The address (for `ready.http`, the URL's host and port).
+        /// The address (for `http`, the URL's host and port).
         address: String,
         /// Its host.
         host: String,
@@ -518,6 +598,8 @@ impl ProblemKind {
             | ServiceNotTable
             | UnknownKey { .. } => return None,
             UnknownReadyKey { .. } | NotOneCheck => Key::Ready,
+            UnknownHealthKey { .. } | NotOneHealthCheck | LogHealth => Key::Health,
+            RetriesOutOfRange { .. } => Key::HealthRetries,
             WrongType { key, .. }
             | NotASignal { key, .. }
             | UncatchableSignal { key, .. }
@@ -525,7 +607,13 @@ impl ProblemKind {
             | TooLong { key, .. }
             | TooShort { key, .. }
             | NotHostPort { key, .. }
-            | Unresolved { key, .. } => *key,
+            | Unresolved { key, .. }
+            | EmptyExec { key }
+            | NulInExec { key, .. }
+            | ExecNotFound { key, .. }
+            | ExecNotExecutable { key, .. }
+            | SpaceInUrl { key, .. }
+            | NotHttpUrl { key, .. } => *key,
             UnknownPayload { .. } => Key::Payload,
             NulInArg { .. } => Key::Args,
             BadEnvName { .. } | NulInEnvValue { .. } => Key::Env,
@@ -539,7 +627,6 @@ impl ProblemKind {
             UnknownRestart { .. } => Key::Restart,
             MaxRestartsOutOfRange { .. } => Key::MaxRestarts,
             EmptyReadyLog => Key::ReadyLog,
-            SpaceInUrl { .. } | NotHttpUrl { .. } => Key::ReadyHttp,
             DependsOnItself { .. }
             | UnknownDependency { .. }
             | UnknownCondition { .. }
@@ -564,10 +651,15 @@ fn service_keys() -> String {
 
 /// `cwd` in a message: as written, and where it led when that differs.
 fn cwd_shown(cwd: &str, path: &Path) -> String {
-    if path.as_os_str() == cwd {
-        format!("cwd {path:?}")
+    format!("cwd {}", shown(cwd, path))
+}
+
+/// A path as written, and where it led when that differs.
+fn shown(written: &str, path: &Path) -> String {
+    if path.as_os_str() == written {
+        format!("{path:?}")
     } else {
-        format!("cwd {cwd:?} (here {path:?})")
+        format!("{written:?} (here {path:?})")
     }
 }
 
@@ -583,11 +675,14 @@ fn uncatchable(key: Key, value: &str) -> String {
 }
 
 fn too_short_fix(key: Key) -> &'static str {
-    if key == Key::ReadyTimeout {
-        "give the service time to become ready, e.g. \"20s\", or remove `ready` to count it \
-         ready once started"
-    } else {
-        "e.g. \"60s\""
+    match key {
+        Key::ReadyTimeout => {
+            "give the service time to become ready, e.g. \"20s\", or remove `ready` to count \
+             it ready once started"
+        }
+        Key::HealthInterval => "e.g. \"10s\"",
+        Key::HealthTimeout => "give each check time, e.g. \"5s\"",
+        _ => "e.g. \"60s\"",
     }
 }
 

@@ -49,6 +49,7 @@
 //!   thread, which the supervisor waits for at most [`WRITER_GRACE`] at the
 //!   end (stdout may be a pipe nobody reads).
 
+mod checks;
 mod crash;
 mod failure;
 pub mod guard;
@@ -77,6 +78,7 @@ use tracing::{debug, info, warn};
 use crate::manifest::{Check, Manifest, Service};
 use crate::{Catalog, Error, Launch, Prepared, Result};
 
+use self::checks::{Checks, Runner};
 use self::failure::SpawnError;
 use self::logs::{Format, Line, Stream};
 use self::machine::{Action, Event, Machine, Timer};
@@ -158,12 +160,15 @@ pub async fn serve(
         logs::writer(Format { names, json: options.json_logs, color: options.color })
             .map_err(|source| Error::Exec { name: "stigmer server".into(), source })?;
     let prepared = manifest.services.iter().map(|s| prepared[&s.payload].clone()).collect();
+    let (checks, runner, mut check_requests) = Checks::new();
     let mut sup = Supervisor {
         machine: Machine::new(manifest.services, t0),
         prepared,
         events: events_tx,
         lines,
         home: std::thread::current().id(),
+        checks,
+        runner,
     };
 
     // First what already happened (the guard may have died while the
@@ -176,6 +181,7 @@ pub async fn serve(
     while !sup.machine.finished() {
         tokio::select! {
             Some(event) = events.recv() => sup.feed(event),
+            Some(request) = check_requests.recv() => sup.checks.handle(sup.home, request),
             sig = signals.recv() => match sig {
                 Sig::Child => sup.on_child(),
                 Sig::Stop(sig) => sup.feed(Event::Stop(sig)),
@@ -189,8 +195,10 @@ pub async fn serve(
     // The writer ends once every sender of lines is gone: ours goes here
     // (a `..` pattern would keep it alive until the function returns, and
     // every clean stop would wait out WRITER_GRACE).
-    let Supervisor { machine, lines, .. } = sup;
+    let Supervisor { machine, lines, mut checks, .. } = sup;
     drop(lines);
+    // Checks still running are of no use now; they are reaped below.
+    checks.kill_all();
     let mut hurry = machine.hurry();
     stop_escapees(&mut hurry, &mut signals, &mut events).await;
     let outcome = machine.outcome();
@@ -319,6 +327,10 @@ struct Supervisor {
     lines: mpsc::Sender<Line>,
     /// The thread that runs the supervisor, the only one that spawns.
     home: ThreadId,
+    /// The `exec` checks running.
+    checks: Checks,
+    /// Given to the tasks that want `exec` checks run.
+    runner: Runner,
 }
 
 impl Supervisor {
@@ -352,6 +364,9 @@ impl Supervisor {
     /// Reaps every child that ended and tells the machine about services.
     fn on_child(&mut self) {
         for (pid, exit) in reap::reap() {
+            if self.checks.reaped(pid, exit) {
+                continue;
+            }
             match self.machine.service_of(pid) {
                 Some(svc) => {
                     crash::record(svc, None);
@@ -435,13 +450,17 @@ impl Supervisor {
     /// check is made by the readers of its output; here only its timeout
     /// runs.)
     fn check_ready(&self, i: usize, run: u64) {
-        let Some(ready) = self.machine.spec(i).ready.clone() else { return };
-        let events = self.events.clone();
+        let spec = self.machine.spec(i).clone();
+        let Some(ready) = spec.ready.clone() else { return };
+        let (events, runner) = (self.events.clone(), self.runner.clone());
         tokio::spawn(async move {
             let verdict = match ready.check {
                 Check::Log(text) => {
                     tokio::time::sleep(ready.timeout).await;
                     Err(NotReady::NoLine { text })
+                }
+                check @ Check::Exec { .. } => {
+                    checks::wait_exec(&runner, &spec, &check, ready.timeout).await
                 }
                 check => readiness::wait(&check, ready.timeout).await,
             };
@@ -531,7 +550,7 @@ fn spawn_service(home: ThreadId, prepared: &Prepared, cmd: &mut Command) -> Resu
 fn address_taken(spec: &Service) -> Option<(std::net::SocketAddr, Option<String>)> {
     let addr = match &spec.ready.as_ref()?.check {
         Check::Tcp(addr) | Check::Http { addr, .. } => *addr,
-        Check::Log(_) => return None,
+        Check::Log(_) | Check::Exec { .. } => return None,
     };
     std::net::TcpStream::connect_timeout(&addr, ADDRESS_CHECK).ok()?;
     Some((addr, sys::who_listens(addr)))
