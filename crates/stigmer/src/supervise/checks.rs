@@ -274,3 +274,15 @@ pub(crate) async fn wait_exec(
         left = deadline.saturating_duration_since(Instant::now());
     }
 }
+/// Runs one health check `check` of service `spec`, for at most `within`.
+pub(crate) async fn health_once(
+    runner: &Runner,
+    spec: &Service,
+    check: &Check,
+    within: Duration,
+) -> Result<(), NotReady> {
+    match check {
+        Check::Exec { argv, program } => runner.run(spec, argv, program, within).await,
+        check => readiness::attempt(check, within).await,
+    }
+}

@@ -111,6 +111,43 @@ pub enum Failure {
         window: Duration,
     },
 
+    /// The service failed its health check `retries` times in a row, and
+    /// its policy is `restart = "no"`.
+    #[error(
+        "{service} is unhealthy after {} (the last: {last}), and its restart policy is \"no\"",
+        failed_checks(*failures)
+    )]
+    Unhealthy {
+        /// The service.
+        service: String,
+        /// The failures in a row.
+        failures: u32,
+        /// What the last check said.
+        last: String,
+    },
+
+    /// The service was restarted `max_restarts` times within
+    /// `restart_window` and was found unhealthy again.
+    #[error(
+        "{service} was restarted {} within {} and is unhealthy again after {} (the last: \
+         {last}): giving up",
+        times(*max_restarts),
+        format_duration(*window),
+        failed_checks(*failures)
+    )]
+    GaveUpUnhealthy {
+        /// The service.
+        service: String,
+        /// The failures in a row of its last run.
+        failures: u32,
+        /// What the last check said.
+        last: String,
+        /// Its `max_restarts`.
+        max_restarts: u32,
+        /// Its `restart_window`.
+        window: Duration,
+    },
+
     /// The guard process (see [`guard`](super::guard)) ended, so every
     /// service was killed.
     #[error("the guard process ended")]
@@ -149,6 +186,22 @@ impl SpawnError {
             }
             SpawnError::Launch(source) => Failure::Spawn { service, source },
         }
+    }
+}
+
+/// "1 failed health check", "3 failed health checks in a row".
+pub(crate) fn failed_checks(n: u32) -> String {
+    match n {
+        1 => "1 failed health check".to_owned(),
+        n => format!("{n} failed health checks in a row"),
+    }
+}
+
+/// "once", "3 times".
+fn times(n: u32) -> String {
+    match n {
+        1 => "once".to_owned(),
+        n => format!("{n} times"),
     }
 }
 
@@ -220,6 +273,25 @@ mod tests {
             completed.to_string(),
             "api cannot start: it waits for db to be healthy, but db completed (exited with \
              status 0) and its restart policy does not run it again"
+        );
+        let unhealthy =
+            Failure::Unhealthy { service: "api".into(), failures: 3, last: "refused".into() };
+        assert_eq!(
+            unhealthy.to_string(),
+            "api is unhealthy after 3 failed health checks in a row (the last: refused), and its \
+             restart policy is \"no\""
+        );
+        let gave_up = Failure::GaveUpUnhealthy {
+            service: "api".into(),
+            failures: 2,
+            last: "refused".into(),
+            max_restarts: 5,
+            window: Duration::from_secs(60),
+        };
+        assert_eq!(
+            gave_up.to_string(),
+            "api was restarted 5 times within 1m and is unhealthy again after 2 failed health \
+             checks in a row (the last: refused): giving up"
         );
         let killed = Failure::Killed { services: vec!["a".into(), "b".into()] };
         assert_eq!(killed.to_string(), "a, b had to be killed");

@@ -34,13 +34,23 @@
 //!   never start. So does a completed service that a waiting dependent
 //!   needed `healthy`. "All services running" means every service is
 //!   ready or completed, and at least one runs.
+//! - **Liveness.** A service with a `health` check is checked every
+//!   `interval` while it runs and is ready (timers, then
+//!   [`Action::CheckHealth`]); a pass resets the count, and `retries`
+//!   failures in a row (not counting those within `start_period` of its
+//!   readiness) make it unhealthy: it is stopped as in a shutdown (stop
+//!   signal, SIGKILL after `stop_timeout`) and its exit is a failure for
+//!   its restart policy; with `restart = "no"` the server fails. No check
+//!   runs in a shutdown. See the `health` module.
 //! - **Stop.** In a shutdown a running service gets its stop signal once no
 //!   service that depends on it still runs (reverse dependency order), and
 //!   SIGKILL when its `stop_timeout` timer fires first. A second stop
 //!   signal, or the guard's end, SIGKILLs every group at once.
 //!
-//! Events about an earlier run of a service (a readiness verdict, a timer)
-//! carry its run number and are ignored once it has been spawned again.
+//! Events about an earlier run of a service (a readiness or health verdict,
+//! a timer) carry its run number and are ignored once it has been spawned
+//! again. The last readiness and health results of each service are kept
+//! for a status to read ([`Machine::readiness`], [`Machine::health`]).
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -58,6 +68,10 @@ use super::readiness::NotReady;
 use super::reap::Exit;
 use super::restart::{Decision, History};
 
+mod health;
+
+pub(crate) use health::CheckResult;
+
 /// Something that happened, for the machine to act on.
 #[derive(Debug)]
 pub(crate) enum Event {
@@ -69,6 +83,10 @@ pub(crate) enum Event {
     Ready { svc: usize, run: u64 },
     /// Run `run` of service `svc` failed its readiness check.
     NotReady { svc: usize, run: u64, why: NotReady },
+    /// Run `run` of service `svc` passed a health check.
+    Healthy { svc: usize, run: u64 },
+    /// Run `run` of service `svc` failed a health check.
+    Unhealthy { svc: usize, run: u64, why: NotReady },
     /// Service `svc` (its process group leader) ended and was reaped.
     Exited { svc: usize, exit: Exit },
     /// A timer armed by [`Action::Arm`] fired.
@@ -90,6 +108,9 @@ pub(crate) enum Action {
     /// Start the readiness check of run `run` of service `svc`; it reports
     /// [`Event::Ready`] or [`Event::NotReady`].
     CheckReady { svc: usize, run: u64 },
+    /// Run one health check of run `run` of service `svc`; it reports
+    /// [`Event::Healthy`] or [`Event::Unhealthy`].
+    CheckHealth { svc: usize, run: u64 },
     /// Send `signal` to the process group `pid` of service `svc`.
     Signal { svc: usize, pid: Pid, signal: Signal },
     /// Report [`Event::Timer`] with `timer` at `at`.
@@ -104,6 +125,8 @@ pub(crate) enum Timer {
     /// Run `run` of service `svc` was sent its stop signal; its
     /// `stop_timeout` is over.
     StopDeadline { svc: usize, run: u64 },
+    /// Run `run` of service `svc` is due for a health check.
+    Health { svc: usize, run: u64 },
 }
 
 /// Where one service is.
@@ -153,6 +176,9 @@ struct Svc {
     /// `completed_successfully`, so its exit 0 completes it instead of
     /// stopping the server.
     job: bool,
+    /// Its liveness: failures in a row, when its run became ready, and
+    /// the last results.
+    live: health::Live,
 }
 
 /// The supervisor's state and rules.
@@ -202,6 +228,7 @@ impl Machine {
                 state: State::Waiting,
                 run: 0,
                 history: History::default(),
+                live: health::Live::default(),
             })
             .collect();
         Machine {
@@ -217,6 +244,18 @@ impl Machine {
     /// The manifest entry of service `svc`.
     pub(crate) fn spec(&self, svc: usize) -> &Service {
         &self.services[svc].spec
+    }
+
+    /// The last result of service `svc`'s readiness check, if it ran.
+    #[cfg_attr(not(test), allow(dead_code, reason = "for the status snapshot"))]
+    pub(crate) fn readiness(&self, svc: usize) -> Option<&CheckResult> {
+        self.services[svc].live.ready.as_ref()
+    }
+
+    /// The last result of service `svc`'s health check, if one ran.
+    #[cfg_attr(not(test), allow(dead_code, reason = "for the status snapshot"))]
+    pub(crate) fn health(&self, svc: usize) -> Option<&CheckResult> {
+        self.services[svc].live.health.as_ref()
     }
 
     /// The service whose process group leader is `pid`, while it runs.
@@ -262,8 +301,9 @@ impl Machine {
             }
             Event::Ready { svc, run } => self.on_ready(now, svc, run),
             Event::NotReady { svc, run, why } => {
-                let s = &self.services[svc];
+                let s = &mut self.services[svc];
                 if s.run == run && matches!(s.state, State::Running { ready: false, .. }) {
+                    s.live.ready = Some(CheckResult::failed(now, run, &why, 1));
                     let failure = Failure::NotReady {
                         service: s.spec.name.clone(),
                         timeout: s.spec.ready.as_ref().map(|r| r.timeout).unwrap_or_default(),
@@ -272,6 +312,9 @@ impl Machine {
                     self.begin_shutdown(Shutdown::Failed(failure));
                 }
             }
+            Event::Healthy { svc, run } => self.on_healthy(now, svc, run),
+            Event::Unhealthy { svc, run, why } => self.on_unhealthy(now, svc, run, why),
+            Event::Timer(Timer::Health { svc, run }) => self.on_health_due(svc, run),
             Event::Exited { svc, exit } => self.on_exit(now, svc, exit),
             Event::Timer(Timer::Restart { svc, run }) => {
                 let s = &self.services[svc];
@@ -390,6 +433,7 @@ impl Machine {
         let s = &mut self.services[svc];
         s.run += 1;
         s.state = State::Starting;
+        s.live.unhealthy = false;
         self.actions.push_back(Action::Spawn { svc, run: s.run });
     }
 
@@ -415,7 +459,10 @@ impl Machine {
         }
         if let State::Running { pid, ready: false, since } = s.state {
             s.state = State::Running { pid, ready: true, since };
-            info!("{}: ready in {:.2}s", s.spec.name, secs(now, since));
+            let message = format!("ready in {:.2}s", secs(now, since));
+            info!("{}: {message}", s.spec.name);
+            s.live.ready = Some(CheckResult::passed(now, run, message));
+            self.start_health(now, svc);
         }
         self.note_all_ready(now);
     }
@@ -442,6 +489,9 @@ impl Machine {
         // Whatever the leader left in its group goes with it.
         self.actions.push_back(Action::Signal { svc, pid, signal: Signal::SIGKILL });
         match s.state {
+            State::Stopping { .. } if s.live.unhealthy && self.shutdown.is_none() => {
+                self.after_unhealthy(now, svc, exit);
+            }
             State::Stopping { killed, .. } => {
                 info!("{}: stopped ({exit})", s.spec.name);
                 s.state = State::Done { clean: !killed };

@@ -37,7 +37,11 @@
 //!   nothing.
 //! - A service that exits on its own is restarted by its policy, from the
 //!   same prepared payload (the same sealed memfd); `restart = "no"`, or too
-//!   many restarts, shuts the server down with an error naming it.
+//!   many restarts, shuts the server down with an error naming it. So is a
+//!   service that fails its health check `retries` times in a row, after
+//!   being stopped. Health and `exec` readiness checks are run by the
+//!   `checks` module; an `exec` check's command is spawned from the
+//!   supervisor's thread, like a service, and reaped by the same reaper.
 //! - Once every service has stopped, any descendant that left its process
 //!   group (`setsid`, a double fork) and was reparented to the supervisor
 //!   (a child subreaper on Linux) gets SIGTERM, then SIGKILL after
@@ -353,6 +357,7 @@ impl Supervisor {
                     self.machine.handle(Instant::now(), event);
                 }
                 Action::CheckReady { svc, run } => self.check_ready(svc, run),
+                Action::CheckHealth { svc, run } => self.check_health(svc, run),
                 Action::Signal { pid, signal, .. } => {
                     let _ = killpg(pid, signal);
                 }
@@ -468,6 +473,21 @@ impl Supervisor {
                 Ok(()) => Event::Ready { svc: i, run },
                 Err(why) => Event::NotReady { svc: i, run, why },
             };
+            let _ = events.send(event);
+        });
+    }
+
+    /// Runs one health check of run `run` of service `i`.
+    fn check_health(&self, i: usize, run: u64) {
+        let spec = self.machine.spec(i).clone();
+        let Some(health) = spec.health.clone() else { return };
+        let (events, runner) = (self.events.clone(), self.runner.clone());
+        tokio::spawn(async move {
+            let event =
+                match checks::health_once(&runner, &spec, &health.check, health.timeout).await {
+                    Ok(()) => Event::Healthy { svc: i, run },
+                    Err(why) => Event::Unhealthy { svc: i, run, why },
+                };
             let _ = events.send(event);
         });
     }

@@ -151,6 +151,12 @@ pub(crate) async fn wait(check: &Check, within: Duration) -> Result<(), NotReady
     }
 }
 
+/// Makes one attempt of `check` (`http` or `tcp`), bounded by `within`:
+/// what one health check is.
+pub(crate) async fn attempt(check: &Check, within: Duration) -> Result<(), NotReady> {
+    one(check, Limit { cap: within.min(MAX_DURATION), within }).await
+}
+
 /// One attempt of `check`, bounded by `limit`. A `log` or `exec` check is
 /// not made here: it never passes.
 async fn one(check: &Check, limit: Limit) -> Result<(), NotReady> {
@@ -176,7 +182,7 @@ struct Limit {
 impl Limit {
     /// The failure of an attempt that ran out of time.
     fn ran_out(self) -> NotReady {
-        if self.cap == ATTEMPT {
+        if self.cap == ATTEMPT && self.within != ATTEMPT {
             NotReady::AttemptTimedOut { limit: ATTEMPT }
         } else {
             NotReady::TimedOut { within: self.within }

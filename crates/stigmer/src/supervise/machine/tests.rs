@@ -10,6 +10,8 @@ use Action::{Arm, CheckReady, Spawn};
 
 /// `depends_on` conditions and one-shot jobs.
 mod depends;
+/// Health checks: counting, restarts, shutdowns, old runs.
+mod health;
 
 /// A machine for the services of manifest `toml` (every payload is
 /// named `p`), begun at a fixed instant, and that instant.
