@@ -27,6 +27,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::ThreadId;
 use std::time::Duration;
 
@@ -243,12 +244,15 @@ async fn last_line(output: OwnedFd) -> Option<String> {
 }
 
 /// Runs the readiness check `check` of service `spec` (of the `exec` form)
-/// again until it passes or `within` runs out; returns the last failure.
+/// again until it passes or `within` runs out, or its run has ended
+/// (`running` turned false: its verdict no longer matters, and a service
+/// restarted in a loop must not pile up checks); returns the last failure.
 pub(crate) async fn wait_exec(
     runner: &Runner,
     spec: &Service,
     check: &Check,
     within: Duration,
+    running: &AtomicBool,
 ) -> Result<(), NotReady> {
     let Check::Exec { argv, program } = check else {
         return readiness::wait(check, within).await;
@@ -266,7 +270,8 @@ pub(crate) async fn wait_exec(
             Err(NotReady::ExecTimedOut { .. }) if last.is_some() => last.take().unwrap(),
             Err(e) => e,
         };
-        if deadline.saturating_duration_since(Instant::now()) <= EXEC_POLL {
+        let ended = !running.load(Ordering::Relaxed);
+        if ended || deadline.saturating_duration_since(Instant::now()) <= EXEC_POLL {
             return Err(failure);
         }
         last = Some(failure);

@@ -69,6 +69,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
@@ -165,6 +166,7 @@ pub async fn serve(
             .map_err(|source| Error::Exec { name: "stigmer server".into(), source })?;
     let prepared = manifest.services.iter().map(|s| prepared[&s.payload].clone()).collect();
     let (checks, runner, mut check_requests) = Checks::new();
+    let count = manifest.services.len();
     let mut sup = Supervisor {
         machine: Machine::new(manifest.services, t0),
         prepared,
@@ -173,6 +175,7 @@ pub async fn serve(
         home: std::thread::current().id(),
         checks,
         runner,
+        running: (0..count).map(|_| Arc::new(AtomicBool::new(false))).collect(),
     };
 
     // First what already happened (the guard may have died while the
@@ -335,6 +338,9 @@ struct Supervisor {
     checks: Checks,
     /// Given to the tasks that want `exec` checks run.
     runner: Runner,
+    /// Per service, whether its current run's leader is still unreaped:
+    /// its readiness checks stop once it is not.
+    running: Vec<Arc<AtomicBool>>,
 }
 
 impl Supervisor {
@@ -351,7 +357,10 @@ impl Supervisor {
             match action {
                 Action::Spawn { svc, run } => {
                     let event = match self.spawn(svc, run) {
-                        Ok(pid) => Event::Spawned { svc, pid },
+                        Ok(pid) => {
+                            self.running[svc] = Arc::new(AtomicBool::new(true));
+                            Event::Spawned { svc, pid }
+                        }
                         Err(error) => Event::SpawnFailed { svc, error },
                     };
                     self.machine.handle(Instant::now(), event);
@@ -375,6 +384,7 @@ impl Supervisor {
             match self.machine.service_of(pid) {
                 Some(svc) => {
                     crash::record(svc, None);
+                    self.running[svc].store(false, Ordering::Relaxed);
                     self.feed(Event::Exited { svc, exit });
                 }
                 None => debug!("reaped orphan {pid} ({exit})"),
@@ -458,6 +468,7 @@ impl Supervisor {
         let spec = self.machine.spec(i).clone();
         let Some(ready) = spec.ready.clone() else { return };
         let (events, runner) = (self.events.clone(), self.runner.clone());
+        let running = Arc::clone(&self.running[i]);
         tokio::spawn(async move {
             let verdict = match ready.check {
                 Check::Log(text) => {
@@ -465,7 +476,7 @@ impl Supervisor {
                     Err(NotReady::NoLine { text })
                 }
                 check @ Check::Exec { .. } => {
-                    checks::wait_exec(&runner, &spec, &check, ready.timeout).await
+                    checks::wait_exec(&runner, &spec, &check, ready.timeout, &running).await
                 }
                 check => readiness::wait(&check, ready.timeout).await,
             };
