@@ -7,8 +7,7 @@
 //! ready = { http = "http://127.0.0.1:7234/healthz", timeout = "20s" }
 //!
 //! [services.migrate]                 # a one-shot job: runs once, exits 0
-//! payload = "stigmer-server"
-//! args = ["--migrate"]
+//! payload = "db-migrate"
 //!
 //! [services.workflow-runner]
 //! depends_on = ["stigmer-server"]    # started once stigmer-server is ready
