@@ -3,7 +3,10 @@
 //! never a panic.
 
 use proptest::prelude::*;
-use stigmer::manifest::{MAX_DURATION, MAX_RESTARTS, MIN_READY_TIMEOUT};
+use stigmer::manifest::{
+    Check, Condition, MAX_DURATION, MAX_HEALTH_RETRIES, MAX_RESTARTS, MIN_HEALTH_INTERVAL,
+    MIN_HEALTH_TIMEOUT, MIN_READY_TIMEOUT, Restart,
+};
 use stigmer::{Catalog, Manifest, ManifestError, Payload};
 
 const PAYLOADS: &[&str] = &["api", "worker", "hello"];
@@ -80,6 +83,9 @@ fn service_line() -> impl Strategy<Value = String> {
         "cwd = \"/tmp\"",
         "depends_on = [\"api\"]",
         "depends_on = [\"worker\"]",
+        "depends_on = { api = \"started\" }",
+        "depends_on = { worker = \"completed_successfully\", api = \"healthy\" }",
+        "depends_on = { api = \"completed_successfully\" }",
         "restart = \"on-failure\"",
         "restart = \"always\"",
         "max_restarts = 3",
@@ -89,6 +95,11 @@ fn service_line() -> impl Strategy<Value = String> {
         "ready = { tcp = \"127.0.0.1:80\" }",
         "ready = { http = \"http://127.0.0.1:80/\", timeout = \"5s\" }",
         "ready = { log = \"up\" }",
+        "ready = { exec = [\"true\"], timeout = \"1s\" }",
+        "health = { tcp = \"127.0.0.1:80\", retries = 2 }",
+        "health = { http = \"http://127.0.0.1:80/\", interval = \"1s\", timeout = \"1s\" }",
+        "health = { exec = [\"true\", \"x\"], start_period = \"5s\" }",
+        "health = { log = \"up\" }",
     ];
     prop_oneof![
         6 => prop::sample::select(VALID).prop_map(str::to_owned),
@@ -120,6 +131,11 @@ const STRING_KEYS: &[&str] = &[
     "ready.log",
     "ready.timeout",
     "depends_on",
+    "health.http",
+    "health.tcp",
+    "health.interval",
+    "health.timeout",
+    "health.start_period",
 ];
 
 /// Keys a service knows, some it does not, and values of every TOML type.
@@ -140,6 +156,16 @@ fn any_line() -> impl Strategy<Value = String> {
         "ready.tcp",
         "ready.log",
         "ready.timeout",
+        "ready.exec",
+        "health",
+        "health.http",
+        "health.tcp",
+        "health.exec",
+        "health.log",
+        "health.interval",
+        "health.timeout",
+        "health.retries",
+        "health.start_period",
     ];
     let key = prop_oneof![prop::sample::select(KEYS).prop_map(str::to_owned), "[a-z_.]{1,12}"];
     let value = prop_oneof![
@@ -205,8 +231,12 @@ proptest! {
                 for (i, s) in m.services.iter().enumerate() {
                     prop_assert!(PAYLOADS.contains(&s.payload.as_str()), "{text}");
                     for d in &s.depends_on {
-                        let at = m.services.iter().position(|x| &x.name == d);
+                        let at = m.services.iter().position(|x| x.name == d.name);
                         prop_assert!(at.is_some_and(|at| at < i), "{text}");
+                        if d.condition == Condition::CompletedSuccessfully {
+                            let dep = &m.services[at.unwrap()];
+                            prop_assert!(dep.restart != Restart::Always, "{text}");
+                        }
                     }
                     prop_assert!(!s.args.iter().any(|a| a.to_string().contains('\0')), "{text}");
                     prop_assert!(!s.env.iter().any(|(k, v)| k.is_empty()
@@ -216,6 +246,19 @@ proptest! {
                     prop_assert!(s.max_restarts <= MAX_RESTARTS);
                     if let Some(r) = &s.ready {
                         prop_assert!(r.timeout >= MIN_READY_TIMEOUT && r.timeout <= MAX_DURATION);
+                    }
+                    if let Some(h) = &s.health {
+                        prop_assert!(!matches!(h.check, Check::Log(_)), "{text}");
+                        prop_assert!(h.interval >= MIN_HEALTH_INTERVAL && h.interval <= MAX_DURATION);
+                        prop_assert!(h.timeout >= MIN_HEALTH_TIMEOUT && h.timeout <= MAX_DURATION);
+                        prop_assert!(h.start_period <= MAX_DURATION);
+                        prop_assert!((1..=MAX_HEALTH_RETRIES).contains(&h.retries));
+                    }
+                    for check in s.ready.iter().map(|r| &r.check).chain(s.health.iter().map(|h| &h.check)) {
+                        if let Check::Exec { argv, program } = check {
+                            prop_assert!(!argv.is_empty() && program.is_absolute(), "{text}");
+                            prop_assert!(!argv.iter().any(|a| a.contains('\0')), "{text}");
+                        }
                     }
                 }
             }

@@ -485,3 +485,34 @@ pub fn can_set_memfd_noexec() -> bool {
         && have("unshare")
         && std::fs::read_to_string("/proc/sys/vm/memfd_noexec").is_ok_and(|v| v.trim() == "0")
 }
+
+/// A marker to find one test's processes in the process table: put it in
+/// a service's arguments.
+pub fn test_marker(test: &str) -> String {
+    format!("marker-{test}-{}", std::process::id())
+}
+
+/// Asserts that no process has `marker` in its command line (the kernel
+/// may take a moment to tear down a killed group).
+#[track_caller]
+pub fn assert_no_process_with(marker: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let left = processes_with(marker);
+        if left.is_empty() {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "processes left behind: {left:#?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The index of the first of `lines` that contains `text`; panics with
+/// all of them if none does.
+#[track_caller]
+pub fn line_index(lines: &[String], text: &str) -> usize {
+    lines
+        .iter()
+        .position(|l| l.contains(text))
+        .unwrap_or_else(|| panic!("no {text:?} in:\n{}", lines.join("\n")))
+}

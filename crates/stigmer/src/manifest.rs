@@ -6,11 +6,17 @@
 //! env = { LOG_FORMAT = "json" }
 //! ready = { http = "http://127.0.0.1:7234/healthz", timeout = "20s" }
 //!
+//! [services.migrate]                 # a one-shot job: runs once, exits 0
+//! payload = "db-migrate"
+//!
 //! [services.workflow-runner]
 //! depends_on = ["stigmer-server"]    # started once stigmer-server is ready
 //! restart = "on-failure"             # "no" (default) | "on-failure" | "always"
 //! stop_signal = "SIGTERM"
 //! stop_timeout = "10s"               # then SIGKILL
+//!
+//! [services.activity-runner]
+//! depends_on = { migrate = "completed_successfully", stigmer-server = "started" }
 //! ```
 //!
 //! In `args`, `env` values and `cwd`, `${VAR}` is replaced by the value of
@@ -22,6 +28,13 @@
 //! details, and [`Manifest::parse_with`] to expand from another
 //! environment. `${asset:NAME}` is reserved for the files a build carries.
 //!
+//! `depends_on` is a list of services that must be ready (`"healthy"`), or
+//! a table from service to condition: `"started"` (spawned), `"healthy"`
+//! (passed its readiness check) or `"completed_successfully"` (exited with
+//! status 0 and not run again: a job, see [`Condition`]). A `restart = "no"`
+//! service that someone waits for with `completed_successfully` is a job:
+//! its exit 0 does not stop the server.
+//!
 //! Everything that can fail at start is checked before anything starts, and
 //! every problem is reported, one line each, naming the service, the key and
 //! the fix. Every value that comes from the file is printed escaped, so a
@@ -30,15 +43,28 @@
 //! its service, its [`Key`] and a [`ProblemKind`]. Services come out in
 //! dependency order, planned in O(n log n) for n services.
 //!
-//! Limits: every duration is at most [`MAX_DURATION`] (24h); `ready.timeout`
-//! is at least 1ms, `restart_window` and `stop_timeout` may be 0
-//! (SIGKILL right after the stop signal); `max_restarts` is 0 to
-//! [`MAX_RESTARTS`].
+//! A service may have a liveness check, checked once it is ready:
+//!
+//! ```toml
+//! health = { http = "http://127.0.0.1:7234/healthz", interval = "10s", timeout = "5s", retries = 3 }
+//! health = { exec = ["pg_isready", "-q"], start_period = "30s" }
+//! ```
+//!
+//! `health` takes one of `http`, `tcp` and `exec` (not `log`), and `ready`
+//! takes `exec` too: a command run on the host, passing when it exits 0,
+//! found (in `PATH` for a bare name) when the manifest is checked. See
+//! [`Health`] and [`Check::Exec`].
+//!
+//! Limits: every duration is at most [`MAX_DURATION`] (24h); `ready.timeout`,
+//! `health.interval` and `health.timeout` are at least 1ms, `restart_window`,
+//! `stop_timeout` and `health.start_period` may be 0 (SIGKILL right after
+//! the stop signal); `max_restarts` is 0 to [`MAX_RESTARTS`],
+//! `health.retries` 1 to [`MAX_HEALTH_RETRIES`].
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs as _};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr as _;
 use std::sync::Arc;
@@ -47,12 +73,17 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde::de::DeserializeOwned;
 
+mod check;
+mod depends;
+mod key;
 mod problem;
 mod values;
 mod vars;
 
-pub use problem::{Key, ManifestError, Place, Problem, ProblemKind};
+pub use depends::{Condition, Dependency};
+pub use key::Key;
 use problem::{LIST_AT_MOST, one_line};
+pub use problem::{ManifestError, Place, Problem, ProblemKind};
 use values::Known;
 pub use values::{Context, Text};
 
@@ -64,6 +95,12 @@ pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 pub const MAX_RESTARTS: u32 = 1000;
 /// The shortest `ready.timeout`: 0 would give a check no time at all.
 pub const MIN_READY_TIMEOUT: Duration = Duration::from_millis(1);
+/// The shortest `health.interval`: 0 would run checks back to back.
+pub const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(1);
+/// The shortest `health.timeout`: 0 would give a check no time at all.
+pub const MIN_HEALTH_TIMEOUT: Duration = Duration::from_millis(1);
+/// The most `health.retries` allows.
+pub const MAX_HEALTH_RETRIES: u32 = 1000;
 /// The shortest `restart_window`: any. One shorter than the backoff (250ms
 /// at first) forgets every restart before the next, so the service is
 /// restarted for ever, every 250ms: a choice, not a mistake.
@@ -97,8 +134,14 @@ pub struct Service {
     pub cwd: Option<PathBuf>,
     /// How to tell it is ready; `None`: as soon as it has started.
     pub ready: Option<Ready>,
-    /// The services that must be ready before it starts.
-    pub depends_on: Vec<String>,
+    /// How to tell it is still alive once ready; `None`: it is not
+    /// checked.
+    pub health: Option<Health>,
+    /// The services it waits for before it starts, each with how far it
+    /// must have got: every name is another service of the manifest (none
+    /// twice in the table form), and a `completed_successfully` one is not
+    /// `restart = "always"`.
+    pub depends_on: Vec<Dependency>,
     /// What to do when it exits on its own.
     pub restart: Restart,
     /// The most restarts allowed within [`Service::restart_window`] before
@@ -125,7 +168,30 @@ pub struct Ready {
     pub timeout: Duration,
 }
 
-/// What makes a service ready.
+/// A liveness check: run every `interval` while the service runs and is
+/// ready; after `retries` failures in a row the service is restarted by its
+/// policy (with `restart = "no"`, the server fails).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Health {
+    /// What to check: [`Check::Http`], [`Check::Tcp`] or [`Check::Exec`],
+    /// never [`Check::Log`].
+    pub check: Check,
+    /// From the service being ready, or the end of one check, to the next
+    /// check: [`MIN_HEALTH_INTERVAL`] to [`MAX_DURATION`].
+    pub interval: Duration,
+    /// How long one check may take before it counts as failed:
+    /// [`MIN_HEALTH_TIMEOUT`] to [`MAX_DURATION`].
+    pub timeout: Duration,
+    /// How many failures in a row make it unhealthy: 1 to
+    /// [`MAX_HEALTH_RETRIES`].
+    pub retries: u32,
+    /// How long after it became ready a failed check does not count (up to
+    /// [`MAX_DURATION`]; 0 by default).
+    pub start_period: Duration,
+}
+
+/// What makes a service ready, or shows that it is still alive.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Check {
@@ -142,17 +208,29 @@ pub enum Check {
     },
     /// A TCP connection accepted.
     Tcp(SocketAddr),
-    /// A line of its output containing this text.
+    /// A line of its output containing this text (`ready` only).
     Log(String),
+    /// A command run on the host, beside the service, with the service's
+    /// `env` and `cwd`: it passes when it exits with status 0 in time.
+    Exec {
+        /// The command line as written: `argv[0]`, then its arguments (not
+        /// empty; none holds a NUL byte).
+        argv: Vec<String>,
+        /// The executable `argv[0]` named, absolute, found when the
+        /// manifest was checked (a bare name in `PATH`).
+        program: PathBuf,
+    },
 }
 
 impl fmt::Display for Check {
-    /// As `status` shows it: the URL, `tcp ADDR`, or `log "TEXT"`.
+    /// As `status` shows it: the URL, `tcp ADDR`, `log "TEXT"` or
+    /// `exec ["CMD", ...]`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Check::Http { url, .. } => f.write_str(url),
             Check::Tcp(addr) => write!(f, "tcp {addr}"),
             Check::Log(text) => write!(f, "log {text:?}"),
+            Check::Exec { argv, .. } => write!(f, "exec {argv:?}"),
         }
     }
 }
@@ -186,7 +264,6 @@ impl fmt::Display for Restart {
     }
 }
 
-const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_RESTARTS: u32 = 5;
@@ -196,7 +273,10 @@ const DEFAULT_MAX_RESTARTS: u32 = 5;
 /// reported in the same run.
 struct Node {
     name: String,
-    depends_on: Vec<String>,
+    depends_on: Vec<Dependency>,
+    /// Its restart policy, if it could be read: a `completed_successfully`
+    /// dependency must be one that can complete.
+    restart: Option<Restart>,
     service: Option<Service>,
 }
 
@@ -332,7 +412,8 @@ fn check_service(
     known: &Known<'_>,
     problems: &mut Vec<ProblemKind>,
 ) -> Node {
-    let mut node = Node { name: name.to_owned(), depends_on: Vec::new(), service: None };
+    let mut node =
+        Node { name: name.to_owned(), depends_on: Vec::new(), restart: None, service: None };
     if let Err(source) = stigmer_build::check_name(name) {
         problems.push(ProblemKind::BadName { source });
     }
@@ -345,7 +426,10 @@ fn check_service(
         problems.push(ProblemKind::UnknownKey { key: key.clone() });
     }
 
-    let depends_on: Vec<String> = field(fields, Key::DependsOn, problems).unwrap_or_default();
+    let depends_on = match fields.get(Key::DependsOn.name()) {
+        Some(value) => depends::read(value, problems),
+        None => Vec::new(),
+    };
     node.depends_on = depends_on.clone();
 
     // A payload of the wrong type is reported once, as such.
@@ -387,9 +471,17 @@ fn check_service(
 
     let ready = match fields.get(Key::Ready.name()) {
         None => None,
-        Some(toml::Value::Table(ready)) => check_ready(ready, problems),
+        Some(toml::Value::Table(ready)) => check::ready(ready, problems),
         Some(_) => {
             field::<toml::Table>(fields, Key::Ready, problems);
+            None
+        }
+    };
+    let health = match fields.get(Key::Health.name()) {
+        None => None,
+        Some(toml::Value::Table(health)) => check::health(health, problems),
+        Some(_) => {
+            field::<toml::Table>(fields, Key::Health, problems);
             None
         }
     };
@@ -403,6 +495,7 @@ fn check_service(
             None
         }
     };
+    node.restart = restart;
 
     let max_restarts = match field::<i64>(fields, Key::MaxRestarts, problems) {
         None => Some(DEFAULT_MAX_RESTARTS),
@@ -469,6 +562,7 @@ fn check_service(
             env,
             cwd,
             ready,
+            health,
             depends_on,
             restart,
             max_restarts,
@@ -536,86 +630,12 @@ fn duration(
     Ok(d)
 }
 
-fn check_ready(ready: &toml::Table, problems: &mut Vec<ProblemKind>) -> Option<Ready> {
-    let before = problems.len();
-    let names = Key::READY.map(Key::name);
-    for key in ready.keys().filter(|k| !names.contains(&k.as_str())) {
-        problems.push(ProblemKind::UnknownReadyKey { key: key.clone() });
-    }
-    let mut text = |key: Key| field::<String>(ready, key, problems);
-    let (http, tcp, log, timeout) =
-        (text(Key::ReadyHttp), text(Key::ReadyTcp), text(Key::ReadyLog), text(Key::ReadyTimeout));
-    let timeout = duration(Key::ReadyTimeout, timeout, DEFAULT_READY_TIMEOUT, MIN_READY_TIMEOUT)
-        .map_err(|e| problems.push(e))
-        .ok();
-    if problems.len() > before {
-        return None;
-    }
-    let check = match (http, tcp, log) {
-        (Some(url), None, None) => http_check(&url),
-        (None, Some(addr), None) => socket_addr(Key::ReadyTcp, &addr).map(Check::Tcp),
-        (None, None, Some(text)) if !text.is_empty() => Ok(Check::Log(text)),
-        (None, None, Some(_)) => Err(ProblemKind::EmptyReadyLog),
-        _ => Err(ProblemKind::NotOneCheck),
-    };
-    match (check, timeout) {
-        (Ok(check), Some(timeout)) => Some(Ready { check, timeout }),
-        (Err(e), _) => {
-            problems.push(e);
-            None
-        }
-        (Ok(_), None) => None,
-    }
-}
-
-fn http_check(url: &str) -> Result<Check, ProblemKind> {
-    let bad = || ProblemKind::NotHttpUrl { url: url.to_owned() };
-    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(ProblemKind::SpaceInUrl { url: url.to_owned() });
-    }
-    let rest = url.strip_prefix("http://").ok_or_else(bad)?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    if authority.is_empty() || authority.contains('@') {
-        return Err(bad());
-    }
-    let with_port =
-        if has_port(authority) { authority.to_owned() } else { format!("{authority}:80") };
-    let addr = socket_addr(Key::ReadyHttp, &with_port)?;
-    Ok(Check::Http { url: url.to_owned(), addr, host: authority.to_owned(), path: path.to_owned() })
-}
-
-fn has_port(authority: &str) -> bool {
-    match authority.rsplit_once(':') {
-        Some((host, port)) => {
-            !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !host.ends_with(':')
-        }
-        None => false,
-    }
-}
-
-fn socket_addr(key: Key, address: &str) -> Result<SocketAddr, ProblemKind> {
-    let fix = || ProblemKind::NotHostPort { key, address: address.to_owned() };
-    if let Ok(addr) = address.parse() {
-        return Ok(addr);
-    }
-    let (host, port) = address.rsplit_once(':').ok_or_else(fix)?;
-    port.parse::<u16>().map_err(|_| fix())?;
-    if host.is_empty() || host.contains('\0') {
-        return Err(fix());
-    }
-    address.to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or_else(|| {
-        ProblemKind::Unresolved { key, address: address.to_owned(), host: host.to_owned() }
-    })
-}
-
 /// Plans the start order of `nodes` (sorted by name): their indices, each
 /// after its dependencies, ties by name (Kahn's algorithm with a min-heap,
 /// O(n log n + edges)). Also returns the problems: a service that depends on
-/// itself or on an unknown service, and the dependency cycles (each found by
-/// one walk over the services left unplanned, so linear in all).
+/// itself or on an unknown service, or waits for one that never stays
+/// completed to complete, and the dependency cycles (each found by one walk
+/// over the services left unplanned, so linear in all).
 fn order(nodes: &[Node]) -> (Vec<usize>, Vec<Problem>) {
     let n = nodes.len();
     let index: HashMap<&str, usize> =
@@ -629,19 +649,27 @@ fn order(nodes: &[Node]) -> (Vec<usize>, Vec<Problem>) {
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
     for (i, s) in nodes.iter().enumerate() {
         for dep in &s.depends_on {
-            match index.get(dep.as_str()) {
+            match index.get(dep.name.as_str()) {
                 Some(&j) if j == i => problems.push(Problem::service(
                     &s.name,
-                    ProblemKind::DependsOnItself { name: dep.clone() },
+                    ProblemKind::DependsOnItself { name: dep.name.clone() },
                 )),
                 Some(&j) => {
+                    if dep.condition == Condition::CompletedSuccessfully
+                        && nodes[j].restart == Some(Restart::Always)
+                    {
+                        problems.push(Problem::service(
+                            &s.name,
+                            ProblemKind::NeverCompletes { name: dep.name.clone() },
+                        ));
+                    }
                     deps[i].push(j);
                     dependents[j].push(i);
                 }
                 None => problems.push(Problem::service(
                     &s.name,
                     ProblemKind::UnknownDependency {
-                        name: dep.clone(),
+                        name: dep.name.clone(),
                         services: some_services.clone(),
                         count: n,
                     },

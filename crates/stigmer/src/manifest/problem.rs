@@ -16,7 +16,8 @@ use std::time::Duration;
 use nix::errno::Errno;
 use stigmer_build::NameError;
 
-use super::MAX_RESTARTS;
+use super::key::Key;
+use super::{MAX_HEALTH_RETRIES, MAX_RESTARTS};
 
 /// Up to this many names are listed in a message; more are counted.
 pub(super) const LIST_AT_MOST: usize = 20;
@@ -138,122 +139,6 @@ impl std::error::Error for Problem {
     }
 }
 
-/// A key of a service, or of its `ready` table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Key {
-    /// `payload`.
-    Payload,
-    /// `args`.
-    Args,
-    /// `env`.
-    Env,
-    /// `cwd`.
-    Cwd,
-    /// `ready`.
-    Ready,
-    /// `depends_on`.
-    DependsOn,
-    /// `restart`.
-    Restart,
-    /// `max_restarts`.
-    MaxRestarts,
-    /// `restart_window`.
-    RestartWindow,
-    /// `stop_signal`.
-    StopSignal,
-    /// `stop_timeout`.
-    StopTimeout,
-    /// `reload_signal`.
-    ReloadSignal,
-    /// `ready.http`.
-    ReadyHttp,
-    /// `ready.tcp`.
-    ReadyTcp,
-    /// `ready.log`.
-    ReadyLog,
-    /// `ready.timeout`.
-    ReadyTimeout,
-}
-
-impl Key {
-    /// The keys of a service, in the order messages list them.
-    pub(super) const SERVICE: [Key; 12] = [
-        Key::Payload,
-        Key::Args,
-        Key::Env,
-        Key::Cwd,
-        Key::Ready,
-        Key::DependsOn,
-        Key::Restart,
-        Key::MaxRestarts,
-        Key::RestartWindow,
-        Key::StopSignal,
-        Key::StopTimeout,
-        Key::ReloadSignal,
-    ];
-    /// The keys of `ready`.
-    pub(super) const READY: [Key; 4] =
-        [Key::ReadyHttp, Key::ReadyTcp, Key::ReadyLog, Key::ReadyTimeout];
-
-    /// The key as messages write it: `stop_timeout`, `ready.tcp`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Key::Payload => "payload",
-            Key::Args => "args",
-            Key::Env => "env",
-            Key::Cwd => "cwd",
-            Key::Ready => "ready",
-            Key::DependsOn => "depends_on",
-            Key::Restart => "restart",
-            Key::MaxRestarts => "max_restarts",
-            Key::RestartWindow => "restart_window",
-            Key::StopSignal => "stop_signal",
-            Key::StopTimeout => "stop_timeout",
-            Key::ReloadSignal => "reload_signal",
-            Key::ReadyHttp => "ready.http",
-            Key::ReadyTcp => "ready.tcp",
-            Key::ReadyLog => "ready.log",
-            Key::ReadyTimeout => "ready.timeout",
-        }
-    }
-
-    /// Its name in its own table: `tcp` for `ready.tcp`.
-    pub(super) fn name(self) -> &'static str {
-        let key = self.as_str();
-        key.strip_prefix("ready.").unwrap_or(key)
-    }
-
-    /// An example of its value, for a fix.
-    fn example(self) -> &'static str {
-        match self {
-            Key::Payload => "payload = \"api\"",
-            Key::Args => "args = [\"--port\", \"8080\"]",
-            Key::Env => "env = { NAME = \"value\" }",
-            Key::Cwd => "cwd = \"/srv/api\"",
-            Key::Ready | Key::ReadyTimeout => {
-                "ready = { tcp = \"127.0.0.1:8080\", timeout = \"20s\" }"
-            }
-            Key::DependsOn => "depends_on = [\"db\"]",
-            Key::Restart => "restart = \"on-failure\"",
-            Key::MaxRestarts => "max_restarts = 5",
-            Key::RestartWindow => "restart_window = \"60s\"",
-            Key::StopSignal => "stop_signal = \"SIGTERM\"",
-            Key::StopTimeout => "stop_timeout = \"10s\"",
-            Key::ReloadSignal => "reload_signal = \"SIGHUP\"",
-            Key::ReadyHttp => "ready = { http = \"http://127.0.0.1:8080/healthz\" }",
-            Key::ReadyTcp => "ready = { tcp = \"127.0.0.1:8080\" }",
-            Key::ReadyLog => "ready = { log = \"listening\" }",
-        }
-    }
-}
-
-impl fmt::Display for Key {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// Where in a service a value that may hold `${VAR}` is.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -354,11 +239,22 @@ pub enum ProblemKind {
 
     /// A key `ready` does not take.
     #[error(
-        "unknown key {:?} (ready takes one of http, tcp, log, and timeout)",
+        "unknown key {:?} (ready takes one of http, tcp, log or exec, and timeout)",
         ready_key(.key)
     )]
     UnknownReadyKey {
         /// The key, without `ready.`.
+        key: String,
+    },
+
+    /// A key `health` does not take.
+    #[error(
+        "unknown key {:?} (health takes one of http, tcp or exec, and interval, timeout, \
+         retries, start_period)",
+        format!("health.{key}")
+    )]
+    UnknownHealthKey {
+        /// The key, without `health.`.
         key: String,
     },
 
@@ -637,24 +533,93 @@ pub enum ProblemKind {
     #[error("ready.log is empty: give the text of the line that means ready")]
     EmptyReadyLog,
 
-    /// `ready` has none, or more than one, of `http`, `tcp` and `log`.
+    /// `ready` has none, or more than one, of `http`, `tcp`, `log` and
+    /// `exec`.
     #[error(
-        "ready takes exactly one of http, tcp or log: e.g. ready = {{ tcp = \"127.0.0.1:8080\" }}"
+        "ready takes exactly one of http, tcp, log or exec: e.g. ready = {{ tcp = \
+         \"127.0.0.1:8080\" }}"
     )]
     NotOneCheck,
 
-    /// `ready.http` holds a space or control character.
-    #[error("ready.http {url:?} holds a space or control character: percent-encode it (%20)")]
+    /// `health` has none, or more than one, of `http`, `tcp` and `exec`.
+    #[error(
+        "health takes exactly one of http, tcp or exec: e.g. health = {{ tcp = \
+         \"127.0.0.1:8080\" }}"
+    )]
+    NotOneHealthCheck,
+
+    /// `health.log`: a line written once says nothing about later.
+    #[error(
+        "health cannot be a log check (a line written once says nothing about later): use \
+         http, tcp or exec, e.g. health = {{ tcp = \"127.0.0.1:8080\" }}"
+    )]
+    LogHealth,
+
+    /// `ready.exec` or `health.exec` is empty, or its command is `""`.
+    #[error("{key} has no command: write e.g. exec = [\"pg_isready\", \"-q\"]")]
+    EmptyExec {
+        /// `ready.exec` or `health.exec`.
+        key: Key,
+    },
+
+    /// An `exec` argument holds a NUL byte.
+    #[error("{key}[{index}] {arg:?} holds a NUL byte, which no argument can: remove it")]
+    NulInExec {
+        /// `ready.exec` or `health.exec`.
+        key: Key,
+        /// Its index in the command line.
+        index: usize,
+        /// The argument.
+        arg: String,
+    },
+
+    /// An `exec` command named without a `/` is in no folder of `PATH`.
+    #[error("{key}: {program:?} is not found in PATH: install it, or give its full path")]
+    ExecNotFound {
+        /// `ready.exec` or `health.exec`.
+        key: Key,
+        /// The command as written.
+        program: String,
+    },
+
+    /// An `exec` command given as a path is not an executable file.
+    #[error(
+        "{key}: {} is not an executable file: fix the path, or its permissions",
+        shown(.program, .path)
+    )]
+    ExecNotExecutable {
+        /// `ready.exec` or `health.exec`.
+        key: Key,
+        /// The command as written.
+        program: String,
+        /// The command made absolute.
+        path: PathBuf,
+    },
+
+    /// `health.retries` is below 1 or above [`MAX_HEALTH_RETRIES`].
+    #[error(
+        "health.retries {value} is out of range: use 1 (unhealthy at the first failed check) to \
+         {MAX_HEALTH_RETRIES}"
+    )]
+    RetriesOutOfRange {
+        /// The value.
+        value: i64,
+    },
+
+    /// An `http` check holds a space or control character.
+    #[error("{key} {url:?} holds a space or control character: percent-encode it (%20)")]
     SpaceInUrl {
+        /// `ready.http` or `health.http`.
+        key: Key,
         /// The URL.
         url: String,
     },
 
-    /// `ready.http` is not an `http://` URL stigmer can check.
-    #[error(
-        "ready.http {url:?} is not an http:// URL: write e.g. \"http://127.0.0.1:8080/healthz\""
-    )]
+    /// An `http` check is not an `http://` URL stigmer can check.
+    #[error("{key} {url:?} is not an http:// URL: write e.g. \"http://127.0.0.1:8080/healthz\"")]
     NotHttpUrl {
+        /// `ready.http` or `health.http`.
+        key: Key,
         /// The URL.
         url: String,
     },
@@ -662,9 +627,9 @@ pub enum ProblemKind {
     /// An address that is not `host:port`.
     #[error("{key} {address:?} is not a host:port address: write e.g. \"127.0.0.1:8080\"")]
     NotHostPort {
-        /// `ready.tcp` or `ready.http`.
+        /// `ready.tcp`, `ready.http`, `health.tcp` or `health.http`.
         key: Key,
-        /// The address (for `ready.http`, the URL's host and port).
+        /// The address (for `http`, the URL's host and port).
         address: String,
     },
 
@@ -673,9 +638,9 @@ pub enum ProblemKind {
         "{key} {address:?}: cannot resolve {host:?}: use an IP address or a name in /etc/hosts"
     )]
     Unresolved {
-        /// `ready.tcp` or `ready.http`.
+        /// `ready.tcp`, `ready.http`, `health.tcp` or `health.http`.
         key: Key,
-        /// The address (for `ready.http`, the URL's host and port).
+        /// The address (for `http`, the URL's host and port).
         address: String,
         /// Its host.
         host: String,
@@ -700,6 +665,32 @@ pub enum ProblemKind {
         services: Vec<String>,
         /// How many services the manifest has.
         count: usize,
+    },
+
+    /// A `depends_on` table names a condition that is not one of the three.
+    #[error(
+        "depends_on {name:?} = {value:?} is not a condition: use \"started\", \"healthy\" or \
+         \"completed_successfully\""
+    )]
+    UnknownCondition {
+        /// The service depended on.
+        name: String,
+        /// The condition as written.
+        value: String,
+    },
+
+    /// `completed_successfully` on a service that `restart = "always"` runs
+    /// again after every exit: it never stays completed.
+    #[error(
+        "depends_on {name:?} = \"completed_successfully\" can never hold: {} has restart = \
+         \"always\", so it is run again after every exit: wait for \"started\" or \"healthy\" \
+         instead, or give {} restart = \"no\" or \"on-failure\"",
+        label(.name),
+        label(.name)
+    )]
+    NeverCompletes {
+        /// The service depended on.
+        name: String,
     },
 
     /// Services that depend on each other in a circle.
@@ -728,6 +719,8 @@ impl ProblemKind {
             | ServiceNotTable
             | UnknownKey { .. } => return None,
             UnknownReadyKey { .. } | NotOneCheck => Key::Ready,
+            UnknownHealthKey { .. } | NotOneHealthCheck | LogHealth => Key::Health,
+            RetriesOutOfRange { .. } => Key::HealthRetries,
             WrongType { key, .. }
             | NotASignal { key, .. }
             | UncatchableSignal { key, .. }
@@ -735,7 +728,13 @@ impl ProblemKind {
             | TooLong { key, .. }
             | TooShort { key, .. }
             | NotHostPort { key, .. }
-            | Unresolved { key, .. } => *key,
+            | Unresolved { key, .. }
+            | EmptyExec { key }
+            | NulInExec { key, .. }
+            | ExecNotFound { key, .. }
+            | ExecNotExecutable { key, .. }
+            | SpaceInUrl { key, .. }
+            | NotHttpUrl { key, .. } => *key,
             UnknownPayload { .. } => Key::Payload,
             NulInArg { .. } => Key::Args,
             BadEnvName { .. } | NulInEnvValue { .. } => Key::Env,
@@ -756,8 +755,11 @@ impl ProblemKind {
             UnknownRestart { .. } => Key::Restart,
             MaxRestartsOutOfRange { .. } => Key::MaxRestarts,
             EmptyReadyLog => Key::ReadyLog,
-            SpaceInUrl { .. } | NotHttpUrl { .. } => Key::ReadyHttp,
-            DependsOnItself { .. } | UnknownDependency { .. } | Cycle { .. } => Key::DependsOn,
+            DependsOnItself { .. }
+            | UnknownDependency { .. }
+            | UnknownCondition { .. }
+            | NeverCompletes { .. }
+            | Cycle { .. } => Key::DependsOn,
         })
     }
 }
@@ -777,10 +779,15 @@ fn service_keys() -> String {
 
 /// `cwd` in a message: as written, and where it led when that differs.
 fn cwd_shown(cwd: &str, path: &Path) -> String {
-    if path.as_os_str() == cwd {
-        format!("cwd {path:?}")
+    format!("cwd {}", shown(cwd, path))
+}
+
+/// A path as written, and where it led when that differs.
+fn shown(written: &str, path: &Path) -> String {
+    if path.as_os_str() == written {
+        format!("{path:?}")
     } else {
-        format!("cwd {cwd:?} (here {path:?})")
+        format!("{written:?} (here {path:?})")
     }
 }
 
@@ -813,11 +820,14 @@ fn uncatchable(key: Key, value: &str) -> String {
 }
 
 fn too_short_fix(key: Key) -> &'static str {
-    if key == Key::ReadyTimeout {
-        "give the service time to become ready, e.g. \"20s\", or remove `ready` to count it \
-         ready once started"
-    } else {
-        "e.g. \"60s\""
+    match key {
+        Key::ReadyTimeout => {
+            "give the service time to become ready, e.g. \"20s\", or remove `ready` to count \
+             it ready once started"
+        }
+        Key::HealthInterval => "e.g. \"10s\"",
+        Key::HealthTimeout => "give each check time, e.g. \"5s\"",
+        _ => "e.g. \"60s\"",
     }
 }
 
@@ -876,16 +886,6 @@ mod tests {
         fn check<T: Send + Sync + 'static>() {}
         check::<ManifestError>();
         check::<Problem>();
-    }
-
-    #[test]
-    fn keys_read_as_written() {
-        assert_eq!(Key::ReadyTimeout.to_string(), "ready.timeout");
-        assert_eq!(Key::ReadyTimeout.name(), "timeout");
-        assert_eq!(Key::StopSignal.name(), "stop_signal");
-        for key in Key::SERVICE.into_iter().chain(Key::READY) {
-            assert!(key.example().starts_with(key.as_str().split('.').next().unwrap()), "{key}");
-        }
     }
 
     #[test]

@@ -69,7 +69,7 @@ fn every_error_is_one_line_naming_service_key_and_fix() {
         ("[services.api]\nready = { http = \"ftp://x/\" }\n", "is not an http:// URL"),
         (
             "[services.api]\nready = { tcp = \"127.0.0.1:1\", log = \"x\" }\n",
-            "exactly one of http, tcp or log",
+            "exactly one of http, tcp, log or exec",
         ),
         ("[services.api]\nready = { tpc = \"127.0.0.1:1\" }\n", "unknown key \"ready.tpc\""),
         ("[services.api]\nrestart = \"sometimes\"\n", "restart \"sometimes\" is not a policy"),
@@ -106,6 +106,7 @@ fn independent_services_keep_name_order() {
 
 #[test]
 fn http_urls() {
+    let http_check = |url| check::http_check(Key::ReadyHttp, url);
     let Check::Http { addr, host, path, .. } = http_check("http://127.0.0.1/x?y=1").unwrap() else {
         panic!()
     };
@@ -537,4 +538,263 @@ fn an_asset_is_no_folder() {
     // Unknown, with no asset carried at all.
     let err = parse("[services.api]\nenv = { A = \"${asset:x}\" }\n").unwrap_err();
     assert!(err.ends_with("env.A uses ${asset:x}, but this build carries no such asset (it carries none): fix the name"), "{err}");
+}
+
+#[test]
+fn depends_on_takes_a_list_or_a_table_of_conditions() {
+    let m = parse(
+        r#"
+[services.migrate]
+payload = "api"
+[services.cache]
+payload = "api"
+restart = "always"
+[services.api]
+[services.runner]
+depends_on = { migrate = "completed_successfully", api = "healthy", cache = "started" }
+[services.probe]
+depends_on = ["runner", "api"]
+"#,
+    )
+    .unwrap();
+    let deps = |name: &str| -> Vec<(String, Condition)> {
+        m.get(name).unwrap().depends_on.iter().map(|d| (d.name.clone(), d.condition)).collect()
+    };
+    // A table comes in name order, a list as written, each meaning healthy.
+    assert_eq!(
+        deps("runner"),
+        [
+            ("api".into(), Condition::Healthy),
+            ("cache".into(), Condition::Started),
+            ("migrate".into(), Condition::CompletedSuccessfully),
+        ]
+    );
+    assert_eq!(
+        deps("probe"),
+        [("runner".into(), Condition::Healthy), ("api".into(), Condition::Healthy)]
+    );
+    let names: Vec<_> = m.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["api", "cache", "migrate", "runner", "probe"]);
+    assert_eq!(Condition::CompletedSuccessfully.to_string(), "completed_successfully");
+}
+
+#[test]
+fn depends_on_problems_name_the_service_the_key_and_the_fix() {
+    let cases = [
+        (
+            "[services.api]\ndepends_on = { runner = \"ready\" }\n[services.runner]\n",
+            "service api: depends_on \"runner\" = \"ready\" is not a condition: use \"started\", \
+             \"healthy\" or \"completed_successfully\"",
+        ),
+        (
+            "[services.api]\ndepends_on = { runner = 1 }\n[services.runner]\n",
+            "service api: depends_on: \"runner\": invalid type: integer, expected a condition \
+             string: write e.g. depends_on = [\"db\"] or depends_on = { db = \"healthy\"",
+        ),
+        (
+            "[services.api]\ndepends_on = \"runner\"\n[services.runner]\n",
+            "service api: depends_on: invalid type: string, expected a list of service names or \
+             a table of conditions",
+        ),
+        (
+            "[services.api]\ndepends_on = [1]\n",
+            "service api: depends_on: invalid type: integer `1`, expected a string",
+        ),
+        ("[services.api]\ndepends_on = { api = \"started\" }\n", "depends_on names itself"),
+        (
+            "[services.api]\ndepends_on = { db = \"started\" }\n",
+            "service api: depends_on \"db\" is not a service here (services: api): fix the name",
+        ),
+        (
+            "[services.api]\ndepends_on = { runner = \"started\" }\n\
+             [services.runner]\ndepends_on = { api = \"completed_successfully\" }\n",
+            "services api -> runner -> api form a dependency cycle",
+        ),
+        (
+            "[services.api]\ndepends_on = { runner = \"completed_successfully\" }\n\
+             [services.runner]\nrestart = \"always\"\n",
+            "service api: depends_on \"runner\" = \"completed_successfully\" can never hold: \
+             runner has restart = \"always\", so it is run again after every exit: wait for \
+             \"started\" or \"healthy\" instead, or give runner restart = \"no\" or \"on-failure\"",
+        ),
+    ];
+    for (text, want) in cases {
+        let err = one_problem(text);
+        assert!(err.contains(want), "{text:?}\n  got: {err}\n want: {want}");
+    }
+    // Typed, with the key.
+    let err = Manifest::parse(
+        "[services.api]\ndepends_on = { runner = \"ready\", db = \"started\" }\n\
+         [services.runner]\nrestart = \"always\"\n[services.probe]\n\
+         depends_on = { runner = \"completed_successfully\" }\n",
+        "services.toml",
+        PAYLOADS,
+    )
+    .unwrap_err();
+    let kinds: Vec<_> = err.details().iter().map(|p| (p.service_name(), p.key())).collect();
+    assert_eq!(
+        kinds,
+        [
+            (Some("api"), Some(Key::DependsOn)),
+            (Some("api"), Some(Key::DependsOn)),
+            (Some("probe"), Some(Key::DependsOn)),
+        ],
+        "{err}"
+    );
+    assert!(matches!(
+        err.details().iter().map(Problem::kind).collect::<Vec<_>>()[..],
+        [
+            ProblemKind::UnknownCondition { .. },
+            ProblemKind::UnknownDependency { .. },
+            ProblemKind::NeverCompletes { .. },
+        ]
+    ));
+    // on-failure and no can complete.
+    for restart in ["no", "on-failure"] {
+        parse(&format!(
+            "[services.api]\ndepends_on = {{ runner = \"completed_successfully\" }}\n\
+             [services.runner]\nrestart = \"{restart}\"\n"
+        ))
+        .unwrap();
+    }
+}
+
+#[test]
+fn health_checks_take_http_tcp_or_exec_with_defaults() {
+    let m = parse(
+        r#"
+[services.api]
+health = { http = "http://127.0.0.1:7234/healthz" }
+[services.runner]
+health = { tcp = "127.0.0.1:7235", interval = "2s", timeout = "500ms", retries = 1, start_period = "1m" }
+[services.probe]
+health = { exec = ["sh", "-c", "exit 0"] }
+ready = { exec = ["true"], timeout = "3s" }
+"#,
+    )
+    .unwrap();
+    let api = m.get("api").unwrap().health.as_ref().unwrap();
+    assert!(matches!(&api.check, Check::Http { path, .. } if path == "/healthz"));
+    let defaults = (api.interval, api.timeout, api.retries, api.start_period);
+    assert_eq!(defaults, (Duration::from_secs(10), Duration::from_secs(5), 3, Duration::ZERO));
+    let runner = m.get("runner").unwrap().health.as_ref().unwrap();
+    assert_eq!(runner.check, Check::Tcp("127.0.0.1:7235".parse().unwrap()));
+    let set = (runner.interval, runner.timeout, runner.retries, runner.start_period);
+    assert_eq!(
+        set,
+        (Duration::from_secs(2), Duration::from_millis(500), 1, Duration::from_secs(60))
+    );
+    let probe = m.get("probe").unwrap();
+    let Check::Exec { argv, program } = &probe.health.as_ref().unwrap().check else { panic!() };
+    assert_eq!(argv, &["sh", "-c", "exit 0"]);
+    assert!(program.is_absolute() && program.ends_with("sh"), "{program:?}");
+    let Check::Exec { argv, program } = &probe.ready.as_ref().unwrap().check else { panic!() };
+    assert_eq!(argv, &["true"]);
+    assert!(program.is_absolute(), "{program:?}");
+    assert_eq!(m.get("api").unwrap().ready, None);
+}
+
+#[test]
+fn an_exec_command_is_found_when_the_manifest_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("check");
+    std::fs::write(&script, "#!/bin/sh\n").unwrap();
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, "").unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let m = parse(&format!("[services.api]\nhealth = {{ exec = [{script:?}, \"x\"] }}\n")).unwrap();
+    let Check::Exec { program, .. } = &m.services[0].health.as_ref().unwrap().check else {
+        panic!()
+    };
+    assert_eq!(program, &script);
+    let cases = [
+        (format!("health = {{ exec = [{plain:?}] }}"), format!("service api: health.exec: {plain:?} is not an executable file: fix the path, or its permissions")),
+        (format!("ready = {{ exec = [{:?}] }}", dir.path()), "is not an executable file".to_owned()),
+        ("ready = { exec = [\"no-such-command-stigmer\"] }".to_owned(), "service api: ready.exec: \"no-such-command-stigmer\" is not found in PATH: install it, or give its full path".to_owned()),
+        ("ready = { exec = [] }".to_owned(), "service api: ready.exec has no command: write e.g. exec = [\"pg_isready\", \"-q\"]".to_owned()),
+        ("health = { exec = [\"\"] }".to_owned(), "service api: health.exec has no command".to_owned()),
+        ("health = { exec = [\"true\", \"a\\u0000\"] }".to_owned(), "service api: health.exec[1] \"a\\0\" holds a NUL byte".to_owned()),
+        ("health = { exec = \"true\" }".to_owned(), "service api: health.exec: invalid type: string \"true\", expected a sequence: write e.g. health = { exec = [".to_owned()),
+        ("ready = { exec = [\"./no/such/check\"] }".to_owned(), "ready.exec: \"./no/such/check\" (here \"/".to_owned()),
+    ];
+    for (line, want) in cases {
+        let err = one_problem(&format!("[services.api]\n{line}\n"));
+        assert!(err.contains(&want), "{line}\n  got: {err}\n want: {want}");
+    }
+}
+
+#[test]
+fn health_problems_name_the_key_and_the_fix() {
+    let cases = [
+        ("health = { log = \"up\" }", "service api: health cannot be a log check"),
+        (
+            "health = { tpc = \"127.0.0.1:1\" }",
+            "unknown key \"health.tpc\" (health takes one of http, tcp or exec",
+        ),
+        ("health = { interval = \"1s\" }", "health takes exactly one of http, tcp or exec"),
+        (
+            "health = { tcp = \"127.0.0.1:1\", exec = [\"true\"] }",
+            "health takes exactly one of http, tcp or exec",
+        ),
+        ("health = { tcp = \"x\" }", "health.tcp \"x\" is not a host:port address"),
+        ("health = { http = \"ftp://x/\" }", "health.http \"ftp://x/\" is not an http:// URL"),
+        (
+            "health = { http = \"http://1.2.3.4/a b\" }",
+            "health.http \"http://1.2.3.4/a b\" holds a space",
+        ),
+        (
+            "health = { tcp = \"127.0.0.1:1\", retries = 0 }",
+            "health.retries 0 is out of range: use 1 (unhealthy at the first failed check) to 1000",
+        ),
+        (
+            "health = { tcp = \"127.0.0.1:1\", retries = 1001 }",
+            "health.retries 1001 is out of range",
+        ),
+        (
+            "health = { tcp = \"127.0.0.1:1\", interval = \"0s\" }",
+            "health.interval \"0s\" is shorter than 1ms: e.g. \"10s\"",
+        ),
+        (
+            "health = { tcp = \"127.0.0.1:1\", timeout = \"0s\" }",
+            "health.timeout \"0s\" is shorter than 1ms: give each check time",
+        ),
+        (
+            "health = { tcp = \"127.0.0.1:1\", start_period = \"25h\" }",
+            "health.start_period \"25h\" is longer than 1day",
+        ),
+        (
+            "health = { tcp = \"127.0.0.1:1\", retries = \"3\" }",
+            "health.retries: invalid type: string \"3\", expected i64: write e.g. health = { tcp = \"127.0.0.1:8080\", retries = 3 }",
+        ),
+        (
+            "health = \"tcp\"",
+            "service api: health: invalid type: string \"tcp\", expected a map: write e.g. health = {",
+        ),
+        (
+            "ready = { log = \"up\", exec = [\"true\"] }",
+            "ready takes exactly one of http, tcp, log or exec",
+        ),
+        (
+            "ready = { tpc = 1 }",
+            "unknown key \"ready.tpc\" (ready takes one of http, tcp, log or exec, and timeout)",
+        ),
+    ];
+    for (line, want) in cases {
+        let err = one_problem(&format!("[services.api]\n{line}\n"));
+        assert!(err.contains(want), "{line}\n  got: {err}\n want: {want}");
+    }
+    // Every problem of a health table is reported at once, typed.
+    let err = Manifest::parse(
+        "[services.api]\nhealth = { log = \"x\", retries = -1, interval = \"soon\", bogus = 1 }\n",
+        "services.toml",
+        PAYLOADS,
+    )
+    .unwrap_err();
+    let keys: Vec<_> = err.details().iter().map(Problem::key).collect();
+    assert_eq!(
+        keys,
+        [Some(Key::Health), Some(Key::Health), Some(Key::HealthInterval), Some(Key::HealthRetries)],
+        "{err}"
+    );
 }

@@ -176,8 +176,8 @@ pub struct ServiceStatus {
     pub name: String,
     /// The payload it runs.
     pub payload: String,
-    /// `starting`, `ready`, `restarting`, `stopping`, `stopped` or
-    /// `failed`.
+    /// `starting`, `ready`, `restarting`, `stopping`, `completed` (a job
+    /// that exited 0), `stopped` or `failed`.
     pub state: String,
     /// Its pid (the leader of its process group), while it runs.
     pub pid: Option<u32>,
@@ -194,6 +194,8 @@ pub struct ServiceStatus {
     pub memfd: Option<u64>,
     /// Its readiness check, if it has one.
     pub ready: Option<CheckStatus>,
+    /// Its liveness check (`health`), if it has one.
+    pub health: Option<CheckStatus>,
 }
 
 /// A check of a service, and its last result.

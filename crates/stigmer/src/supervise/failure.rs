@@ -63,6 +63,37 @@ pub enum Failure {
         exit: Exit,
     },
 
+    /// A one-shot job (`restart = "no"`, waited for with
+    /// `completed_successfully`) exited with a non-zero status or a
+    /// signal: what waits for it can never start.
+    #[error(
+        "job {service} failed ({exit}) and its restart policy is \"no\": {}, waiting for it \
+         to complete successfully, cannot start",
+        waiting.join(", ")
+    )]
+    JobFailed {
+        /// The job.
+        service: String,
+        /// How it ended.
+        exit: Exit,
+        /// The services that wait for it to complete successfully, in
+        /// manifest order.
+        waiting: Vec<String>,
+    },
+
+    /// A service waits for another to be healthy, and that one completed
+    /// (exited with status 0, not run again by its policy) first.
+    #[error(
+        "{service} cannot start: it waits for {dependency} to be healthy, but {dependency} \
+         completed (exited with status 0) and its restart policy does not run it again"
+    )]
+    DependencyCompleted {
+        /// The service that waits.
+        service: String,
+        /// The service it waits for.
+        dependency: String,
+    },
+
     /// The service restarted `max_restarts` times within `restart_window`
     /// and exited again.
     #[error(
@@ -74,6 +105,43 @@ pub enum Failure {
         service: String,
         /// How its last run ended.
         exit: Exit,
+        /// Its `max_restarts`.
+        max_restarts: u32,
+        /// Its `restart_window`.
+        window: Duration,
+    },
+
+    /// The service failed its health check `retries` times in a row, and
+    /// its policy is `restart = "no"`.
+    #[error(
+        "{service} is unhealthy after {} (the last: {last}), and its restart policy is \"no\"",
+        failed_checks(*failures)
+    )]
+    Unhealthy {
+        /// The service.
+        service: String,
+        /// The failures in a row.
+        failures: u32,
+        /// What the last check said.
+        last: String,
+    },
+
+    /// The service was restarted `max_restarts` times within
+    /// `restart_window` and was found unhealthy again.
+    #[error(
+        "{service} was restarted {} within {} and is unhealthy again after {} (the last: \
+         {last}): giving up",
+        times(*max_restarts),
+        format_duration(*window),
+        failed_checks(*failures)
+    )]
+    GaveUpUnhealthy {
+        /// The service.
+        service: String,
+        /// The failures in a row of its last run.
+        failures: u32,
+        /// What the last check said.
+        last: String,
         /// Its `max_restarts`.
         max_restarts: u32,
         /// Its `restart_window`.
@@ -107,7 +175,11 @@ impl Failure {
             | Failure::Spawn { service, .. }
             | Failure::NotReady { service, .. }
             | Failure::NotRestarted { service, .. }
-            | Failure::GaveUp { service, .. } => Some(service),
+            | Failure::GaveUp { service, .. }
+            | Failure::JobFailed { service, .. }
+            | Failure::DependencyCompleted { service, .. }
+            | Failure::Unhealthy { service, .. }
+            | Failure::GaveUpUnhealthy { service, .. } => Some(service),
             Failure::GuardGone | Failure::Killed { .. } | Failure::AllExited => None,
         }
     }
@@ -132,6 +204,22 @@ impl SpawnError {
             }
             SpawnError::Launch(source) => Failure::Spawn { service, source },
         }
+    }
+}
+
+/// "1 failed health check", "3 failed health checks in a row".
+pub(crate) fn failed_checks(n: u32) -> String {
+    match n {
+        1 => "1 failed health check".to_owned(),
+        n => format!("{n} failed health checks in a row"),
+    }
+}
+
+/// "once", "3 times".
+fn times(n: u32) -> String {
+    match n {
+        1 => "once".to_owned(),
+        n => format!("{n} times"),
     }
 }
 
@@ -186,6 +274,42 @@ mod tests {
         assert_eq!(
             gave_up.to_string(),
             "db exited (killed by SIGSEGV) after 3 restarts within 1m: giving up"
+        );
+        let job = Failure::JobFailed {
+            service: "migrate".into(),
+            exit: Exit::Code(3),
+            waiting: vec!["api".into(), "worker".into()],
+        };
+        assert_eq!(
+            job.to_string(),
+            "job migrate failed (exit status 3) and its restart policy is \"no\": api, worker, \
+             waiting for it to complete successfully, cannot start"
+        );
+        let completed =
+            Failure::DependencyCompleted { service: "api".into(), dependency: "db".into() };
+        assert_eq!(
+            completed.to_string(),
+            "api cannot start: it waits for db to be healthy, but db completed (exited with \
+             status 0) and its restart policy does not run it again"
+        );
+        let unhealthy =
+            Failure::Unhealthy { service: "api".into(), failures: 3, last: "refused".into() };
+        assert_eq!(
+            unhealthy.to_string(),
+            "api is unhealthy after 3 failed health checks in a row (the last: refused), and its \
+             restart policy is \"no\""
+        );
+        let gave_up = Failure::GaveUpUnhealthy {
+            service: "api".into(),
+            failures: 2,
+            last: "refused".into(),
+            max_restarts: 5,
+            window: Duration::from_secs(60),
+        };
+        assert_eq!(
+            gave_up.to_string(),
+            "api was restarted 5 times within 1m and is unhealthy again after 2 failed health \
+             checks in a row (the last: refused): giving up"
         );
         let killed = Failure::Killed { services: vec!["a".into(), "b".into()] };
         assert_eq!(killed.to_string(), "a, b had to be killed");

@@ -12,11 +12,12 @@
 //!
 //! The rules, in the order a server lives them:
 //!
-//! - **Start.** A service starts once every service it depends on is
-//!   ready, one spawn at a time: after [`Action::Spawn`] nothing else
-//!   starts until the shell reports [`Event::Spawned`] or
-//!   [`Event::SpawnFailed`], so a failed spawn stops what would have
-//!   followed it.
+//! - **Start.** A service starts once every service it depends on meets
+//!   its condition (`started`: running; `healthy`: running and ready;
+//!   `completed_successfully`: completed), one spawn at a time: after
+//!   [`Action::Spawn`] nothing else starts until the shell reports
+//!   [`Event::Spawned`] or [`Event::SpawnFailed`], so a failed spawn stops
+//!   what would have followed it.
 //! - **Ready.** A service without a check is ready once spawned; with one,
 //!   once the shell reports [`Event::Ready`] for that run. A check that
 //!   fails ([`Event::NotReady`]) fails the server, and its dependents never
@@ -25,13 +26,31 @@
 //!   policy after a backoff (see `restart`), through a timer; past
 //!   `max_restarts` within `restart_window`, or with `restart = "no"`, the
 //!   server shuts down with a [`Failure`].
+//! - **Complete.** A service that exits with status 0 and is not run again
+//!   (`restart = "on-failure"`, or a *job*: `restart = "no"` and some
+//!   service waits for it with `completed_successfully`) is completed: a
+//!   terminal, clean state, which starts its `completed_successfully`
+//!   dependents. A job that fails stops the server: what waits for it can
+//!   never start. So does a completed service that a waiting dependent
+//!   needed `healthy`. "All services running" means every service is
+//!   ready or completed, and at least one runs.
+//! - **Liveness.** A service with a `health` check is checked every
+//!   `interval` while it runs and is ready (timers, then
+//!   [`Action::CheckHealth`]); a pass resets the count, and `retries`
+//!   failures in a row (not counting those within `start_period` of its
+//!   readiness) make it unhealthy: it is stopped as in a shutdown (stop
+//!   signal, SIGKILL after `stop_timeout`) and its exit is a failure for
+//!   its restart policy; with `restart = "no"` the server fails. No check
+//!   runs in a shutdown. See the `health` module.
 //! - **Stop.** In a shutdown a running service gets its stop signal once no
 //!   service that depends on it still runs (reverse dependency order), and
 //!   SIGKILL when its `stop_timeout` timer fires first. A second stop
 //!   signal, or the guard's end, SIGKILLs every group at once.
 //!
-//! Events about an earlier run of a service (a readiness verdict, a timer)
-//! carry its run number and are ignored once it has been spawned again.
+//! Events about an earlier run of a service (a readiness or health verdict,
+//! a timer) carry its run number and are ignored once it has been spawned
+//! again. The last readiness and health results of each service are kept
+//! for a status to read ([`Machine::readiness`], [`Machine::health`]).
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -41,13 +60,17 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tracing::{debug, error, info, warn};
 
-use crate::manifest::{Restart, Service};
+use crate::manifest::{Condition, Restart, Service};
 
 use super::Outcome;
 use super::failure::{Failure, SpawnError};
 use super::readiness::NotReady;
 use super::reap::Exit;
 use super::restart::{Decision, History};
+
+mod health;
+
+pub(crate) use health::CheckResult;
 
 /// Something that happened, for the machine to act on.
 #[derive(Debug)]
@@ -60,6 +83,10 @@ pub(crate) enum Event {
     Ready { svc: usize, run: u64 },
     /// Run `run` of service `svc` failed its readiness check.
     NotReady { svc: usize, run: u64, why: NotReady },
+    /// Run `run` of service `svc` passed a health check.
+    Healthy { svc: usize, run: u64 },
+    /// Run `run` of service `svc` failed a health check.
+    Unhealthy { svc: usize, run: u64, why: NotReady },
     /// Service `svc` (its process group leader) ended and was reaped.
     Exited { svc: usize, exit: Exit },
     /// A timer armed by [`Action::Arm`] fired.
@@ -104,6 +131,9 @@ pub(crate) enum Action {
     /// Start the readiness check of run `run` of service `svc`; it reports
     /// [`Event::Ready`] or [`Event::NotReady`].
     CheckReady { svc: usize, run: u64 },
+    /// Run one health check of run `run` of service `svc`; it reports
+    /// [`Event::Healthy`] or [`Event::Unhealthy`].
+    CheckHealth { svc: usize, run: u64 },
     /// Send `signal` to the process group `pid` of service `svc`.
     Signal { svc: usize, pid: Pid, signal: Signal },
     /// Report [`Event::Timer`] with `timer` at `at`.
@@ -118,6 +148,8 @@ pub(crate) enum Timer {
     /// Run `run` of service `svc` was sent its stop signal; its
     /// `stop_timeout` is over.
     StopDeadline { svc: usize, run: u64 },
+    /// Run `run` of service `svc` is due for a health check.
+    Health { svc: usize, run: u64 },
 }
 
 /// Where one service is.
@@ -135,6 +167,10 @@ enum State {
     Stopping { pid: Pid, killed: bool },
     /// Finished; `clean` unless it had to be killed or failed.
     Done { clean: bool },
+    /// Exited with status 0, and its policy does not run it again (a job,
+    /// or `restart = "on-failure"`): finished, clean, and what
+    /// `completed_successfully` waits for.
+    Completed,
 }
 
 /// Who asked for a shutdown.
@@ -169,8 +205,8 @@ enum Shutdown {
 #[derive(Debug)]
 struct Svc {
     spec: Service,
-    /// The services it depends on, by index.
-    deps: Vec<usize>,
+    /// The services it depends on, by index, each with its condition.
+    deps: Vec<(usize, Condition)>,
     /// The services that depend on it, by index.
     dependents: Vec<usize>,
     state: State,
@@ -179,15 +215,20 @@ struct Svc {
     history: History,
     /// Set by [`Event::Restart`] until it is stopped for the restart.
     restart_asked: bool,
-    /// The last verdict of its readiness check: passed, and why not.
-    last_ready: Option<(Instant, Result<(), String>)>,
+    /// A one-shot job: `restart = "no"`, and some service waits for it with
+    /// `completed_successfully`, so its exit 0 completes it instead of
+    /// stopping the server.
+    job: bool,
+    /// Its liveness: failures in a row, when its run became ready, and
+    /// the last results.
+    live: health::Live,
 }
 
 /// One service as [`Machine::view`] shows it.
 #[derive(Clone, Debug)]
 pub(crate) struct View {
-    /// Where it is: `waiting`, `starting`, `ready`, `restarting`,
-    /// `stopping`, `stopped` or `failed`.
+    /// Where it is: `starting`, `ready`, `restarting`, `stopping`,
+    /// `completed` (a job), `stopped` or `failed`.
     pub(crate) state: &'static str,
     /// Its process group leader, while it runs.
     pub(crate) pid: Option<Pid>,
@@ -195,8 +236,6 @@ pub(crate) struct View {
     pub(crate) since: Option<Instant>,
     /// How often it was started again.
     pub(crate) restarts: u32,
-    /// Its readiness check's last verdict, and when.
-    pub(crate) last_ready: Option<(Instant, Result<(), String>)>,
 }
 
 /// The supervisor's state and rules.
@@ -221,20 +260,26 @@ impl Machine {
         let index = |name: &str| services.iter().position(|s| s.name == name);
         // Dependencies by index, both ways, so that each start or stop
         // decision costs the edges it looks at, not a search by name.
-        let deps: Vec<Vec<usize>> = services
+        let deps: Vec<Vec<(usize, Condition)>> = services
             .iter()
-            .map(|s| s.depends_on.iter().filter_map(|d| index(d)).collect())
+            .map(|s| {
+                s.depends_on.iter().filter_map(|d| Some((index(&d.name)?, d.condition))).collect()
+            })
             .collect();
         let mut dependents = vec![Vec::new(); deps.len()];
+        let mut awaited = vec![false; deps.len()];
         for (i, ds) in deps.iter().enumerate() {
-            for &d in ds {
+            for &(d, condition) in ds {
                 dependents[d].push(i);
+                awaited[d] |= condition == Condition::CompletedSuccessfully;
             }
         }
         let services = services
             .into_iter()
             .zip(deps.into_iter().zip(dependents))
-            .map(|(spec, (deps, dependents))| Svc {
+            .zip(awaited)
+            .map(|((spec, (deps, dependents)), awaited)| Svc {
+                job: awaited && spec.restart == Restart::No,
                 spec,
                 deps,
                 dependents,
@@ -242,7 +287,7 @@ impl Machine {
                 run: 0,
                 history: History::default(),
                 restart_asked: false,
-                last_ready: None,
+                live: health::Live::default(),
             })
             .collect();
         Machine {
@@ -261,6 +306,17 @@ impl Machine {
         &self.services[svc].spec
     }
 
+    /// The last result of service `svc`'s readiness check, if it ran.
+    #[cfg_attr(not(test), allow(dead_code, reason = "for the status snapshot"))]
+    pub(crate) fn readiness(&self, svc: usize) -> Option<&CheckResult> {
+        self.services[svc].live.ready.as_ref()
+    }
+
+    /// The last result of service `svc`'s health check, if one ran.
+    pub(crate) fn health(&self, svc: usize) -> Option<&CheckResult> {
+        self.services[svc].live.health.as_ref()
+    }
+
     /// The service whose process group leader is `pid`, while it runs.
     pub(crate) fn service_of(&self, pid: Pid) -> Option<usize> {
         self.services.iter().position(|s| match s.state {
@@ -271,7 +327,7 @@ impl Machine {
 
     /// Whether every service has finished: the server is over.
     pub(crate) fn finished(&self) -> bool {
-        self.services.iter().all(|s| matches!(s.state, State::Done { .. }))
+        self.services.iter().all(|s| matches!(s.state, State::Done { .. } | State::Completed))
     }
 
     /// Whether there is no time for grace any more.
@@ -316,11 +372,12 @@ impl Machine {
                 ("restarting", Some(pid), None)
             }
             State::Stopping { pid, .. } => ("stopping", Some(pid), None),
+            State::Completed => ("completed", None, None),
             State::Done { clean: true } => ("stopped", None, None),
             State::Done { clean: false } => ("failed", None, None),
         };
         let restarts = u32::try_from(s.run.saturating_sub(1)).unwrap_or(u32::MAX);
-        View { state, pid, since, restarts, last_ready: s.last_ready.clone() }
+        View { state, pid, since, restarts }
     }
 
     /// Starts what can start, at `now`: call it once, after the events that
@@ -345,7 +402,7 @@ impl Machine {
             Event::NotReady { svc, run, why } => {
                 let s = &mut self.services[svc];
                 if s.run == run && matches!(s.state, State::Running { ready: false, .. }) {
-                    s.last_ready = Some((now, Err(why.to_string())));
+                    s.live.ready = Some(CheckResult::failed(now, run, &why, 1));
                     let failure = Failure::NotReady {
                         service: s.spec.name.clone(),
                         timeout: s.spec.ready.as_ref().map(|r| r.timeout).unwrap_or_default(),
@@ -354,6 +411,9 @@ impl Machine {
                     self.begin_shutdown(Shutdown::Failed(failure));
                 }
             }
+            Event::Healthy { svc, run } => self.on_healthy(now, svc, run),
+            Event::Unhealthy { svc, run, why } => self.on_unhealthy(now, svc, run, why),
+            Event::Timer(Timer::Health { svc, run }) => self.on_health_due(svc, run),
             Event::Exited { svc, exit } => self.on_exit(now, svc, exit),
             Event::Timer(Timer::Restart { svc, run }) => {
                 let s = &self.services[svc];
@@ -426,29 +486,58 @@ impl Machine {
 
     /// After any event: starts what can start, or stops what can stop.
     fn advance(&mut self, now: Instant) {
+        if self.shutdown.is_none() {
+            self.stop_for_restart(now);
+            // It may find a service that can never start, and shut down.
+            self.start_next();
+        }
         if self.shutdown.is_some() {
             self.stop_what_can_stop(now);
-        } else {
-            self.stop_for_restart(now);
-            self.start_next();
         }
     }
 
     /// Starts the first service, in manifest order, that waits and whose
-    /// dependencies are all ready, unless a spawn is under way.
+    /// dependencies all meet their conditions, unless a spawn is under way.
+    /// A waiting service that needs a completed one `healthy` can never
+    /// start: the server fails.
     fn start_next(&mut self) {
         if self.services.iter().any(|s| s.state == State::Starting) {
             return;
         }
-        let next = self.services.iter().position(|s| {
-            s.state == State::Waiting
-                && s.deps.iter().all(|&d| {
-                    let d = &self.services[d];
-                    matches!(d.state, State::Running { ready: true, .. }) && !d.restart_asked
+        let stranded = self.services.iter().find_map(|s| {
+            let waiting = s.state == State::Waiting;
+            s.deps
+                .iter()
+                .find(|&&(d, c)| {
+                    waiting && c == Condition::Healthy && self.services[d].state == State::Completed
                 })
+                .map(|&(d, _)| (s.spec.name.clone(), self.services[d].spec.name.clone()))
         });
+        if let Some((service, dependency)) = stranded {
+            let failure = Failure::DependencyCompleted { service, dependency };
+            self.begin_shutdown(Shutdown::Failed(failure));
+            return;
+        }
+        let next = self
+            .services
+            .iter()
+            .position(|s| s.state == State::Waiting && s.deps.iter().all(|&(d, c)| self.met(d, c)));
         if let Some(svc) = next {
             self.spawn(svc);
+        }
+    }
+
+    /// Whether service `dep` has got as far as `condition` asks.
+    fn met(&self, dep: usize, condition: Condition) -> bool {
+        // One asked to restart is about to stop: wait for its next run.
+        if self.services[dep].restart_asked {
+            return false;
+        }
+        match (condition, self.services[dep].state) {
+            (Condition::Started, State::Running { .. } | State::Completed) => true,
+            (Condition::Healthy, State::Running { ready, .. }) => ready,
+            (Condition::CompletedSuccessfully, State::Completed) => true,
+            _ => false,
         }
     }
 
@@ -456,6 +545,7 @@ impl Machine {
         let s = &mut self.services[svc];
         s.run += 1;
         s.state = State::Starting;
+        s.live.unhealthy = false;
         self.actions.push_back(Action::Spawn { svc, run: s.run });
     }
 
@@ -482,15 +572,24 @@ impl Machine {
         }
         if let State::Running { pid, ready: false, since } = s.state {
             s.state = State::Running { pid, ready: true, since };
-            if s.spec.ready.is_some() {
-                s.last_ready = Some((now, Ok(())));
-            }
-            info!("{}: ready in {:.2}s", s.spec.name, secs(now, since));
+            let message = format!("ready in {:.2}s", secs(now, since));
+            info!("{}: {message}", s.spec.name);
+            s.live.ready = Some(CheckResult::passed(now, run, message));
+            self.start_health(now, svc);
             self.notices.push_back(Notice::Ready { svc, secs: secs(now, since) });
         }
-        let all =
-            self.services.iter().all(|s| matches!(s.state, State::Running { ready: true, .. }));
-        if all && !self.all_ready && self.shutdown.is_none() {
+        self.note_all_ready(now);
+    }
+
+    /// Says "all services running" the first time every service is ready
+    /// or completed, and at least one runs.
+    fn note_all_ready(&mut self, now: Instant) {
+        if self.all_ready || self.shutdown.is_some() {
+            return;
+        }
+        let ready = |s: &Svc| matches!(s.state, State::Running { ready: true, .. });
+        let all = self.services.iter().all(|s| ready(s) || s.state == State::Completed);
+        if all && self.services.iter().any(ready) {
             self.all_ready = true;
             info!("all services running ({:.2}s)", secs(now, self.t0));
             self.notices.push_back(Notice::AllReady { secs: secs(now, self.t0) });
@@ -512,6 +611,9 @@ impl Machine {
                 s.restart_asked = false;
                 s.state = State::Waiting;
             }
+            State::Stopping { .. } if s.live.unhealthy && self.shutdown.is_none() => {
+                self.after_unhealthy(now, svc, exit);
+            }
             State::Stopping { killed, .. } => {
                 info!("{}: stopped ({exit})", s.spec.name);
                 s.state = State::Done { clean: !killed };
@@ -530,6 +632,18 @@ impl Machine {
                     now,
                 );
                 match (decision, spec.restart) {
+                    (Decision::Done, Restart::No) if s.job && !exit.failed() => {
+                        info!("{}: completed ({exit})", spec.name);
+                        s.state = State::Completed;
+                        self.note_all_ready(now);
+                    }
+                    (Decision::Done, Restart::No) if s.job => {
+                        s.state = State::Done { clean: false };
+                        let service = spec.name.clone();
+                        let waiting = self.awaiting(svc);
+                        let failure = Failure::JobFailed { service, exit, waiting };
+                        self.begin_shutdown(Shutdown::Failed(failure));
+                    }
                     (Decision::Done, Restart::No) => {
                         s.state = State::Done { clean: false };
                         let failure = Failure::NotRestarted { service: spec.name.clone(), exit };
@@ -540,7 +654,8 @@ impl Machine {
                             "{}: exited ({exit}); not restarted (restart = \"{}\")",
                             spec.name, spec.restart
                         );
-                        s.state = State::Done { clean: true };
+                        s.state = State::Completed;
+                        self.note_all_ready(now);
                     }
                     (Decision::RestartAfter(delay), _) => {
                         warn!(
@@ -570,6 +685,17 @@ impl Machine {
         }
     }
 
+    /// The names of the services that wait for `svc` to complete
+    /// successfully, in manifest order.
+    fn awaiting(&self, svc: usize) -> Vec<String> {
+        let s = &self.services[svc];
+        s.dependents
+            .iter()
+            .filter(|&&j| self.services[j].deps.contains(&(svc, Condition::CompletedSuccessfully)))
+            .map(|&j| self.services[j].spec.name.clone())
+            .collect()
+    }
+
     /// SIGKILLs every service group at once, and gives up all grace.
     fn kill_all(&mut self) {
         self.hurry = true;
@@ -595,7 +721,9 @@ impl Machine {
             let s = &mut self.services[svc];
             match s.state {
                 State::Running { .. } | State::Stopping { .. } => s.restart_asked = true,
-                State::Backoff | State::Done { .. } => s.state = State::Waiting,
+                State::Backoff | State::Done { .. } | State::Completed => {
+                    s.state = State::Waiting;
+                }
                 State::Waiting | State::Starting => {}
             }
         }

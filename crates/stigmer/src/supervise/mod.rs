@@ -17,7 +17,9 @@
 //! and carries out the actions it returns (spawn, start a readiness check,
 //! signal a group, arm a timer). The rules:
 //!
-//! - A service starts once every service it depends on is ready. The
+//! - A service starts once every service it depends on meets its
+//!   condition (`started`, `healthy` or `completed_successfully`: see the
+//!   `machine` module, which also says what a one-shot job is). The
 //!   payloads are prepared in parallel before anything starts. A service
 //!   whose readiness check is `tcp` or `http` does not start while someone
 //!   already answers on that address: the server fails, naming the address
@@ -39,7 +41,11 @@
 //!   read-only cache entry, verified again before each of their starts.
 //! - A service that exits on its own is restarted by its policy, from the
 //!   same prepared payload (the same sealed memfd); `restart = "no"`, or too
-//!   many restarts, shuts the server down with an error naming it.
+//!   many restarts, shuts the server down with an error naming it. So is a
+//!   service that fails its health check `retries` times in a row, after
+//!   being stopped. Health and `exec` readiness checks are run by the
+//!   `checks` module; an `exec` check's command is spawned from the
+//!   supervisor's thread, like a service, and reaped by the same reaper.
 //! - Once every service has stopped, any descendant that left its process
 //!   group (`setsid`, a double fork) and was reparented to the supervisor
 //!   (a child subreaper on Linux) gets SIGTERM, then SIGKILL after
@@ -51,6 +57,7 @@
 //!   thread, which the supervisor waits for at most [`WRITER_GRACE`] at the
 //!   end (stdout may be a pipe nobody reads).
 
+mod checks;
 pub mod control;
 mod crash;
 mod failure;
@@ -68,6 +75,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
@@ -81,6 +89,7 @@ use tracing::{debug, info, warn};
 use crate::manifest::{Check, Manifest, Service};
 use crate::{Catalog, Error, Launch, Prepared, PreparedAsset, Result};
 
+use self::checks::{Checks, Runner};
 use self::control::{Ask, CheckResult, CheckStatus, Progress, ServiceStatus, Status};
 use self::failure::SpawnError;
 use self::logs::{Format, Line, Sinks, Stream};
@@ -206,6 +215,8 @@ pub async fn serve(
         true => nix::unistd::getppid(),
         false => nix::unistd::getpid(),
     };
+    let (checks, runner, mut check_requests) = Checks::new();
+    let count = manifest.services.len();
     let mut sup = Supervisor {
         machine: Machine::new(manifest.services, t0),
         prepared,
@@ -219,6 +230,9 @@ pub async fn serve(
         main_pid,
         socket: control.as_ref().map(|(_, s)| s.clone()).unwrap_or_default(),
         sizes,
+        checks,
+        runner,
+        running: (0..count).map(|_| Arc::new(AtomicBool::new(false))).collect(),
     };
 
     // First what already happened (the guard may have died while the
@@ -237,6 +251,7 @@ pub async fn serve(
     while !sup.machine.finished() {
         tokio::select! {
             Some(event) = events.recv() => sup.feed(event),
+            Some(request) = check_requests.recv() => sup.checks.handle(sup.home, request),
             sig = signals.recv() => match sig {
                 Sig::Child => sup.on_child(),
                 Sig::Stop(sig) => sup.feed(Event::Stop(sig)),
@@ -261,11 +276,13 @@ pub async fn serve(
     // The writer ends once every sender of lines is gone: ours goes here
     // (a `..` pattern would keep it alive until the function returns, and
     // every clean stop would wait out WRITER_GRACE).
-    let Supervisor { machine, lines, .. } = sup;
+    let Supervisor { machine, lines, mut checks, .. } = sup;
     drop(lines);
     // Kept to the end: the socket file goes, and the lock is let go, only
     // once nothing of the server is left but this process.
     let _control = control;
+    // Checks still running are of no use now; they are reaped below.
+    checks.kill_all();
     let mut hurry = machine.hurry();
     stop_escapees(&mut hurry, &mut signals, &mut events).await;
     let outcome = machine.outcome();
@@ -434,6 +451,13 @@ struct Supervisor {
     socket: String,
     /// Each service's payload size, by index.
     sizes: Vec<u64>,
+    /// The `exec` checks running.
+    checks: Checks,
+    /// Given to the tasks that want `exec` checks run.
+    runner: Runner,
+    /// Per service, whether its current run's leader is still unreaped:
+    /// its readiness checks stop once it is not.
+    running: Vec<Arc<AtomicBool>>,
 }
 
 impl Supervisor {
@@ -450,12 +474,16 @@ impl Supervisor {
             match action {
                 Action::Spawn { svc, run } => {
                     let event = match self.spawn(svc, run) {
-                        Ok(pid) => Event::Spawned { svc, pid },
+                        Ok(pid) => {
+                            self.running[svc] = Arc::new(AtomicBool::new(true));
+                            Event::Spawned { svc, pid }
+                        }
                         Err(error) => Event::SpawnFailed { svc, error },
                     };
                     self.machine.handle(Instant::now(), event);
                 }
                 Action::CheckReady { svc, run } => self.check_ready(svc, run),
+                Action::CheckHealth { svc, run } => self.check_health(svc, run),
                 Action::Signal { pid, signal, .. } => {
                     let _ = killpg(pid, signal);
                 }
@@ -511,13 +539,18 @@ impl Supervisor {
                 let prepared = &self.prepared[svc];
                 let memfd =
                     (prepared.backend() == crate::Backend::Memfd).then_some(self.sizes[svc]);
+                let result = |r: &machine::CheckResult| CheckResult {
+                    ok: r.ok,
+                    message: (!r.ok).then(|| r.message.clone()),
+                    at: ago(r.at),
+                };
                 let ready = spec.ready.as_ref().map(|r| CheckStatus {
                     check: r.check.to_string(),
-                    last: view.last_ready.as_ref().map(|(at, result)| CheckResult {
-                        ok: result.is_ok(),
-                        message: result.as_ref().err().cloned(),
-                        at: ago(*at),
-                    }),
+                    last: self.machine.readiness(svc).map(result),
+                });
+                let health = spec.health.as_ref().map(|h| CheckStatus {
+                    check: h.check.to_string(),
+                    last: self.machine.health(svc).map(result),
                 });
                 ServiceStatus {
                     name: spec.name.clone(),
@@ -530,6 +563,7 @@ impl Supervisor {
                     rss: view.pid.and_then(sys::rss),
                     memfd,
                     ready,
+                    health,
                 }
             })
             .collect();
@@ -548,9 +582,13 @@ impl Supervisor {
     /// Reaps every child that ended and tells the machine about services.
     fn on_child(&mut self) {
         for (pid, exit) in reap::reap() {
+            if self.checks.reaped(pid, exit) {
+                continue;
+            }
             match self.machine.service_of(pid) {
                 Some(svc) => {
                     crash::record(svc, None);
+                    self.running[svc].store(false, Ordering::Relaxed);
                     self.feed(Event::Exited { svc, exit });
                 }
                 None => debug!("reaped orphan {pid} ({exit})"),
@@ -641,13 +679,18 @@ impl Supervisor {
     /// check is made by the readers of its output; here only its timeout
     /// runs.)
     fn check_ready(&self, i: usize, run: u64) {
-        let Some(ready) = self.machine.spec(i).ready.clone() else { return };
-        let events = self.events.clone();
+        let spec = self.machine.spec(i).clone();
+        let Some(ready) = spec.ready.clone() else { return };
+        let (events, runner) = (self.events.clone(), self.runner.clone());
+        let running = Arc::clone(&self.running[i]);
         tokio::spawn(async move {
             let verdict = match ready.check {
                 Check::Log(text) => {
                     tokio::time::sleep(ready.timeout).await;
                     Err(NotReady::NoLine { text })
+                }
+                check @ Check::Exec { .. } => {
+                    checks::wait_exec(&runner, &spec, &check, ready.timeout, &running).await
                 }
                 check => readiness::wait(&check, ready.timeout).await,
             };
@@ -655,6 +698,21 @@ impl Supervisor {
                 Ok(()) => Event::Ready { svc: i, run },
                 Err(why) => Event::NotReady { svc: i, run, why },
             };
+            let _ = events.send(event);
+        });
+    }
+
+    /// Runs one health check of run `run` of service `i`.
+    fn check_health(&self, i: usize, run: u64) {
+        let spec = self.machine.spec(i).clone();
+        let Some(health) = spec.health.clone() else { return };
+        let (events, runner) = (self.events.clone(), self.runner.clone());
+        tokio::spawn(async move {
+            let event =
+                match checks::health_once(&runner, &spec, &health.check, health.timeout).await {
+                    Ok(()) => Event::Healthy { svc: i, run },
+                    Err(why) => Event::Unhealthy { svc: i, run, why },
+                };
             let _ = events.send(event);
         });
     }
@@ -737,7 +795,7 @@ fn spawn_service(home: ThreadId, prepared: &Prepared, cmd: &mut Command) -> Resu
 fn address_taken(spec: &Service) -> Option<(std::net::SocketAddr, Option<String>)> {
     let addr = match &spec.ready.as_ref()?.check {
         Check::Tcp(addr) | Check::Http { addr, .. } => *addr,
-        Check::Log(_) => return None,
+        Check::Log(_) | Check::Exec { .. } => return None,
     };
     std::net::TcpStream::connect_timeout(&addr, ADDRESS_CHECK).ok()?;
     Some((addr, sys::who_listens(addr)))

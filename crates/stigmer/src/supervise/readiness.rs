@@ -1,6 +1,7 @@
 //! Readiness checks: an HTTP GET answered 2xx, or a TCP connection
-//! accepted, polled until the service's timeout. (`log` checks are made on
-//! the output as it is read; see `logs::pump`.)
+//! accepted, polled until the service's timeout; and one such attempt, as a
+//! health check makes. (`log` checks are made on the output as it is read,
+//! see `logs::pump`; `exec` checks by the shell, see `checks`.)
 //!
 //! Every attempt (connect, write, read) is bounded by the time left before
 //! the deadline and by [`ATTEMPT`], so [`wait`] returns within its limit
@@ -9,8 +10,8 @@
 //! that applied.
 //!
 //! A check that fails says why with a [`NotReady`]: the supervisor puts it
-//! after "NAME was not ready within T: ", so each message is a phrase
-//! that fits there.
+//! after "NAME was not ready within T: " (or "NAME: health check failed:
+//! "), so each message is a phrase that fits there.
 
 use std::future::Future;
 use std::io;
@@ -23,12 +24,14 @@ use tokio::time::{Instant, sleep, timeout};
 
 use crate::manifest::{Check, MAX_DURATION};
 
+use super::reap::Exit;
+
 const POLL: Duration = Duration::from_millis(50);
 /// The longest one attempt may take.
 const ATTEMPT: Duration = Duration::from_secs(2);
 
-/// Why a service's readiness check did not pass: the last failure before
-/// its timeout ran out.
+/// Why a service's readiness check did not pass (the last failure before
+/// its timeout ran out), or why one health check failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NotReady {
@@ -68,6 +71,52 @@ pub enum NotReady {
         /// The text looked for.
         text: String,
     },
+
+    /// An `exec` check's command exited with a non-zero status or was
+    /// killed by a signal.
+    #[error("exec {argv:?} exited ({exit}){}", LastLine(output.as_deref()))]
+    Exited {
+        /// The command line, as written.
+        argv: Vec<String>,
+        /// How it ended.
+        exit: Exit,
+        /// The last line it wrote (stdout and stderr), if any.
+        output: Option<String>,
+    },
+
+    /// An `exec` check's command ran past its time, and was killed with its
+    /// process group.
+    #[error("exec {argv:?} did not finish within {} (killed){}", ms(*within), LastLine(output.as_deref()))]
+    ExecTimedOut {
+        /// The command line, as written.
+        argv: Vec<String>,
+        /// The time it had.
+        within: Duration,
+        /// The last line it wrote (stdout and stderr), if any.
+        output: Option<String>,
+    },
+
+    /// An `exec` check's command could not be started.
+    #[error("exec {argv:?} could not be started: {source}")]
+    Spawn {
+        /// The command line, as written.
+        argv: Vec<String>,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// ", last output line: \"...\"" when there is one.
+struct LastLine<'a>(Option<&'a str>);
+
+impl std::fmt::Display for LastLine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(line) => write!(f, "; last output line: {line:?}"),
+            None => Ok(()),
+        }
+    }
 }
 
 impl From<io::Error> for NotReady {
@@ -90,14 +139,7 @@ pub(crate) async fn wait(check: &Check, within: Duration) -> Result<(), NotReady
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let limit = Limit { cap: left.min(ATTEMPT), within };
-        let attempt = match check {
-            Check::Http { addr, host, path, .. } => bounded(limit, http(*addr, host, path)).await,
-            Check::Tcp(addr) => {
-                bounded(limit, async { Ok(TcpStream::connect(addr).await.map(drop)?) }).await
-            }
-            Check::Log(_) => return std::future::pending().await,
-        };
-        let failure = match attempt {
+        let failure = match one(check, limit).await {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
@@ -106,6 +148,25 @@ pub(crate) async fn wait(check: &Check, within: Duration) -> Result<(), NotReady
             return Err(failure);
         }
         sleep(POLL).await;
+    }
+}
+
+/// Makes one attempt of `check` (`http` or `tcp`), bounded by `within`:
+/// what one health check is.
+pub(crate) async fn attempt(check: &Check, within: Duration) -> Result<(), NotReady> {
+    one(check, Limit { cap: within.min(MAX_DURATION), within }).await
+}
+
+/// One attempt of `check`, bounded by `limit`. A `log` or `exec` check is
+/// not made here: it never passes.
+async fn one(check: &Check, limit: Limit) -> Result<(), NotReady> {
+    match check {
+        Check::Http { addr, host, path, .. } => bounded(limit, http(*addr, host, path)).await,
+        Check::Tcp(addr) => {
+            bounded(limit, async { Ok(TcpStream::connect(addr).await.map(drop)?) }).await
+        }
+        // Made by the output's readers, and by the shell.
+        Check::Log(_) | Check::Exec { .. } => std::future::pending().await,
     }
 }
 
@@ -121,7 +182,7 @@ struct Limit {
 impl Limit {
     /// The failure of an attempt that ran out of time.
     fn ran_out(self) -> NotReady {
-        if self.cap == ATTEMPT {
+        if self.cap == ATTEMPT && self.within != ATTEMPT {
             NotReady::AttemptTimedOut { limit: ATTEMPT }
         } else {
             NotReady::TimedOut { within: self.within }

@@ -8,6 +8,11 @@ use crate::manifest::Manifest;
 
 use Action::{Arm, CheckReady, Spawn};
 
+/// `depends_on` conditions and one-shot jobs.
+mod depends;
+/// Health checks: counting, restarts, shutdowns, old runs.
+mod health;
+
 /// A machine for the services of manifest `toml` (every payload is
 /// named `p`), begun at a fixed instant, and that instant.
 fn machine(toml: &str) -> (Machine, Instant) {
@@ -457,7 +462,7 @@ fn restart_policies() {
     assert_eq!(exits_and_restarts(&mut m, on_failure, t0, Exit::Code(1)), BASE);
     m.handle(t0, Event::Exited { svc: on_failure, exit: Exit::Code(0) });
     assert_eq!(drain(&mut m).len(), 1, "only the group's SIGKILL");
-    assert_eq!(state(&m, "on-failure"), State::Done { clean: true });
+    assert_eq!(state(&m, "on-failure"), State::Completed);
     // always: restarted after a clean exit too.
     assert_eq!(exits_and_restarts(&mut m, always, t0, Exit::Code(0)), BASE);
     // no: any exit, even a clean one, fails the server.
