@@ -278,7 +278,9 @@ async fn watch(handle: &Handle, write: &mut OwnedWriteHalf) -> io::Result<()> {
     let Some(status) = ask_status(handle).await else {
         return send(write, &Reply::Error("the server is ending".into())).await;
     };
-    let over = status.all_ready || status.stopping;
+    // A server that is stopping goes on below: its failure, which may
+    // have come before this status, is in what the subscription kept.
+    let over = status.all_ready;
     send(write, &Reply::Status(status)).await?;
     if over {
         return send(write, &Reply::Done).await;
