@@ -658,17 +658,7 @@ impl Machine {
                         self.note_all_ready(now);
                     }
                     (Decision::RestartAfter(delay), _) => {
-                        warn!(
-                            "{}: exited ({exit}); restarting in {} ({} of {} allowed in {})",
-                            spec.name,
-                            format_duration(delay),
-                            s.history.count(),
-                            spec.max_restarts,
-                            format_duration(spec.restart_window)
-                        );
-                        s.state = State::Backoff;
-                        let timer = Timer::Restart { svc, run: s.run };
-                        self.actions.push_back(Action::Arm { at: now + delay, timer });
+                        self.back_off(now, svc, delay, &format!("exited ({exit})"));
                     }
                     (Decision::GiveUp, _) => {
                         s.state = State::Done { clean: false };
@@ -694,6 +684,24 @@ impl Machine {
             .filter(|&&j| self.services[j].deps.contains(&(svc, Condition::CompletedSuccessfully)))
             .map(|&j| self.services[j].spec.name.clone())
             .collect()
+    }
+
+    /// Service `svc` ended (`what` says how) and its policy restarts it
+    /// after `delay`: says so, and arms the timer.
+    fn back_off(&mut self, now: Instant, svc: usize, delay: std::time::Duration, what: &str) {
+        let s = &mut self.services[svc];
+        let spec = &s.spec;
+        warn!(
+            "{}: {what}; restarting in {} ({} of {} allowed in {})",
+            spec.name,
+            format_duration(delay),
+            s.history.count(),
+            spec.max_restarts,
+            format_duration(spec.restart_window)
+        );
+        s.state = State::Backoff;
+        let timer = Timer::Restart { svc, run: s.run };
+        self.actions.push_back(Action::Arm { at: now + delay, timer });
     }
 
     /// SIGKILLs every service group at once, and gives up all grace.

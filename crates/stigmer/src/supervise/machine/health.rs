@@ -180,18 +180,7 @@ impl Machine {
         let failures = s.live.failures;
         match decision {
             Decision::RestartAfter(delay) => {
-                warn!(
-                    "{}: stopped ({exit}) for being unhealthy; restarting in {} ({} of {} \
-                     allowed in {})",
-                    spec.name,
-                    format_duration(delay),
-                    s.history.count(),
-                    spec.max_restarts,
-                    format_duration(spec.restart_window)
-                );
-                s.state = State::Backoff;
-                let timer = Timer::Restart { svc, run: s.run };
-                self.actions.push_back(Action::Arm { at: now + delay, timer });
+                self.back_off(now, svc, delay, &format!("stopped ({exit}) for being unhealthy"));
             }
             Decision::GiveUp => {
                 s.state = State::Done { clean: false };
