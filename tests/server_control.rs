@@ -225,8 +225,10 @@ fn a_killed_servers_socket_is_replaced_never_trusted() {
     ok(&stigmer(&env, &["server", "start", "--config", &config]));
     let status = status_json(&env);
     let (guard, supervisor) = (status["pid"].as_u64().unwrap(), status["supervisor"].as_u64());
-    // kill -9 of both halves: the guard first, so nothing stops cleanly.
-    for pid in [Some(guard), supervisor].into_iter().flatten() {
+    // kill -9 of both halves, the supervisor first: it holds the socket,
+    // and must get no chance to clean up (the guard's end would give it
+    // one: it would stop the services and remove its socket itself).
+    for pid in [supervisor, Some(guard)].into_iter().flatten() {
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
     }
     wait_until(
