@@ -9,6 +9,7 @@ mod cli;
 
 mod control;
 mod logging;
+mod man;
 mod progress;
 mod stderr;
 
@@ -94,8 +95,7 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "stigmer", &mut io::stdout());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Man => clap_mangen::Man::new(Cli::command())
-            .render(&mut io::stdout())
+        Cmd::Man => man::render(Cli::command(), &mut io::stdout().lock())
             .map(|()| ExitCode::SUCCESS)
             .map_err(Into::into),
     })

@@ -274,8 +274,38 @@ fn the_man_page_is_roff_with_every_command() {
     let env = TestEnv::new();
     let page = ok(&env.stigmer().arg("man").output().unwrap());
     assert!(page.contains(".TH stigmer 1"), "{page}");
-    for cmd in ["run", "server", "list", "doctor", "cache", "completions"] {
-        assert!(page.contains(cmd), "no {cmd} in the man page");
+    // Every command has its own subsection, with its usage...
+    for cmd in [
+        "run",
+        "server",
+        "server start",
+        "server stop",
+        "server status",
+        "server restart",
+        "server logs",
+        "list",
+        "doctor",
+        "cache prune",
+        "cache verify",
+        "completions",
+        "man",
+    ] {
+        assert!(
+            page.contains(&format!(".SS \"stigmer {cmd} ")),
+            "no stigmer {cmd} in the man page"
+        );
+    }
+    // ... and its options; every key of services.toml is described.
+    for option in
+        ["\\-\\-follow", "\\-\\-lines", "\\-\\-config", "\\-\\-json\\-logs", "\\-\\-backend"]
+    {
+        assert!(page.contains(option), "no {option} in the man page");
+    }
+    for key in stigmer::manifest::Key::ALL {
+        assert!(
+            page.contains(&format!(".TP\n\\fB{}\\fR\n", key.as_str())),
+            "no key {key} in the man page"
+        );
     }
     // man itself renders it without a warning.
     require!(have("man"), "man is not installed");
