@@ -178,6 +178,8 @@ pub(crate) enum BackendArg {
     Memfd,
     /// Only the verified cache
     Cache,
+    /// Only ELF payloads mapped straight from stigmer's own file (Linux)
+    Mapped,
 }
 
 /// The `--backend` value that asks for `choice`.
@@ -185,6 +187,7 @@ pub(crate) fn backend_arg(choice: stigmer::Choice) -> &'static str {
     match choice {
         stigmer::Choice::Only(stigmer::Backend::Memfd) => "memfd",
         stigmer::Choice::Only(stigmer::Backend::Cache) => "cache",
+        stigmer::Choice::Only(stigmer::Backend::Mapped) => "mapped",
         _ => "auto",
     }
 }
@@ -195,6 +198,7 @@ impl From<BackendArg> for stigmer::Choice {
             BackendArg::Auto => stigmer::Choice::Auto,
             BackendArg::Memfd => stigmer::Choice::Only(stigmer::Backend::Memfd),
             BackendArg::Cache => stigmer::Choice::Only(stigmer::Backend::Cache),
+            BackendArg::Mapped => stigmer::Choice::Only(stigmer::Backend::Mapped),
         }
     }
 }

@@ -153,6 +153,7 @@ pub fn diagnose(
     let host = Host {
         memfd_exec: memfd.as_ref().is_some_and(|m| m.exec.ok),
         cache: cache.usable.ok && cache.noexec != Some(true),
+        mapped: crate::launch::probe_mapped().is_ok(),
     };
     let cache_problem = || match cache.noexec {
         Some(true) => format!("{} is on a noexec mount", show(cache.root.as_deref())),

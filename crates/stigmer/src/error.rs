@@ -69,6 +69,15 @@ pub enum Error {
     #[error("the memfd backend needs Linux: use --backend auto or --backend cache")]
     MemfdUnsupported,
 
+    /// The mapped backend was asked for a payload it cannot map.
+    #[error("{name} cannot be mapped: {why}; use --backend auto or --backend memfd")]
+    NotMappable {
+        /// The payload.
+        name: String,
+        /// Why, in a few words.
+        why: &'static str,
+    },
+
     /// Neither `STIGMER_HOME` nor `HOME` is set.
     #[error("cannot find a folder for the cache: set STIGMER_HOME (or HOME)")]
     NoHome,

@@ -38,7 +38,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::{Error, Kind, Payload, Result};
 
@@ -79,7 +79,7 @@ pub use cache::{
 };
 pub use imp::MemfdLauncher;
 use imp::{EXEC_BY_FD, NATIVE};
-pub(crate) use imp::{is_probe_exe, probe_memfd};
+pub(crate) use imp::{is_probe_exe, probe_mapped, probe_memfd};
 use lock::{flock, hold_bytes};
 
 /// What the kernel says to exec from memory here: what `stigmer doctor`
@@ -175,14 +175,17 @@ pub enum Backend {
     Memfd,
     /// A verified file in the cache.
     Cache,
+    /// An ELF payload mapped straight from stigmer's own file (Linux).
+    Mapped,
 }
 
 impl Backend {
-    /// `memfd` or `cache`.
+    /// `memfd`, `cache` or `mapped`.
     pub fn as_str(self) -> &'static str {
         match self {
             Backend::Memfd => "memfd",
             Backend::Cache => "cache",
+            Backend::Mapped => "mapped",
         }
     }
 }
@@ -213,6 +216,7 @@ impl FromStr for Choice {
             "auto" => Ok(Choice::Auto),
             "memfd" => Ok(Choice::Only(Backend::Memfd)),
             "cache" => Ok(Choice::Only(Backend::Cache)),
+            "mapped" => Ok(Choice::Only(Backend::Mapped)),
             other => Err(Error::UnknownBackend(other.to_owned())),
         }
     }
@@ -236,6 +240,8 @@ pub(crate) struct Host {
     pub(crate) memfd_exec: bool,
     /// The cache can be used, and its entries can be exec'd.
     pub(crate) cache: bool,
+    /// The mapped loader works.
+    pub(crate) mapped: bool,
 }
 
 /// Why a payload cannot run on a host (see [`Launcher::plan_on`]).
@@ -267,6 +273,7 @@ pub struct Prepared {
 enum Image {
     Memfd(imp::Image),
     File(cache::Entry),
+    Mapped(imp::MappedImage),
 }
 
 impl Prepared {
@@ -280,6 +287,7 @@ impl Prepared {
         match self.image {
             Image::Memfd(_) => Backend::Memfd,
             Image::File(_) => Backend::Cache,
+            Image::Mapped(_) => Backend::Mapped,
         }
     }
 
@@ -287,7 +295,7 @@ impl Prepared {
     pub fn path(&self) -> Option<&std::path::Path> {
         match &self.image {
             Image::File(entry) => Some(entry.path()),
-            Image::Memfd(_) => None,
+            Image::Memfd(_) | Image::Mapped(_) => None,
         }
     }
 
@@ -302,10 +310,17 @@ impl Prepared {
     /// any [`Command`], then start it with [`Prepared::spawn`], which runs
     /// exactly the verified bytes. (Spawned by itself, the command names the
     /// payload by path: its memfd through `/proc/self/fd/N`, or its cache
-    /// entry as it was when it was prepared, unchecked since.)
+    /// entry as it was when it was prepared, unchecked since; a mapped
+    /// payload has no path, and names `/proc/self/exe` with `argv[0]` set to
+    /// its name, which stigmer's multi-call runs.)
     pub fn command(&self) -> Command {
         match &self.image {
             Image::Memfd(image) => image.command(&self.name),
+            Image::Mapped(_) => {
+                let mut cmd = Command::new("/proc/self/exe");
+                cmd.arg0(&self.name);
+                cmd
+            }
             Image::File(entry) => {
                 let mut cmd = Command::new(entry.path());
                 cmd.arg0(&self.name);
@@ -365,6 +380,7 @@ impl Prepared {
         let exec_err = |source| Error::Exec { name: self.name.clone(), source };
         match &self.image {
             Image::Memfd(image) => image.spawn(cmd, &self.name).map_err(exec_err),
+            Image::Mapped(image) => image.spawn(cmd, &self.name).map_err(exec_err),
             Image::File(entry) => {
                 let (checked, inherit) = Self::checked(entry, just_prepared, by_fd)?;
                 if by_fd {
@@ -399,6 +415,12 @@ impl Prepared {
         let exec_err = |source| Error::Exec { name: self.name.clone(), source };
         match &self.image {
             Image::Memfd(image) => exec_err(image.exec(&self.name, args)),
+            Image::Mapped(image) => {
+                let argv: Vec<OsString> = std::iter::once(OsString::from(&self.name))
+                    .chain(args.into_iter().map(|a| a.as_ref().to_owned()))
+                    .collect();
+                exec_err(image.exec(&argv))
+            }
             Image::File(entry) => {
                 let (checked, inherit) = match Self::checked(entry, just_prepared, EXEC_BY_FD) {
                     Ok(checked) => checked,
@@ -466,6 +488,10 @@ impl Launcher {
             (_, Choice::Only(Backend::Cache)) => {
                 (Backend::Cache, "chosen with --backend or STIGMER_BACKEND")
             }
+            (_, Choice::Only(Backend::Mapped)) => (
+                Backend::Mapped,
+                "chosen with --backend or STIGMER_BACKEND: mapped from stigmer's own file",
+            ),
             (Kind::Script, _) if NATIVE == Backend::Memfd => {
                 (Backend::Memfd, "sealed in memory; the #! interpreter reads it through /dev/fd")
             }
@@ -516,6 +542,8 @@ impl Launcher {
                 Ok(Plan { backend: Backend::Cache, why: REFUSED_ON_HOST })
             }
             Backend::Memfd => Err(Stuck::NoFallback),
+            Backend::Mapped if host.mapped => Ok(plan),
+            Backend::Mapped => Err(Stuck::NoFallback),
             Backend::Cache if host.cache => Ok(plan),
             Backend::Cache => Err(Stuck::NeedsCache),
         }
@@ -523,6 +551,29 @@ impl Launcher {
 
     fn prepare_memfd(&self, payload: &Payload) -> Result<Prepared> {
         self.memfd.prepare(payload)
+    }
+
+    /// The payload mapped from stigmer's own file; or, with `auto`, its
+    /// memfd when it cannot be mapped.
+    fn prepare_mapped(&self, payload: &Payload) -> Result<Prepared> {
+        match imp::mapped_image(payload) {
+            Ok(image) => {
+                Ok(Prepared { name: payload.name().to_owned(), image: Image::Mapped(image) })
+            }
+            Err(_) if self.choice == Choice::Auto => self.prepare_memfd_or_cache(payload),
+            Err(why) => Err(Error::NotMappable { name: payload.name().to_owned(), why }),
+        }
+    }
+
+    /// The payload's memfd, or, with `auto`, its cache entry where the
+    /// kernel refuses exec from memory.
+    fn prepare_memfd_or_cache(&self, payload: &Payload) -> Result<Prepared> {
+        match self.prepare_memfd(payload) {
+            Err(e) if self.choice == Choice::Auto && e.is_exec_refused() => {
+                self.fall_back(payload, e)
+            }
+            other => other,
+        }
     }
 
     fn prepare_cache(&self, payload: &Payload) -> Result<Prepared> {
@@ -576,6 +627,14 @@ impl Launcher {
     {
         let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
         let err = prepared.exec_checked(&args, true);
+        if prepared.backend() == Backend::Mapped && self.choice == Choice::Auto {
+            // It undid what it did: run the payload from its memfd instead.
+            debug!(payload = payload.name(), "the mapped exec failed ({err}): using the memfd");
+            return match self.prepare_memfd_or_cache(payload) {
+                Ok(prepared) => self.exec_prepared(payload, &prepared, args),
+                Err(e) => e,
+            };
+        }
         if prepared.backend() == Backend::Memfd
             && self.choice == Choice::Auto
             && err.is_exec_refused()
@@ -656,12 +715,8 @@ impl Launch for Launcher {
                 name: payload.name().to_owned(),
                 source: e.into(),
             }),
-            Backend::Memfd => match self.prepare_memfd(payload) {
-                Err(e) if self.choice == Choice::Auto && e.is_exec_refused() => {
-                    self.fall_back(payload, e)
-                }
-                other => other,
-            },
+            Backend::Memfd => self.prepare_memfd_or_cache(payload),
+            Backend::Mapped => self.prepare_mapped(payload),
         }
     }
 }
@@ -742,7 +797,7 @@ mod tests {
         let payload = Payload::from_bytes("probe", b"#!/bin/sh\ntrue\n".to_vec());
         let plan = |choice, memfd_exec, cache| {
             let launcher = Launcher::new(choice, None);
-            launcher.plan_on(&payload, Host { memfd_exec, cache }).map(|p| p.backend)
+            launcher.plan_on(&payload, Host { memfd_exec, cache, mapped: true }).map(|p| p.backend)
         };
         let (auto, cache, memfd) =
             (Choice::Auto, Choice::Only(Backend::Cache), Choice::Only(Backend::Memfd));

@@ -95,6 +95,36 @@ impl Image {
     }
 }
 
+/// A payload mapped from stigmer's own file: none can exist here.
+#[derive(Clone, Debug)]
+pub(crate) struct MappedImage {
+    never: Infallible,
+}
+
+impl MappedImage {
+    /// Never called: no `MappedImage` exists here.
+    pub(crate) fn spawn(&self, _cmd: &mut Command, _argv0: &str) -> io::Result<Child> {
+        match self.never {}
+    }
+
+    /// Never called: no `MappedImage` exists here.
+    pub(crate) fn exec(&self, _argv: &[OsString]) -> io::Error {
+        match self.never {}
+    }
+}
+
+/// Never: the mapped loader is Linux's.
+pub(crate) fn mapped_image(_payload: &Payload) -> std::result::Result<MappedImage, &'static str> {
+    Err(MAPPED_UNSUPPORTED)
+}
+
+/// Never: the mapped loader is Linux's.
+pub(crate) fn probe_mapped() -> std::result::Result<(), &'static str> {
+    Err(MAPPED_UNSUPPORTED)
+}
+
+const MAPPED_UNSUPPORTED: &str = "the mapped backend needs Linux";
+
 fn unsupported() -> io::Error {
     io::Error::new(io::ErrorKind::Unsupported, "no exec by descriptor on this platform")
 }

@@ -484,6 +484,13 @@ impl Image {
     }
 }
 
+/// stigmer's own executable and the offset of `data` in it, when all of
+/// `data` lies in a file-backed mapping of it (what the mapped backend maps
+/// from, and what `sendfile` fills a memfd from).
+pub(super) fn locate_in_self(data: &[u8]) -> Option<(&'static File, u64)> {
+    SelfExe::get().and_then(|exe| exe.locate(data))
+}
+
 /// stigmer's own executable, opened once, and where its file-backed
 /// mappings are, to find the file offset of an embedded payload.
 struct SelfExe {

@@ -20,13 +20,40 @@ use std::time::Instant;
 
 use crate::launch::{Backend, MemfdProbe};
 
+mod elf;
 mod lease;
+mod mapped;
 mod memfd;
 mod spawn;
 
 pub(crate) use lease::hold_bytes;
+pub(crate) use mapped::MappedImage;
 pub use memfd::MemfdLauncher;
 pub(crate) use memfd::{AssetImage, Image};
+
+/// `payload` as the mapped backend runs it, or why it cannot: it must be
+/// an ELF executable of this architecture stored as it is (not compressed),
+/// on a page boundary in stigmer's own file, on a host that allows the
+/// mapped loader (see [`mapped::Host`]).
+pub(crate) fn mapped_image(payload: &crate::Payload) -> Result<MappedImage, &'static str> {
+    match payload.kind() {
+        crate::Kind::Elf => {}
+        crate::Kind::Script => return Err("a #! script, which its interpreter reads"),
+        crate::Kind::PyInstaller => return Err("PyInstaller one-file, which reopens its own path"),
+        _ => return Err("not an ELF executable"),
+    }
+    if *payload.encoding() != crate::Encoding::Raw {
+        return Err("stored compressed, so its bytes are not in stigmer's file as they run");
+    }
+    let (exe, offset) = memfd::locate_in_self(payload.data())
+        .ok_or("its bytes are not found in stigmer's own file")?;
+    MappedImage::new(exe, offset, payload.data())
+}
+
+/// Whether the mapped loader works here, or why not (`stigmer doctor`).
+pub(crate) fn probe_mapped() -> Result<(), &'static str> {
+    mapped::Host::get().map(drop)
+}
 
 /// The backend `auto` means on this platform.
 pub(crate) const NATIVE: Backend = Backend::Memfd;

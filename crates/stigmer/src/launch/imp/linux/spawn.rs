@@ -157,7 +157,7 @@ pub(crate) fn spawn_fd(
 }
 
 /// This process's environment with `changes` applied, as `KEY=VALUE`.
-fn environment(
+pub(super) fn environment(
     changes: impl Iterator<Item = (OsString, Option<OsString>)>,
 ) -> io::Result<Vec<CString>> {
     let mut vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
