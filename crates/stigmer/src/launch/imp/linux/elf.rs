@@ -228,10 +228,15 @@ mod tests {
         let data = own();
         let len = data.len() as u64;
         assert_eq!(Elf::parse(b"#!/bin/sh\n", 10, 4096), Err("not a 64-bit ELF file"));
-        // Shorter than a segment says: the segment would map bytes that are
-        // not the payload's.
-        let short = len / 2;
-        assert!(Elf::parse(&data, short, 4096).is_err());
+        // One byte shorter than a segment says: the segment would map bytes
+        // that are not the payload's.
+        let elf = Elf::parse(&data, len, 4096).unwrap();
+        let end = elf.loads.iter().map(|l| l.offset + l.filesz).max().unwrap();
+        assert_eq!(
+            Elf::parse(&data, end - 1, 4096),
+            Err("a segment outside the file or the address space")
+        );
+        assert!(Elf::parse(&data, end, 4096).is_ok());
         // Another architecture.
         let mut other = data.clone();
         let machine = if MACHINE == elf::EM_X86_64 { elf::EM_AARCH64 } else { elf::EM_X86_64 };
