@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use stigmer::supervise::control::{Progress, Reply, Request, ServiceStatus, Status};
+use stigmer::supervise::control::{CheckStatus, Progress, Reply, Request, ServiceStatus, Status};
 use stigmer::supervise::{Client, ControlError};
 use stigmer::{Catalog, Choice, Launcher, env};
 
@@ -64,9 +64,23 @@ fn refused(message: String) -> anyhow::Error {
     anyhow::anyhow!(message)
 }
 
+/// How long a server may take to answer a status request: it answers at
+/// once unless it is stopped (SIGSTOP) or wedged, which a script probing
+/// with `status` must hear about rather than hang.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
 /// The server's status, through `client`.
 async fn ask_status(client: &mut Client) -> anyhow::Result<Status> {
-    match client.ask(&Request::Status).await? {
+    let socket = client.socket().to_owned();
+    let reply = tokio::time::timeout(ANSWER_WITHIN, client.ask(&Request::Status))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the server on {socket} did not answer within {}s: is it stopped (SIGSTOP) or stuck?",
+                ANSWER_WITHIN.as_secs()
+            )
+        })?;
+    match reply? {
         Reply::Status(status) => Ok(status),
         Reply::Error(message) => Err(refused(message)),
         other => anyhow::bail!("the server answered {other:?} to a status request"),
@@ -285,7 +299,7 @@ async fn status(launcher: &Launcher, json: bool) -> anyhow::Result<ExitCode> {
     let width = status.services.iter().map(|s| s.name.len()).max().unwrap_or(0).max(7);
     writeln!(
         out,
-        "{:width$}  {:<10}  {:>7}  {:>8}  {:>8}  {:<7}  {:>9}  {:>9}  READY CHECK",
+        "{:width$}  {:<10}  {:>7}  {:>8}  {:>8}  {:<7}  {:>9}  {:>9}  CHECKS",
         "SERVICE", "STATE", "PID", "UPTIME", "RESTARTS", "BACKEND", "RSS", "MEMFD"
     )?;
     for s in &status.services {
@@ -306,16 +320,21 @@ async fn status(launcher: &Launcher, json: bool) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
-/// A readiness check and its last result, for the status table.
+/// A service's readiness and liveness checks and their last results, for
+/// the status table: `ready http://... (passed), health ... (failed: why)`.
 fn check(s: &ServiceStatus) -> String {
-    let Some(ready) = &s.ready else { return "-".into() };
-    match &ready.last {
-        None => format!("{} (not checked yet)", ready.check),
-        Some(last) if last.ok => format!("{} (passed)", ready.check),
+    let one = |kind: &str, check: &CheckStatus| match &check.last {
+        None => format!("{kind} {} (not checked yet)", check.check),
+        Some(last) if last.ok => format!("{kind} {} (passed)", check.check),
         Some(last) => {
-            format!("{} (failed: {})", ready.check, last.message.as_deref().unwrap_or("?"))
+            format!("{kind} {} (failed: {})", check.check, last.message.as_deref().unwrap_or("?"))
         }
-    }
+    };
+    let checks: Vec<String> = [("ready", &s.ready), ("health", &s.health)]
+        .into_iter()
+        .filter_map(|(kind, check)| check.as_ref().map(|c| one(kind, c)))
+        .collect();
+    if checks.is_empty() { "-".into() } else { checks.join(", ") }
 }
 
 /// Seconds as `3m 12s` (whole seconds).

@@ -498,3 +498,164 @@ fn another_user_is_refused_on_either_kind_of_socket() {
     assert!(stderr(&o).contains("is held by uid 65534"), "{}", stderr(&o));
     assert!(processes_of_home(&home).is_empty(), "nothing started");
 }
+
+/// `stigmer ARGS` with `STIGMER_HOME=home`, bounded in time.
+fn stigmer_at(home: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["-s", "KILL", "60"]).arg(stigmer_bin()).args(args);
+    cmd.env("STIGMER_HOME", home).env_remove("RUST_LOG").env_remove("STIGMER_BACKEND");
+    cmd.output().unwrap()
+}
+
+#[test]
+fn a_completed_job_counts_as_done_for_status() {
+    let env = TestEnv::new();
+    let config = env.dir.path().join("job.toml");
+    std::fs::write(
+        &config,
+        r#"
+[services.migrate]
+payload = "probe"
+args = ["--quiet", "--say", "migrating", "--exit", "0"]
+
+[services.api]
+payload = "probe"
+depends_on = { migrate = "completed_successfully" }
+args = ["--quiet", "--say", "api up", "--sleep", "600000"]
+"#,
+    )
+    .unwrap();
+    ok(&stigmer(&env, &["server", "start", "--config", config.to_str().unwrap()]));
+    let o = stigmer(&env, &["server", "status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(o.status.code(), Some(0), "{status:#}");
+    assert_eq!(status["all_ready"], true, "{status:#}");
+    let states: Vec<&str> = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["completed", "ready"]);
+    ok(&stigmer(&env, &["server", "stop"]));
+    assert_nothing_left(&env);
+}
+
+#[test]
+fn a_home_too_long_for_a_socket_path_is_still_reached() {
+    let env = TestEnv::new();
+    // `HOME/run/control.sock` longer than a socket address takes (108).
+    let home = env.dir.path().join("h".repeat(100)).join("home");
+    let _guard = HomeGuard(home.clone());
+    let config = demo(&env);
+    ok(&stigmer_at(&home, &["server", "start", "--config", &config]));
+    let o = stigmer_at(&home, &["server", "status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(status["socket"].as_str().unwrap().starts_with("@stigmer-"), "{status:#}");
+    ok(&stigmer_at(&home, &["server", "stop"]));
+    assert!(processes_of_home(&home).is_empty(), "the server is gone");
+}
+
+#[test]
+fn a_socket_folder_gone_untrusted_is_an_error_and_no_second_server_starts() {
+    let env = TestEnv::new();
+    let config = demo(&env);
+    ok(&stigmer(&env, &["server", "start", "--config", &config]));
+    let run = env.home.join("run");
+    for (dir, mode) in [(&run, 0o777), (&env.home, 0o770)] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).unwrap();
+        let o = stigmer(&env, &["server", "status"]);
+        assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+        assert!(stderr(&o).contains("writable by group or others"), "{}", stderr(&o));
+        assert!(stderr(&o).contains(&format!("chmod go-w {}", dir.display())), "{}", stderr(&o));
+        let o = stigmer(&env, &["server", "start", "--config", &config]);
+        assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    // One server: its guard and its supervisor, nothing else of stigmer's.
+    let servers: Vec<_> = processes_of_home(&env.home)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"--wait-for-watch"))
+        })
+        .collect();
+    assert_eq!(servers.len(), 2, "a guard and its supervisor: {servers:?}");
+    ok(&stigmer(&env, &["server", "status"]));
+    ok(&stigmer(&env, &["server", "stop"]));
+    assert_nothing_left(&env);
+}
+
+/// python3, as another user: hold 100 connections to argv[1] open, open and
+/// close 500 more, print "held", and keep holding them for 5 s.
+const CROWD: &str = r#"
+import socket, sys, time
+path = sys.argv[1]
+path = "\0" + path[1:] if path.startswith("@") else path
+held = []
+for _ in range(100):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    held.append(s)
+for _ in range(500):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    s.close()
+print("held", flush=True)
+time.sleep(5)
+"#;
+
+#[test]
+fn other_users_can_neither_take_the_connections_nor_flood_the_log() {
+    require!(is_root() && have("setpriv"), "needs root and setpriv to act as another user");
+    // An abstract socket: the one another user can reach.
+    let env = TestEnv::new();
+    let open = env.dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let home = open.join("home");
+    let _guard = HomeGuard(home.clone());
+    let config = demo(&env);
+    ok(&stigmer_at(&home, &["server", "start", "--config", &config]));
+    let name = format!("@{}", abstract_name(&home));
+    let mut crowd = ChildGuard(as_nobody(CROWD, &name));
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(crowd.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "held\n", "the crowd connected");
+    // With 100 of another user's connections open, this user's are answered.
+    for _ in 0..3 {
+        let o = stigmer_at(&home, &["server", "status"]);
+        assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    }
+    // And the 600 refusals are a warning or two, not 600 lines of the log.
+    let logs = ok(&stigmer_at(&home, &["server", "logs", "-n", "2000", "stigmer"]));
+    let warnings = logs.lines().filter(|l| l.contains("refused a control connection")).count();
+    assert!((1..=3).contains(&warnings), "{warnings} warnings:\n{logs}");
+    assert!(logs.contains("started (pid"), "the server's own lines are still there:\n{logs}");
+    drop(crowd);
+    ok(&stigmer_at(&home, &["server", "stop"]));
+    assert!(processes_of_home(&home).is_empty());
+}
+
+#[test]
+fn status_of_a_stopped_server_fails_in_time_instead_of_hanging() {
+    let env = TestEnv::new();
+    let config = demo(&env);
+    ok(&stigmer(&env, &["server", "start", "--config", &config]));
+    let supervisor = status_json(&env)["supervisor"].as_u64().unwrap() as i32;
+    kill(Pid::from_raw(supervisor), Signal::SIGSTOP).unwrap();
+    let started = std::time::Instant::now();
+    let o = stigmer(&env, &["server", "status"]);
+    let took = started.elapsed();
+    kill(Pid::from_raw(supervisor), Signal::SIGCONT).unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).contains("did not answer within 10s"), "{}", stderr(&o));
+    assert!(took < std::time::Duration::from_secs(30), "{took:?}");
+    ok(&stigmer(&env, &["server", "stop"]));
+    assert_nothing_left(&env);
+}

@@ -185,7 +185,7 @@ pub struct ServiceStatus {
     pub uptime_secs: Option<f64>,
     /// How often it was started again, by its policy or by `restart`.
     pub restarts: u32,
-    /// Where it runs from: `memfd` or `cache`.
+    /// Where it runs from: `memfd`, `mapped` or `cache`.
     pub backend: String,
     /// Its resident memory in bytes, where the platform tells.
     pub rss: Option<u64>,
@@ -258,8 +258,10 @@ pub enum ControlError {
         me: u32,
     },
     /// There is nowhere to put the socket: its folder cannot be made or
-    /// trusted, and this platform has no abstract sockets.
-    #[error("cannot make the control socket's folder: {source}")]
+    /// trusted, and this platform has no abstract sockets; or the folder
+    /// exists and can no longer be trusted (its mode or owner changed), so
+    /// neither a server nor a client may use it, nor quietly go elsewhere.
+    #[error("cannot use the control socket's folder: {source}")]
     NoFolder {
         /// Why.
         #[source]

@@ -573,7 +573,8 @@ impl Supervisor {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_secs: now.saturating_duration_since(self.t0).as_secs_f64(),
             socket: self.socket.clone(),
-            all_ready: !self.machine.stopping() && services.iter().all(|s| s.state == "ready"),
+            all_ready: !self.machine.stopping()
+                && services.iter().all(|s| matches!(s.state.as_str(), "ready" | "completed")),
             stopping: self.machine.stopping(),
             services,
         }

@@ -6,7 +6,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
@@ -19,8 +19,15 @@ use crate::supervise::journal::{Journal, OWN};
 
 /// How long a client has to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// The most connections answered at once; more are refused.
+/// The most connections of this user answered at once; more are refused.
 const MAX_CONNECTIONS: usize = 64;
+/// The most connections of other users being refused at once; more are
+/// closed at once.
+const MAX_STRANGERS: usize = 8;
+/// How long another user's connection is read before it is refused.
+const STRANGER_TIMEOUT: Duration = Duration::from_millis(200);
+/// At most one warning about refused connections this often.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 /// How many lines of a failed service `watch` sends after its failure.
 const FAILURE_LINES: usize = 20;
 
@@ -54,12 +61,23 @@ pub(crate) struct Handle {
 /// Starts answering on `listener`; the socket file (if any) and its lock
 /// stay with the returned [`Listener`], which the server keeps until it
 /// ends.
+///
+/// The peer's credentials are read as soon as a connection is accepted:
+/// this user's connections share [`MAX_CONNECTIONS`] slots; anyone else's
+/// get [`MAX_STRANGERS`] slots of their own, a refusal within
+/// [`STRANGER_TIMEOUT`], and at most one warning per [`WARN_EVERY`] in the
+/// log, so another user can neither take this user's slots nor flood the
+/// journal (`stigmer server logs`) with refusals.
 pub(crate) fn listen(listener: Listener, handle: Handle) -> io::Result<Listener> {
     let std = listener.listener.try_clone()?;
     std.set_nonblocking(true)?;
     let accept = UnixListener::from_std(std)?;
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let strangers = Arc::new(Semaphore::new(MAX_STRANGERS));
+    let me = nix::unistd::geteuid().as_raw();
     tokio::spawn(async move {
+        let mut warned: Option<Instant> = None;
+        let mut unsaid = 0u64;
         loop {
             let stream = match accept.accept().await {
                 Ok((stream, _)) => stream,
@@ -70,32 +88,76 @@ pub(crate) fn listen(listener: Listener, handle: Handle) -> io::Result<Listener>
                     continue;
                 }
             };
-            let handle = handle.clone();
-            let slot = Arc::clone(&slots).try_acquire_owned();
+            let cred = stream.peer_cred();
+            if let Ok(cred) = &cred {
+                if cred.uid() == me {
+                    let handle = handle.clone();
+                    let slot = Arc::clone(&slots).try_acquire_owned();
+                    tokio::spawn(async move {
+                        match slot {
+                            Ok(_slot) => answer(stream, handle).await,
+                            Err(_) => {
+                                let busy = "too many control connections at once: try again";
+                                let (_, mut write) = stream.into_split();
+                                let _ = send(&mut write, &Reply::Error(busy.into())).await;
+                            }
+                        }
+                    });
+                    continue;
+                }
+            }
+            let who = match &cred {
+                Ok(cred) => {
+                    let pid = cred.pid().map(|p| format!(" (pid {p})")).unwrap_or_default();
+                    format!("uid {}{pid}: not this server's user", cred.uid())
+                }
+                Err(e) => format!("a peer whose credentials cannot be read ({e})"),
+            };
+            if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                let more = match unsaid {
+                    0 => String::new(),
+                    n => format!(" ({n} more refused since the last such warning)"),
+                };
+                warn!("refused a control connection from {who}{more}");
+                warned = Some(Instant::now());
+                unsaid = 0;
+            } else {
+                unsaid += 1;
+            }
+            // Beyond its slots, closed without a word.
+            let Ok(slot) = Arc::clone(&strangers).try_acquire_owned() else { continue };
+            let uid = cred.map(|c| c.uid()).ok();
             tokio::spawn(async move {
-                let (read, mut write) = stream.into_split();
-                let Ok(_slot) = slot else {
-                    let busy = "too many control connections at once: try again".to_owned();
-                    let _ = send(&mut write, &Reply::Error(busy)).await;
-                    return;
-                };
-                let stream = match read.reunite(write) {
-                    Ok(s) => s,
-                    Err(_) => return,
-                };
-                answer(stream, handle).await;
+                let _slot = slot;
+                refuse(stream, uid).await;
             });
         }
     });
     Ok(listener)
 }
 
-/// Answers one connection.
-async fn answer(stream: UnixStream, handle: Handle) {
-    let cred = stream.peer_cred();
+/// Refuses a connection of another user: reads what it sent, briefly
+/// (closing on unread bytes would reset the connection, and the refusal
+/// would be lost), then says why.
+async fn refuse(stream: UnixStream, uid: Option<u32>) {
     let (read, mut write) = stream.into_split();
-    // The request first, whoever sent it: closing on unread bytes would
-    // reset the connection, and the refusal below would be lost.
+    let mut line = Vec::new();
+    let mut read = BufReader::new(read);
+    let _ = tokio::time::timeout(
+        STRANGER_TIMEOUT,
+        (&mut read).take(MAX_REQUEST).read_until(b'\n', &mut line),
+    )
+    .await;
+    let why = match uid {
+        Some(uid) => format!("permission denied: uid {uid} is not this server's user"),
+        None => "permission denied: your credentials cannot be read".to_owned(),
+    };
+    let _ = send(&mut write, &Reply::Error(why)).await;
+}
+
+/// Answers one connection of this user.
+async fn answer(stream: UnixStream, handle: Handle) {
+    let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
     let mut line = Vec::new();
     let got = tokio::time::timeout(
@@ -103,24 +165,6 @@ async fn answer(stream: UnixStream, handle: Handle) {
         (&mut read).take(MAX_REQUEST).read_until(b'\n', &mut line),
     )
     .await;
-    let me = nix::unistd::geteuid().as_raw();
-    match cred {
-        Ok(cred) if cred.uid() == me => {}
-        Ok(cred) => {
-            let pid = cred.pid().map(|p| format!(" (pid {p})")).unwrap_or_default();
-            warn!(
-                "refused a control connection from uid {}{pid}: not this server's user",
-                cred.uid()
-            );
-            let why = format!("permission denied: uid {} is not this server's user", cred.uid());
-            let _ = send(&mut write, &Reply::Error(why)).await;
-            return;
-        }
-        Err(e) => {
-            warn!("refused a control connection whose credentials cannot be read: {e}");
-            return;
-        }
-    }
     let request = match got {
         Ok(Ok(_)) => serde_json::from_slice::<Request>(&line),
         // Silence, or a hang-up: nothing to answer.

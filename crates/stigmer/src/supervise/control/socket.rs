@@ -46,6 +46,11 @@ impl Listener {
             Ok(dir) if dir.join(SOCKET).as_os_str().len() <= MAX_PATH => {
                 return bind_file(&dir, &home, pid);
             }
+            // A server may already listen there (its folder's mode changed
+            // under it): going elsewhere would start a second one.
+            Err(e) if own_folder_untrusted(&e, cache) => {
+                return Err(ControlError::NoFolder { source: e });
+            }
             Ok(dir) => crate::Error::Cache {
                 op: crate::CacheOp::CreateFolder,
                 path: dir.join(SOCKET),
@@ -139,17 +144,27 @@ fn bind_file(dir: &Path, home: &Path, pid: u32) -> Result<Listener, ControlError
 /// [`super::Client::connect`]. Returns the stream and where it is.
 pub(super) fn connect(cache: &CacheLauncher) -> Result<(UnixStream, String), ControlError> {
     let not_running = || ControlError::NotRunning { home: home(cache) };
-    if let Ok(dir) = cache.existing_run_dir() {
-        let path = dir.join(SOCKET);
-        let socket = path.display().to_string();
-        match UnixStream::connect(&path) {
-            Ok(stream) => return Ok((stream, socket)),
-            // No socket, or a killed server's: none there.
-            Err(e) if gone(&e) => {}
-            Err(source) => {
-                return Err(ControlError::Io { what: "cannot connect to", socket, source });
+    match cache.existing_run_dir() {
+        // The server would not have gone elsewhere either (see `bind`).
+        Err(e) if own_folder_untrusted(&e, cache) => {
+            return Err(ControlError::NoFolder { source: e });
+        }
+        // A path too long for a socket: the server listens on the abstract
+        // name (see `bind`).
+        Ok(dir) if dir.join(SOCKET).as_os_str().len() > MAX_PATH => {}
+        Ok(dir) => {
+            let path = dir.join(SOCKET);
+            let socket = path.display().to_string();
+            match UnixStream::connect(&path) {
+                Ok(stream) => return Ok((stream, socket)),
+                // No socket, or a killed server's: none there.
+                Err(e) if gone(&e) => {}
+                Err(source) => {
+                    return Err(ControlError::Io { what: "cannot connect to", socket, source });
+                }
             }
         }
+        Err(_) => {}
     }
     let Some((addr, socket)) = abstract_address(cache) else { return Err(not_running()) };
     match UnixStream::connect_addr(&addr) {
@@ -157,6 +172,13 @@ pub(super) fn connect(cache: &CacheLauncher) -> Result<(UnixStream, String), Con
         Err(e) if gone(&e) => Err(not_running()),
         Err(source) => Err(ControlError::Io { what: "cannot connect to", socket, source }),
     }
+}
+
+/// Whether `e` says that `STIGMER_HOME` or its `run` folder exists but
+/// cannot be trusted (not a folder above them: that only means "elsewhere").
+fn own_folder_untrusted(e: &crate::Error, cache: &CacheLauncher) -> bool {
+    let crate::Error::UntrustedCache { path, .. } = e else { return false };
+    cache.layout().is_ok_and(|l| *path == l.root || *path == l.run)
 }
 
 /// Whether a connect failed because nobody listens there.
