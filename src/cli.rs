@@ -137,7 +137,9 @@ pub(crate) enum ServerCmd {
     /// Show the services' recent output lines, with timestamps
     ///
     /// The server keeps the last 2000 lines (at most 1 MiB) of each service,
-    /// and of its own messages (as the service "stigmer"), in memory.
+    /// and of its own messages (as the service "stigmer"), in memory, and
+    /// writes every line to $STIGMER_HOME/run/server.log (rotated at 8 MiB,
+    /// one older file kept), which this reads when no server runs.
     Logs {
         /// Go on printing new lines until the server ends (or Ctrl-C)
         #[arg(short, long)]

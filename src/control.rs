@@ -226,6 +226,34 @@ async fn start(
     }
 }
 
+/// `logs` with no server running: the last lines the last one wrote to its
+/// log file, if it could (an error when following, or with no file).
+fn logs_left(launcher: &Launcher, request: &Request, json: bool) -> anyhow::Result<ExitCode> {
+    let Request::Logs { lines, follow, services } = request else {
+        anyhow::bail!("{}", not_running(launcher));
+    };
+    let left = match stigmer::supervise::logs_left(launcher.cache(), services, *lines) {
+        Ok(Some(left)) if !follow => left,
+        _ => anyhow::bail!("{}", not_running(launcher)),
+    };
+    let (file, entries) = left;
+    crate::stderr::write(
+        format!("{}: its last lines, from {}\n", not_running(launcher), file.display()).as_bytes(),
+    );
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    for entry in entries {
+        if json {
+            serde_json::to_writer(&mut out, &entry).map_err(io::Error::from)?;
+            writeln!(out)?;
+        } else {
+            let at = humantime::format_rfc3339_millis(entry.at);
+            writeln!(out, "{at} {} | {}", entry.source, entry.line)?;
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `-` for what is not known.
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| v.to_string())
@@ -374,7 +402,7 @@ async fn restart(launcher: &Launcher, services: Vec<String>) -> anyhow::Result<E
 
 async fn logs(launcher: &Launcher, request: Request, json: bool) -> anyhow::Result<ExitCode> {
     let Some(mut client) = connect(launcher).await? else {
-        anyhow::bail!("{}", not_running(launcher));
+        return logs_left(launcher, &request, json);
     };
     client.send(&request).await?;
     let mut out = io::BufWriter::new(io::stdout().lock());

@@ -82,10 +82,14 @@ fn main() -> ExitCode {
             control::run(&catalog, choice, cli.verbose, cli.quiet, action)
         }
         Cmd::Server { action: None, run } => {
-            let result = server(&catalog, choice, cli.quiet, &run, guard, journal);
+            let result = server(&catalog, choice, cli.quiet, &run, guard, journal.clone());
             let code = outcome(result);
-            // The last words, if stderr takes them soon; then exit anyway.
+            // The last words, if stderr takes them soon (and the log file,
+            // if the disk does); then exit anyway.
             stderr::flush(Duration::from_millis(500));
+            if let Some(journal) = journal {
+                journal.close_file(Duration::from_millis(500));
+            }
             return code;
         }
         Cmd::List { json } => list(&catalog, choice, json),

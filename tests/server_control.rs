@@ -659,3 +659,32 @@ fn status_of_a_stopped_server_fails_in_time_instead_of_hanging() {
     ok(&stigmer(&env, &["server", "stop"]));
     assert_nothing_left(&env);
 }
+
+#[test]
+fn the_logs_of_a_server_that_is_gone_come_from_its_log_file() {
+    let env = TestEnv::new();
+    let config = demo(&env);
+    ok(&stigmer(&env, &["server", "start", "--config", &config]));
+    wait_until(
+        20,
+        || "a finished task in the logs".into(),
+        || stdout(&stigmer(&env, &["server", "logs", "runner"])).contains("finished workflows-"),
+    );
+    ok(&stigmer(&env, &["server", "stop"]));
+    assert_nothing_left(&env);
+    let o = stigmer(&env, &["server", "logs", "-n", "1000"]);
+    let out = ok(&o);
+    assert!(stderr(&o).contains("its last lines, from"), "{}", stderr(&o));
+    assert!(out.contains("runner | finished workflows-"), "{out}");
+    // Its own last words too, with one timestamp each.
+    let last = out.lines().last().unwrap();
+    assert!(last.contains("stigmer | INFO all services stopped"), "{last}");
+    let o = stigmer(&env, &["server", "logs", "-n", "2", "api"]);
+    assert_eq!(ok(&o).lines().count(), 2);
+    // Nothing to follow.
+    let o = stigmer(&env, &["server", "logs", "-f"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no stigmer server is running"), "{}", stderr(&o));
+    let mode = std::fs::metadata(env.home.join("run/server.log")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "private: services log secrets");
+}

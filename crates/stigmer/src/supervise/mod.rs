@@ -99,6 +99,24 @@ pub use self::control::{Client, ControlError, Listener};
 pub use self::failure::Failure;
 pub use self::guard::Guard;
 pub use self::journal::Journal;
+
+/// The last `n` lines of `sources` (every one when empty) that the last
+/// server of `cache`'s `STIGMER_HOME` wrote to its log file, and the file;
+/// `Ok(None)` when it has none (it ran where nothing was writable, or never
+/// ran).
+pub fn logs_left(
+    cache: &crate::launch::CacheLauncher,
+    sources: &[String],
+    n: usize,
+) -> Result<Option<(std::path::PathBuf, Vec<journal::Entry>)>> {
+    let Ok(dir) = cache.existing_run_dir() else { return Ok(None) };
+    let entries = journal::read_files(&dir, sources, n).map_err(|source| Error::Cache {
+        op: crate::CacheOp::ReadFolder,
+        path: journal::log_path(&dir),
+        source,
+    })?;
+    Ok(entries.map(|e| (journal::log_path(&dir), e)))
+}
 pub use self::readiness::NotReady;
 pub use self::reap::Exit;
 
@@ -189,6 +207,9 @@ pub async fn serve(
     let control = match options.control.take() {
         Some(listener) => {
             let socket = listener.socket().to_owned();
+            if let Some(dir) = listener.folder() {
+                journal.keep_in(dir);
+            }
             let handle = control::Handle {
                 watched: Arc::clone(&watched),
                 commands: commands_tx,

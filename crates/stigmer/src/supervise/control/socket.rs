@@ -34,6 +34,8 @@ pub struct Listener {
     /// For a socket file: the file, removed when the server ends, and the
     /// lock held until then.
     file: Option<(PathBuf, File)>,
+    /// The server's private folder (`run/`), where it could make one.
+    folder: Option<PathBuf>,
 }
 
 impl Listener {
@@ -42,6 +44,7 @@ impl Listener {
     /// another server holds it.
     pub fn bind(cache: &CacheLauncher, pid: u32) -> Result<Listener, ControlError> {
         let home = home(cache);
+        let mut folder = None;
         let why_not = match cache.run_dir() {
             Ok(dir) if dir.join(SOCKET).as_os_str().len() <= MAX_PATH => {
                 return bind_file(&dir, &home, pid);
@@ -51,11 +54,14 @@ impl Listener {
             Err(e) if own_folder_untrusted(&e, cache) => {
                 return Err(ControlError::NoFolder { source: e });
             }
-            Ok(dir) => crate::Error::Cache {
-                op: crate::CacheOp::CreateFolder,
-                path: dir.join(SOCKET),
-                source: io::Error::other("the path is too long for a socket"),
-            },
+            Ok(dir) => {
+                folder = Some(dir.clone());
+                crate::Error::Cache {
+                    op: crate::CacheOp::CreateFolder,
+                    path: dir.join(SOCKET),
+                    source: io::Error::other("the path is too long for a socket"),
+                }
+            }
             Err(e) => e,
         };
         let Some((addr, socket)) = abstract_address(cache) else {
@@ -63,7 +69,7 @@ impl Listener {
         };
         debug!("control socket: {why_not}; listening on {socket} instead");
         match UnixListener::bind_addr(&addr) {
-            Ok(listener) => Ok(Listener { listener, socket, file: None }),
+            Ok(listener) => Ok(Listener { listener, socket, file: None, folder }),
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
                 // Someone holds the name: ours, or an impostor.
                 let stream = UnixStream::connect_addr(&addr).map_err(|source| {
@@ -85,6 +91,12 @@ impl Listener {
     /// Where it listens: a path, or `@name` (abstract).
     pub fn socket(&self) -> &str {
         &self.socket
+    }
+
+    /// The server's private folder (`$STIGMER_HOME/run`), where its log
+    /// file goes; `None` where none could be made (a read-only root).
+    pub fn folder(&self) -> Option<&Path> {
+        self.folder.as_deref()
     }
 }
 
@@ -137,7 +149,7 @@ fn bind_file(dir: &Path, home: &Path, pid: u32) -> Result<Listener, ControlError
     }
     let listener = UnixListener::bind(&path).map_err(io_err("cannot listen on", &path))?;
     let socket = path.display().to_string();
-    Ok(Listener { listener, socket, file: Some((path, lock)) })
+    Ok(Listener { listener, socket, file: Some((path, lock)), folder: Some(dir.to_owned()) })
 }
 
 /// Connects to the server of `cache`'s `STIGMER_HOME`: see
