@@ -518,13 +518,22 @@ impl Machine {
             self.begin_shutdown(Shutdown::Failed(failure));
             return;
         }
-        let next = self
-            .services
-            .iter()
-            .position(|s| s.state == State::Waiting && s.deps.iter().all(|&(d, c)| self.met(d, c)));
+        let next = self.services.iter().position(|s| {
+            s.state == State::Waiting
+                && s.deps.iter().all(|&(d, c)| self.met(d, c))
+                && !s.dependents.iter().any(|&j| self.restarting(j))
+        });
         if let Some(svc) = next {
             self.spawn(svc);
         }
+    }
+
+    /// Whether service `svc` was asked to restart and has not stopped yet:
+    /// what it depends on waits for that before it starts again (a restart
+    /// of everything runs a job again only once what needs it is down).
+    fn restarting(&self, svc: usize) -> bool {
+        let s = &self.services[svc];
+        s.restart_asked && matches!(s.state, State::Running { .. } | State::Stopping { .. })
     }
 
     /// Whether service `dep` has got as far as `condition` asks.
@@ -748,10 +757,7 @@ impl Machine {
             if !s.restart_asked {
                 continue;
             }
-            let needed = s.dependents.iter().any(|&j| {
-                let d = &self.services[j];
-                d.restart_asked && matches!(d.state, State::Running { .. } | State::Stopping { .. })
-            });
+            let needed = s.dependents.iter().any(|&j| self.restarting(j));
             if !needed {
                 self.stop(now, svc, pid);
             }

@@ -214,3 +214,42 @@ fn a_dependency_that_completes_before_a_healthy_dependent_starts_fails_the_serve
          status 0) and its restart policy does not run it again"
     );
 }
+
+#[test]
+fn a_restart_of_everything_runs_a_job_again_only_once_what_needs_it_is_down() {
+    let (mut m, t0) = machine(JOB);
+    let (migrate, api, web) = start_job(&mut m, t0);
+    m.handle(t0, Event::Exited { svc: migrate, exit: Exit::Code(0) });
+    let actions = drain(&mut m);
+    assert_eq!(spawned(&mut m, t0, &actions), api);
+    assert_eq!(drain(&mut m), []);
+    m.handle(t0, Event::Restart { svcs: vec![] });
+    let actions = drain(&mut m);
+    // api and web are asked to stop; migrate, completed, does not run
+    // again while api, which needs it, is still up.
+    assert!(
+        !actions.iter().any(|a| matches!(a, Spawn { svc, .. } if *svc == migrate)),
+        "{actions:?}"
+    );
+    for svc in [api, web] {
+        assert!(matches!(m.services[svc].state, State::Stopping { .. }), "{svc} stops");
+    }
+    m.handle(t0, Event::Exited { svc: web, exit: Exit::Code(0) });
+    let actions = drain(&mut m);
+    assert!(actions.contains(&Spawn { svc: web, run: 2 }), "{actions:?}");
+    assert!(
+        !actions.iter().any(|a| matches!(a, Spawn { svc, .. } if *svc == migrate)),
+        "{actions:?}"
+    );
+    m.handle(t0, Event::Spawned { svc: web, pid: pid(300) });
+    drain(&mut m);
+    // api down: now the job runs, then api again once it completed.
+    m.handle(t0, Event::Exited { svc: api, exit: Exit::Code(0) });
+    let actions = drain(&mut m);
+    assert_eq!(spawned(&mut m, t0, &actions), migrate);
+    assert_eq!(drain(&mut m), []);
+    m.handle(t0, Event::Exited { svc: migrate, exit: Exit::Code(0) });
+    let actions = drain(&mut m);
+    assert_eq!(spawned(&mut m, t0, &actions), api);
+    assert!(m.all_ready);
+}
