@@ -43,7 +43,7 @@ pub(crate) enum Cmd {
         )]
         argv: Vec<OsString>,
     },
-    /// Start every service of services.toml, stream their output, stop them all on SIGINT/SIGTERM
+    /// Run every service of services.toml in the foreground; or start, stop, status, restart, logs
     ///
     /// Without a subcommand the server runs in the foreground (for a
     /// terminal, or as a container's PID 1); `start` runs it in the
@@ -92,7 +92,7 @@ pub(crate) struct ServerArgs {
     /// Use this manifest instead of the embedded services.toml
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<std::path::PathBuf>,
-    /// One JSON object per line: the services' on stdout, stigmer's own on stderr
+    /// One JSON object per line: the services' lines, and stigmer's own (in the foreground: on stdout and stderr)
     #[arg(long)]
     pub(crate) json_logs: bool,
     /// Internal, for `server start`: start no service until it watches
