@@ -35,7 +35,8 @@ fn main() -> ExitCode {
 
     // Multi-call: `ln -s stigmer workflow-runner; ./workflow-runner --help`
     // runs the payload with every argument.
-    if let Some(name) = args.first().and_then(|a| multicall_name(a, &catalog)) {
+    let payload_name = args.first().and_then(|a| multicall_name(a, &catalog));
+    if let Some(name) = payload_name.or_else(|| reexec_name(&args, &catalog)) {
         logging::init(0, false, None, false);
         let choice = match std::env::var(env::STIGMER_BACKEND) {
             Ok(v) if !v.is_empty() => match v.parse::<Choice>() {
@@ -141,6 +142,20 @@ fn names(catalog: &Catalog) -> (Vec<&str>, Vec<&str>) {
 fn multicall_name(argv0: &OsStr, catalog: &Catalog) -> Option<String> {
     let name = Path::new(argv0).file_name()?.to_str()?;
     catalog.find(name).map(|p| p.name().to_owned())
+}
+
+/// The payload a mapped payload that re-exec'd itself through
+/// `/proc/self/exe` (which is stigmer) meant to run again: the one
+/// `STIGMER_MAPPED` names, when `argv[0]` is not stigmer's own name (as
+/// `/proc/self/exe` or a custom name is not).
+fn reexec_name(args: &[OsString], catalog: &Catalog) -> Option<String> {
+    let name = std::env::var(env::STIGMER_MAPPED).ok()?;
+    let argv0 = Path::new(args.first()?).file_name()?;
+    let exe = std::env::current_exe().ok()?;
+    if argv0 == "stigmer" || Some(argv0) == exe.file_name() {
+        return None;
+    }
+    catalog.find(&name).map(|p| p.name().to_owned())
 }
 
 /// The launcher for commands that launch payloads: with a progress bar for

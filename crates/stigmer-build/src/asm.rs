@@ -13,7 +13,14 @@ use crate::Error;
 /// and, for LTO, in its bitcode too (a 180 MB payload set made a 357 MB
 /// rlib and a 178 MB rmeta that every build re-read), while `.incbin`
 /// leaves them to the assembler, which reads the file once. Each payload
-/// starts on a 4 KiB boundary, in a read-only section.
+/// starts on a 64 KiB boundary (ELF; 4 KiB in Mach-O, where nothing maps
+/// payloads), in a read-only section: the mapped backend maps a payload's
+/// segments from stigmer's file at the payload's offset, which must be a
+/// multiple of the page size of any kernel it runs on (4, 16 or 64 KiB).
+/// In the file the offset is the address modulo the linker's
+/// `max-page-size` (4 KiB on x86_64, 64 KiB on aarch64: each at least the
+/// page size there). It costs up to 64 KiB of padding per payload, 32 KiB
+/// on average.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Asm {
     /// ELF (Linux and the BSDs).
@@ -40,15 +47,23 @@ impl Asm {
         let path = std::path::absolute(path)
             .map_err(|source| Error::Read { path: path.to_owned(), source })?;
         let file = asm_string(&path);
-        let (section, sym, visibility) = match self {
-            Asm::Elf => {
-                (".pushsection .rodata.stigmer_payloads,\"a\"", symbol.to_owned(), ".hidden")
-            }
-            Asm::MachO => (".pushsection __TEXT,__const", format!("_{symbol}"), ".private_extern"),
+        let (section, sym, visibility, align) = match self {
+            Asm::Elf => (
+                ".pushsection .rodata.stigmer_payloads,\"a\"",
+                symbol.to_owned(),
+                ".hidden",
+                ".p2align 16",
+            ),
+            Asm::MachO => (
+                ".pushsection __TEXT,__const",
+                format!("_{symbol}"),
+                ".private_extern",
+                ".p2align 12",
+            ),
         };
         Ok(vec![
             section.to_owned(),
-            ".p2align 12".to_owned(),
+            align.to_owned(),
             format!(".globl {sym}"),
             format!("{visibility} {sym}"),
             format!("{sym}:"),

@@ -23,6 +23,12 @@ pub const STIGMER_PAYLOAD_DIR: &str = "STIGMER_PAYLOAD_DIR";
 /// ([`crate::doctor::answer_probe`]). Never set for a payload.
 pub const STIGMER_DOCTOR_PROBE: &str = "STIGMER_DOCTOR_PROBE";
 
+/// Set by the mapped backend in a payload's environment to the payload's
+/// name: a mapped payload's `/proc/self/exe` is stigmer, so a payload that
+/// re-execs itself through it reaches stigmer, which runs that payload
+/// again (when `argv[0]` names neither a payload nor stigmer itself).
+pub const STIGMER_MAPPED: &str = "STIGMER_MAPPED";
+
 /// Test-only, and honoured only by debug builds (a release build ignores
 /// it): when set and not empty, `stigmer server` panics in a task at a
 /// reload (SIGUSR1), so a test can prove that a panic stops every service

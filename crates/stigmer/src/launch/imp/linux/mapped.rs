@@ -438,6 +438,12 @@ impl Launch {
         envp: Vec<CString>,
     ) -> io::Result<Launch> {
         let host = Host::get().map_err(io::Error::other)?;
+        // Its /proc/self/exe is stigmer: this tells a re-exec through it
+        // which payload to run (see crate::env::STIGMER_MAPPED).
+        let marker = format!("{}=", crate::env::STIGMER_MAPPED);
+        let mut envp: Vec<CString> =
+            envp.into_iter().filter(|v| !v.as_bytes().starts_with(marker.as_bytes())).collect();
+        envp.push(CString::new(format!("{marker}{name}")).map_err(io::Error::other)?);
         let c_string = |bytes: &[u8]| {
             CString::new(bytes).map_err(|_| {
                 io::Error::new(
