@@ -11,7 +11,7 @@
 mod common;
 
 use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use common::*;
 
@@ -60,7 +60,7 @@ fn a_mapped_payload_runs_from_stigmers_file_with_nothing_copied_or_pinned() {
     );
     assert_eq!(field(&lines, "comm"), "probe");
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    assert_eq!(cmdline, b"probe\0x y\0z\0--say\0ready\0--sleep\060000\0");
+    assert_eq!(cmdline, b"probe\0x y\0z\0--say\0ready\0--sleep\x0060000\0");
     // /proc/PID/exe is stigmer (the known difference from execve).
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
     assert_eq!(exe, std::fs::canonicalize(stigmer_bin()).unwrap());
