@@ -342,6 +342,10 @@ fn doctor(catalog: &Catalog, choice: Choice, json: bool) -> anyhow::Result<ExitC
         }
         None => row("", "exec from memfd", "not on this platform: payloads run from the cache")?,
     }
+    // Information: payloads run without it (from a memfd).
+    let mapped_mark = if report.mapped.ok { "ok" } else { "" };
+    row(mapped_mark, "mapped loader", &report.mapped.detail)?;
+
     if let Some(seccomp) = &report.seccomp {
         row("", "seccomp", seccomp)?;
     }

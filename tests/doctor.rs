@@ -41,6 +41,12 @@ fn a_healthy_host_runs_every_payload_as_list_says_and_doctor_writes_nothing() {
         assert!(memfd["exec"]["detail"].as_str().unwrap().contains("sealed memfd"), "{memfd}");
         assert_eq!(report["cache"]["noexec"], false);
         assert!(report["seccomp"].as_str().is_some());
+        // The mapped loader's one kernel question (PR_SET_MM_MAP), asked
+        // in a child: this host allows it.
+        assert_eq!(report["mapped"]["ok"], true, "{}", report["mapped"]);
+    } else {
+        assert_eq!(report["mapped"]["ok"], false);
+        assert_eq!(report["mapped"]["detail"], "the mapped backend needs Linux");
     }
     assert_eq!(report["cache"]["usable"]["ok"], true);
     assert_eq!(report["cache"]["owner"], Value::Null, "no cache folder yet");

@@ -10,7 +10,8 @@
 //! payload, with a warm page cache:
 //!
 //! 1. `direct`: exec of the same file from disk (the floor);
-//! 2. `stigmer-memfd`: `stigmer run NAME --quiet`;
+//! 2. `stigmer-memfd`: `stigmer run NAME --quiet`; `2b-stigmer-mapped`:
+//!    the same with `--backend mapped` (segments mapped from stigmer's file);
 //! 3. `naive-memfd`: what go-memexec and the memfd-exec crate do:
 //!    `memfd_create`, `write()` from a heap buffer, no seals, exec;
 //! 4. `extract`: write a temp file on disk, chmod, exec, unlink (PyInstaller
@@ -32,7 +33,9 @@
 //! the payloads; the peak RSS of a `stigmer run` process (launcher and
 //! payload together, as the kernel's `ru_maxrss` keeps the larger across the
 //! exec; the payload alone is printed beside it); and the Shmem a running
-//! payload holds (`/proc/meminfo`, while it sleeps).
+//! payload holds (`/proc/meminfo`, while it sleeps); and, launched directly,
+//! from a memfd and mapped: the RSS and PSS of one running instance, and
+//! for 20 instances at once the sum of their PSS and the Shmem they pin.
 //!
 //! Every variant includes one spawn and exec of the payload; the stigmer
 //! variants also exec stigmer itself first.
@@ -149,6 +152,7 @@ fn setup() -> Setup {
     }
     let s = Setup { dir, stigmer, stigmer_zstd, payloads };
     memory(&s);
+    ram(&s);
     s
 }
 
@@ -210,6 +214,7 @@ fn memory(s: &Setup) {
         let rows = [
             ("direct exec of the payload", Command::new(path)),
             ("stigmer run (memfd)", stigmer(&s.stigmer, "memfd", name)),
+            ("stigmer run (mapped)", stigmer(&s.stigmer, "mapped", name)),
             ("stigmer run (memfd, compressed build)", stigmer(&s.stigmer_zstd, "memfd", name)),
             ("stigmer run (cache, warm)", stigmer(&s.stigmer, "cache", name)),
         ];
@@ -218,6 +223,85 @@ fn memory(s: &Setup) {
             let mut cmd = cmd;
             let shmem = shmem_held_kib(&mut cmd);
             eprintln!("{name}: {what}: peak RSS {rss} KiB, Shmem held while it runs {shmem} KiB");
+        }
+    }
+}
+
+/// `Rss:`, `Pss:` and `Shmem` (`Pss_Shmem:`) of a live process, in KiB,
+/// from `/proc/PID/smaps_rollup`.
+fn footprint_kib(pid: u32) -> (u64, u64, u64) {
+    let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    let field = |key: &str| -> u64 {
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap())
+            .unwrap_or(0)
+    };
+    (field("Rss:"), field("Pss:"), field("Pss_Shmem:"))
+}
+
+/// Starts `n` copies of `cmd` that sleep, waits until each has become the
+/// payload (its `comm` no longer stigmer's), and returns them.
+fn sleepers(cmd: &dyn Fn() -> Command, n: usize) -> Vec<std::process::Child> {
+    let children: Vec<_> = (0..n)
+        .map(|_| cmd().args(["--quiet", "--sleep", "3000"]).stdout(Stdio::null()).spawn().unwrap())
+        .collect();
+    for child in &children {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while fs::read_to_string(format!("/proc/{}/comm", child.id()))
+            .is_ok_and(|c| c.trim() == "stigmer")
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    // Let each get past its start.
+    std::thread::sleep(Duration::from_millis(300));
+    children
+}
+
+/// The RAM a payload costs running, launched each way: RSS and PSS of one
+/// instance, and, for 20 at once, the sum of their PSS and how much more
+/// Shmem the system holds (the memfd copies).
+fn ram(s: &Setup) {
+    let home = s.dir.path().join("ram-home");
+    for (name, path, _) in &s.payloads {
+        let stigmer = |backend: &'static str| {
+            let (bin, home, name) = (s.stigmer.clone(), home.clone(), name.clone());
+            move || {
+                let mut cmd = Command::new(&bin);
+                cmd.env("STIGMER_HOME", &home).args(["--backend", backend, "run", &name]);
+                cmd
+            }
+        };
+        let direct = {
+            let path = path.clone();
+            move || Command::new(&path)
+        };
+        let rows: [(&str, Box<dyn Fn() -> Command>); 3] = [
+            ("direct", Box::new(direct)),
+            ("memfd", Box::new(stigmer("memfd"))),
+            ("mapped", Box::new(stigmer("mapped"))),
+        ];
+        for (what, cmd) in rows {
+            let mut one = sleepers(&*cmd, 1);
+            let (rss, pss, pss_shmem) = footprint_kib(one[0].id());
+            for c in &mut one {
+                c.wait().unwrap();
+            }
+            let before = shmem_kib() as i64;
+            let mut many = sleepers(&*cmd, 20);
+            let during = shmem_kib() as i64;
+            let pss_sum: u64 = many.iter().map(|c| footprint_kib(c.id()).1).sum();
+            for c in &mut many {
+                assert!(c.wait().unwrap().success());
+            }
+            eprintln!(
+                "{name}: {what}: one: RSS {rss} KiB, PSS {pss} KiB (of it shmem {pss_shmem} KiB); \
+                 20 at once: PSS sum {pss_sum} KiB, Shmem +{} KiB",
+                during - before
+            );
         }
     }
 }
@@ -346,6 +430,9 @@ fn launch(c: &mut Criterion) {
         let home = s.dir.path().join("home");
         group.bench_function(id("2-stigmer-memfd"), |b| {
             b.iter(|| run(stigmer(&home).args(["--backend", "memfd", "run", name])))
+        });
+        group.bench_function(id("2b-stigmer-mapped"), |b| {
+            b.iter(|| run(stigmer(&home).args(["--backend", "mapped", "run", name])))
         });
         group.bench_function(id("3-naive-memfd"), |b| b.iter(|| naive_memfd(bytes)));
         group.bench_function(id("4-extract"), |b| b.iter(|| extract(s.dir.path(), bytes)));

@@ -39,6 +39,9 @@ pub struct Report {
     pub kernel: String,
     /// Exec from memory; `None` where there is no memfd (macOS).
     pub memfd: Option<MemfdReport>,
+    /// The mapped loader (`--backend mapped`): whether this host allows it,
+    /// or why not.
+    pub mapped: Finding,
     /// The seccomp mode of this process (Linux), e.g. `2 (filter)`.
     pub seccomp: Option<String>,
     /// The cache.
@@ -150,10 +153,14 @@ pub fn diagnose(
     let manifest = manifest.and_then(|m| m.as_ref().ok());
     let memfd = memfd_report();
     let cache = cache_report(launcher);
+    let mapped = match crate::launch::probe_mapped() {
+        Ok(()) => Finding::ok("allowed: ELF payloads can run mapped from stigmer's own file"),
+        Err(why) => Finding::bad(why),
+    };
     let host = Host {
         memfd_exec: memfd.as_ref().is_some_and(|m| m.exec.ok),
         cache: cache.usable.ok && cache.noexec != Some(true),
-        mapped: crate::launch::probe_mapped().is_ok(),
+        mapped: mapped.ok,
     };
     let cache_problem = || match cache.noexec {
         Some(true) => format!("{} is on a noexec mount", show(cache.root.as_deref())),
@@ -201,6 +208,7 @@ pub fn diagnose(
     Report {
         kernel: kernel(),
         memfd,
+        mapped,
         seccomp: seccomp(),
         cache,
         server_shmem,
