@@ -340,7 +340,8 @@ fn program(m: &Matrix, row: &str, backend: &str) {
     let args = ["-x", "--flag=1", "é", "threads", "maps"];
     let ran = m.run(&env, backend, row, &args);
     assert!(ran.status.success(), "{row} under {backend}: {ran}");
-    assert_eq!(ran.out[0], first(ran.pid, &args.join(" ")), "{row} under {backend}: {ran}");
+    let want = first(ran.pid, &args.join(" "));
+    assert_eq!(ran.out.first(), Some(&want), "{row} under {backend}: {ran}");
     assert!(
         ran.out.iter().any(|l| l == "threads: n=4 sum=5005168 main_tls=42"),
         "{row} under {backend}: {ran}"
@@ -362,7 +363,7 @@ fn program(m: &Matrix, row: &str, backend: &str) {
         let pid = run.child.id();
         let (status, out, err) = run.finish(30);
         let ran = Ran { pid, status, out, err };
-        assert_eq!(ran.out[0], first(pid, cmd), "{row} under {backend}: {ran}");
+        assert_eq!(ran.out.first(), Some(&first(pid, cmd)), "{row} under {backend}: {ran}");
         if handled {
             assert!(status.success(), "{row} under {backend}, SIGTERM handled: {ran}");
             assert_eq!(ran.out.last().unwrap(), "got TERM", "{row} under {backend}: {ran}");
@@ -416,7 +417,8 @@ fn debian_go(m: &Matrix, row: &str, backend: &str) {
     let env = TestEnv::new();
     let ran = m.run(&env, backend, row, &["--version"]);
     assert!(ran.status.success(), "{row} under {backend}: {ran}");
-    assert!(ran.out[0].starts_with("nats-server: v"), "{row} under {backend}: {ran}");
+    let version = ran.out.first().is_some_and(|l| l.starts_with("nats-server: v"));
+    assert!(version, "{row} under {backend}: {ran}");
 
     // Its argv reaches it, and its exit status comes back.
     let conf = env.dir.path().join("no-such.conf");
