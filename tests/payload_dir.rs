@@ -11,7 +11,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -26,12 +26,6 @@ if sys.argv[1:] == ["sleep"]:
     time.sleep(60)
 sys.exit(int(sys.argv[1]) if sys.argv[1:] and sys.argv[1].isdigit() else 0)
 "#;
-
-fn work_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/payload-tests");
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// A PyInstaller one-file build of [`APP`], rebuilt only when APP changes.
 fn pyinstaller_app(work: &Path) -> PathBuf {
@@ -54,35 +48,6 @@ fn pyinstaller_app(work: &Path) -> PathBuf {
         .unwrap();
     ok(&o);
     exe
-}
-
-/// `cargo build` of the stigmer binary with `STIGMER_PAYLOAD_DIR=dir`; the
-/// binary is copied beside `dir`, so another test's build cannot replace it.
-fn build_with(dir: &Path) -> (Output, PathBuf) {
-    // Tests in this file share one target folder: one build at a time.
-    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let target = work_dir().join("target");
-    // The custom build stores payloads the way this test build does.
-    let features: &[&str] =
-        if cfg!(feature = "compress") { &["--features", "compress"] } else { &[] };
-    // For the target this test was built for (a musl test run builds musl).
-    let triple = stigmer_payloads::TARGET;
-    let o = Command::new(cargo)
-        .args(["build", "--offline", "--bin", "stigmer", "--target", triple])
-        .args(features)
-        .arg("--manifest-path")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target)
-        .env("STIGMER_PAYLOAD_DIR", dir)
-        .output()
-        .unwrap();
-    let copy = dir.with_file_name("stigmer");
-    if o.status.success() {
-        fs::copy(target.join(triple).join("debug/stigmer"), &copy).unwrap();
-    }
-    (o, copy)
 }
 
 /// The bytes of one of the demo payloads, as this build embeds them.
@@ -208,7 +173,7 @@ fn executable(path: &Path, bytes: &[u8]) {
 #[test]
 fn pyinstaller_and_script_payloads_from_a_custom_folder() {
     require!(have("pyinstaller"), "pyinstaller is not on PATH (pip install pyinstaller)");
-    let work = work_dir();
+    let work = payload_tests_dir();
     let app = pyinstaller_app(&work);
     let env = TestEnv::new();
     let payloads = env.dir.path().join("payloads");
@@ -530,7 +495,7 @@ fn fake_pyinstaller() -> Vec<u8> {
 #[test]
 fn a_private_tmpdir_and_its_locks_outlive_what_the_payload_left_running() {
     require!(Path::new("/bin/sh").exists(), "needs /bin/sh");
-    let dir = work_dir().join("fake-pyinstaller");
+    let dir = payload_tests_dir().join("fake-pyinstaller");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
     executable(&dir.join("fakepy"), &fake_pyinstaller());

@@ -516,3 +516,42 @@ pub fn line_index(lines: &[String], text: &str) -> usize {
         .position(|l| l.contains(text))
         .unwrap_or_else(|| panic!("no {text:?} in:\n{}", lines.join("\n")))
 }
+
+/// The folder of the tests that build stigmer again with other payloads
+/// (`target/payload-tests`): the second build's target folder is here, so it
+/// never replaces the binary the other tests run.
+pub fn payload_tests_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/payload-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `cargo build` of the stigmer binary with `STIGMER_PAYLOAD_DIR=dir`; the
+/// binary is copied beside `dir`, so another test's build cannot replace it.
+pub fn build_with(dir: &Path) -> (Output, PathBuf) {
+    // Tests in one file share one target folder: one build at a time (cargo
+    // itself locks it between test files).
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let target = payload_tests_dir().join("target");
+    // The custom build stores payloads the way this test build does.
+    let features: &[&str] =
+        if cfg!(feature = "compress") { &["--features", "compress"] } else { &[] };
+    // For the target this test was built for (a musl test run builds musl).
+    let triple = stigmer_payloads::TARGET;
+    let o = Command::new(cargo)
+        .args(["build", "--offline", "--bin", "stigmer", "--target", triple])
+        .args(features)
+        .arg("--manifest-path")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target)
+        .env("STIGMER_PAYLOAD_DIR", dir)
+        .output()
+        .unwrap();
+    let copy = dir.with_file_name("stigmer");
+    if o.status.success() {
+        std::fs::copy(target.join(triple).join("debug/stigmer"), &copy).unwrap();
+    }
+    (o, copy)
+}
