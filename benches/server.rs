@@ -10,10 +10,11 @@
 //! - by hand: the same three binaries from files on disk, the same health
 //!   check polled every 50 ms, the runners started when it passes.
 //!
-//! Stopping is not timed.
+//! Stopping is not timed. Setup also prints how much Shmem the demo system
+//! pins while it runs, from memfds and mapped.
 
 // criterion_group! generates an undocumented public function.
-#![allow(missing_docs)]
+#![allow(missing_docs, clippy::print_stderr)]
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
@@ -133,10 +134,53 @@ fn payload_files(home: &Path) -> PathBuf {
     bin
 }
 
+/// `Shmem:` of `/proc/meminfo`, in KiB.
+fn shmem_kib() -> i64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let line = meminfo.lines().find_map(|l| l.strip_prefix("Shmem:")).unwrap();
+    line.trim().trim_end_matches("kB").trim().parse().unwrap()
+}
+
+/// How much more Shmem the system holds while the demo system runs under
+/// `stigmer --backend BACKEND server` (median of 5), printed on stderr.
+fn server_shmem(dir: &Path, home: &Path) {
+    for backend in ["memfd", "mapped"] {
+        let mut deltas: Vec<i64> = (0..5)
+            .map(|_| {
+                let config = dir.join("services.toml");
+                std::fs::write(&config, manifest(free_port())).unwrap();
+                let before = shmem_kib();
+                let mut child = Command::new(STIGMER)
+                    .args(["--backend", backend, "server", "--config"])
+                    .arg(&config)
+                    .env("STIGMER_HOME", home)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+                while !lines
+                    .next()
+                    .expect("server ended early")
+                    .unwrap()
+                    .contains("all services running")
+                {}
+                std::thread::sleep(Duration::from_millis(300));
+                let during = shmem_kib();
+                stop(&mut child, Some(lines));
+                during - before
+            })
+            .collect();
+        deltas.sort_unstable();
+        eprintln!("demo system under stigmer --backend {backend} server: Shmem +{} KiB", deltas[2]);
+    }
+}
+
 fn server_start(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     let bin = payload_files(&home);
+    server_shmem(dir.path(), &home);
     let mut group = c.benchmark_group("demo system start");
     group.sample_size(30).measurement_time(Duration::from_secs(10));
     group.bench_function("stigmer server", |b| {

@@ -38,7 +38,7 @@ use common::*;
 use nix::sys::signal::Signal;
 
 /// The backends every row runs under.
-const BACKENDS: &[&str] = &["memfd", "cache"];
+const BACKENDS: &[&str] = &["memfd", "cache", "mapped"];
 
 /// What a backend shows a payload, one row per backend.
 const EXPECT: &[Expect] = &[
@@ -49,8 +49,8 @@ const EXPECT: &[Expect] = &[
         shmem: Shmem::AsTheHome,
         reexec: Reexec::SameFile,
     },
-    // Opt-in, not in BACKENDS yet. Its segments are private mappings of
-    // stigmer's own file, so no page is shared memory.
+    // Its segments are private mappings of stigmer's own file, so no page
+    // is shared memory.
     Expect {
         backend: "mapped",
         exe: Exe::Stigmer,
@@ -374,6 +374,20 @@ fn program(m: &Matrix, row: &str, backend: &str) {
     );
     let record = Inside::printed(&ran.out).check(m, &env, backend, row);
     m.record(row, &record);
+
+    // It starts with no handler of stigmer's, and SIGPIPE at its default
+    // (std ignores it in stigmer): as started from a shell.
+    if row.starts_with("c-") || row == "musl-static" {
+        let ran = m.run(&env, backend, row, &["signals"]);
+        let line = ran.out.iter().find_map(|l| l.strip_prefix("signals: ")).unwrap_or_default();
+        let hex = |key: &str| {
+            let v = line.split(' ').find_map(|f| f.strip_prefix(key)).unwrap_or("?");
+            u64::from_str_radix(v, 16).unwrap_or_else(|_| panic!("{row} under {backend}: {ran}"))
+        };
+        assert_eq!(hex("caught="), 0, "{row} under {backend}: {ran}");
+        let sigpipe = 1 << (Signal::SIGPIPE as i32 - 1);
+        assert_eq!(hex("ignored=") & sigpipe, 0, "{row} under {backend}, SIGPIPE: {ran}");
+    }
 
     // Its exit status is stigmer's.
     let ran = m.run(&env, backend, row, &["exit", "7"]);

@@ -261,6 +261,9 @@ fn sleepers(cmd: &dyn Fn() -> Command, n: usize) -> Vec<std::process::Child> {
     children
 }
 
+/// Makes the command of one way to launch a payload.
+type Launch = dyn Fn() -> Command;
+
 /// The RAM a payload costs running, launched each way: RSS and PSS of one
 /// instance, and, for 20 at once, the sum of their PSS and how much more
 /// Shmem the system holds (the memfd copies).
@@ -279,7 +282,7 @@ fn ram(s: &Setup) {
             let path = path.clone();
             move || Command::new(&path)
         };
-        let rows: [(&str, Box<dyn Fn() -> Command>); 3] = [
+        let rows: [(&str, Box<Launch>); 3] = [
             ("direct", Box::new(direct)),
             ("memfd", Box::new(stigmer("memfd"))),
             ("mapped", Box::new(stigmer("mapped"))),

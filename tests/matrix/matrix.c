@@ -13,6 +13,8 @@
  *   wait        handles SIGTERM (prints "got TERM", exits 0), prints "ready"
  *               and waits
  *   wait-raw    prints "ready" and waits: SIGTERM kills it (default action)
+ *   signals     prints "signals: ignored=HEX caught=HEX", its SigIgn and
+ *               SigCgt from /proc/self/status (what it was started with)
  * Any other word is only part of argv.
  * Every line is flushed at once: the test reads them from a pipe. */
 #define _GNU_SOURCE
@@ -95,6 +97,17 @@ static void on_term(int sig) {
   _exit(0);
 }
 
+static void signals(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  char line[256], ign[64] = "?", cgt[64] = "?";
+  while (f && fgets(line, sizeof line, f)) {
+    if (strncmp(line, "SigIgn:\t", 8) == 0) sscanf(line + 8, "%63s", ign);
+    if (strncmp(line, "SigCgt:\t", 8) == 0) sscanf(line + 8, "%63s", cgt);
+  }
+  if (f) fclose(f);
+  say("signals: ignored=%s caught=%s\n", ign, cgt);
+}
+
 int main(int argc, char **argv) {
   printf("matrix: row=%s pid=%d argv=[", ROW, (int)getpid());
   for (int i = 0; i < argc; i++) printf("%s%s", i ? " " : "", argv[i]);
@@ -105,6 +118,8 @@ int main(int argc, char **argv) {
       threads();
     } else if (strcmp(cmd, "maps") == 0) {
       maps();
+    } else if (strcmp(cmd, "signals") == 0) {
+      signals();
     } else if (strcmp(cmd, "exit") == 0 && i + 1 < argc) {
       exit(atoi(argv[++i]));
     } else if (strcmp(cmd, "wait") == 0 || strcmp(cmd, "wait-raw") == 0) {

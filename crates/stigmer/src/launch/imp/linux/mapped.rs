@@ -186,14 +186,16 @@ impl Host {
         if host.auxv.len() + OWN.len() > 40 {
             return Err("an auxiliary vector too long to copy");
         }
-        host.probe()?;
         Ok(host)
     }
 
     /// Asks the kernel, in a child that exits at once, for what the loader
     /// needs and not every kernel (or seccomp profile) allows:
     /// `PR_SET_MM_MAP` without privilege (Linux 3.18+, `CONFIG_CHECKPOINT_RESTORE`).
-    fn probe(&self) -> Result<(), &'static str> {
+    /// `stigmer doctor` asks; a launch does not need to, since the loader's
+    /// own `PR_SET_MM_MAP` comes before anything it cannot undo, and its
+    /// refusal is the launch's error.
+    pub(crate) fn probe(&self) -> Result<(), &'static str> {
         let now = read_mm().map_err(|_| "/proc/self/stat cannot be read")?;
         // SAFETY: the child makes only raw system calls (brk, prctl,
         // _exit) on values made before the fork, and exits; the parent

@@ -52,7 +52,7 @@ pub(crate) fn mapped_image(payload: &crate::Payload) -> Result<MappedImage, &'st
 
 /// Whether the mapped loader works here, or why not (`stigmer doctor`).
 pub(crate) fn probe_mapped() -> Result<(), &'static str> {
-    mapped::Host::get().map(drop)
+    mapped::Host::get()?.probe()
 }
 
 /// The backend `auto` means on this platform.

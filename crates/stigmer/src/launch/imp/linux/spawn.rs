@@ -68,12 +68,22 @@ pub(crate) fn exec_fd(fd: BorrowedFd<'_>, argv: &[OsString], how: How<'_>) -> io
             return e.into();
         }
     }
+    // std ignores SIGPIPE in stigmer itself; the payload gets the default,
+    // as from a shell (a spawned child has it reset by std already).
+    let pipe = nix::sys::signal::Signal::SIGPIPE;
+    // SAFETY: SIG_DFL and SIG_IGN install no handler: no code of ours runs
+    // in signal context.
+    let was = unsafe { nix::sys::signal::signal(pipe, nix::sys::signal::SigHandler::SigDfl) };
     let err = nix::unistd::execveat(fd, c"", &argv, &envp, nix::fcntl::AtFlags::AT_EMPTY_PATH)
         .unwrap_err();
     if by_path {
         if let Ok(path) = c_string(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_bytes()) {
             let _ = nix::unistd::execve(&path, &argv, &envp);
         }
+    }
+    if let Ok(was) = was {
+        // SAFETY: as above; this puts back what was there.
+        let _ = unsafe { nix::sys::signal::signal(pipe, was) };
     }
     // Still here: whatever runs next (the cache, after a refusal) must not
     // inherit these.
