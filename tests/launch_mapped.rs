@@ -77,11 +77,24 @@ fn a_mapped_payload_runs_from_stigmers_file_with_nothing_copied_or_pinned() {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     let exe = exe.display().to_string();
     let from_exe: Vec<&str> = maps.lines().filter(|l| l.ends_with(&exe)).collect();
-    let offsets: Vec<u64> = from_exe
+    // (start, end, file offset) of each; the payload's segments lie next to
+    // each other, the one page of stigmer's code kept apart (below or above
+    // them in the file, as the linker placed stigmer's code).
+    let spans: Vec<(u64, u64, u64)> = from_exe
         .iter()
-        .map(|l| u64::from_str_radix(l.split_whitespace().nth(2).unwrap(), 16).unwrap())
+        .map(|l| {
+            let mut f = l.split_whitespace();
+            let (start, end) = f.next().unwrap().split_once('-').unwrap();
+            let hex = |v: &str| u64::from_str_radix(v, 16).unwrap();
+            (hex(start), hex(end), hex(f.nth(1).unwrap()))
+        })
         .collect();
-    let first = offsets.iter().min().unwrap();
+    let payload: Vec<&(u64, u64, u64)> = spans
+        .iter()
+        .filter(|(start, end, _)| spans.iter().any(|o| o.1 == *start || o.0 == *end))
+        .collect();
+    assert_eq!(payload.len(), spans.len() - 1, "one page of stigmer's apart: {maps}");
+    let first = payload.iter().map(|s| s.2).min().unwrap();
     assert_eq!(first % (64 * 1024), 0, "the payload starts on 64 KiB: {maps}");
     let code: Vec<&&str> = from_exe.iter().filter(|l| l.contains(" r-xp ")).collect();
     assert_eq!(code.len(), 2, "the payload's code and the jump page: {maps}");
