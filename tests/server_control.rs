@@ -688,3 +688,28 @@ fn the_logs_of_a_server_that_is_gone_come_from_its_log_file() {
     let mode = std::fs::metadata(env.home.join("run/server.log")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "private: services log secrets");
 }
+
+#[test]
+fn a_restart_of_everything_reuses_the_sealed_memfds_in_dependency_order() {
+    use std::os::unix::fs::MetadataExt as _;
+    let env = TestEnv::new();
+    let config = demo(&env);
+    ok(&stigmer(&env, &["--backend", "memfd", "server", "start", "--config", &config]));
+    let before = status_json(&env);
+    let inode = |pid: u64| std::fs::metadata(format!("/proc/{pid}/exe")).unwrap().ino();
+    let (api, runner) = (pid_of(&before, "api"), pid_of(&before, "runner"));
+    let inodes = (inode(api), inode(runner));
+    let o = stigmer(&env, &["server", "restart"]);
+    let out = ok(&o);
+    // Stopped dependents first, started dependencies first.
+    let at = |text: &str| out.find(text).unwrap_or_else(|| panic!("no {text:?} in {out}"));
+    assert!(at("Stopped runner") < at("Stopped api"), "{out}");
+    assert!(at("Restarting api... ✓") < at("Restarting runner... ✓"), "{out}");
+    let after = status_json(&env);
+    let (api2, runner2) = (pid_of(&after, "api"), pid_of(&after, "runner"));
+    assert!(api2 != api && runner2 != runner, "{after:#}");
+    // The same sealed memfds: nothing was copied again.
+    assert_eq!((inode(api2), inode(runner2)), inodes);
+    ok(&stigmer(&env, &["server", "stop"]));
+    assert_nothing_left(&env);
+}
