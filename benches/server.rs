@@ -47,10 +47,18 @@ args = ["--server", "127.0.0.1:{port}", "--queue", "activities"]
     )
 }
 
-/// One start of `stigmer server`, timed to its "all services running".
-fn stigmer_once(config: &Path, home: &Path) -> Duration {
-    let start = Instant::now();
-    let mut child = Command::new(STIGMER)
+/// `stigmer [--backend B] server --config CONFIG`, once it said "all
+/// services running"; the rest of its stderr.
+fn started(
+    config: &Path,
+    home: &Path,
+    backend: Option<&str>,
+) -> (Child, std::io::Lines<BufReader<std::process::ChildStderr>>) {
+    let mut cmd = Command::new(STIGMER);
+    if let Some(backend) = backend {
+        cmd.args(["--backend", backend]);
+    }
+    let mut child = cmd
         .args(["server", "--config"])
         .arg(config)
         .env("STIGMER_HOME", home)
@@ -59,12 +67,15 @@ fn stigmer_once(config: &Path, home: &Path) -> Duration {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let took = loop {
-        let line = lines.next().expect("server ended early").unwrap();
-        if line.contains("all services running") {
-            break start.elapsed();
-        }
-    };
+    while !lines.next().expect("server ended early").unwrap().contains("all services running") {}
+    (child, lines)
+}
+
+/// One start of `stigmer server`, timed to its "all services running".
+fn stigmer_once(config: &Path, home: &Path) -> Duration {
+    let start = Instant::now();
+    let (mut child, lines) = started(config, home, None);
+    let took = start.elapsed();
     stop(&mut child, Some(lines));
     took
 }
@@ -150,21 +161,7 @@ fn server_shmem(dir: &Path, home: &Path) {
                 let config = dir.join("services.toml");
                 std::fs::write(&config, manifest(free_port())).unwrap();
                 let before = shmem_kib();
-                let mut child = Command::new(STIGMER)
-                    .args(["--backend", backend, "server", "--config"])
-                    .arg(&config)
-                    .env("STIGMER_HOME", home)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap();
-                let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-                while !lines
-                    .next()
-                    .expect("server ended early")
-                    .unwrap()
-                    .contains("all services running")
-                {}
+                let (mut child, lines) = started(&config, home, Some(backend));
                 std::thread::sleep(Duration::from_millis(300));
                 let during = shmem_kib();
                 stop(&mut child, Some(lines));

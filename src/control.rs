@@ -2,7 +2,7 @@
 //! running server's control socket (see `stigmer::supervise::control`).
 //! Data goes to stdout, stigmer's own messages to stderr.
 
-use std::io::{self, BufRead as _, Write as _};
+use std::io::{self, BufRead as _, Write};
 use std::os::unix::process::CommandExt as _;
 use std::process::{ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use stigmer::supervise::control::{CheckStatus, Progress, Reply, Request, ServiceStatus, Status};
+use stigmer::supervise::journal::Entry;
 use stigmer::supervise::{Client, ControlError};
 use stigmer::{Catalog, Choice, Launcher, env};
 
@@ -241,17 +242,22 @@ fn logs_left(launcher: &Launcher, request: &Request, json: bool) -> anyhow::Resu
         format!("{}: its last lines, from {}\n", not_running(launcher), file.display()).as_bytes(),
     );
     let mut out = io::BufWriter::new(io::stdout().lock());
-    for entry in entries {
-        if json {
-            serde_json::to_writer(&mut out, &entry).map_err(io::Error::from)?;
-            writeln!(out)?;
-        } else {
-            let at = humantime::format_rfc3339_millis(entry.at);
-            writeln!(out, "{at} {} | {}", entry.source, entry.line)?;
-        }
+    for entry in &entries {
+        print_entry(&mut out, entry, json)?;
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// One log line as `logs` prints it: a JSON object, or `TIME SOURCE | LINE`.
+fn print_entry(out: &mut impl Write, entry: &Entry, json: bool) -> io::Result<()> {
+    if json {
+        serde_json::to_writer(&mut *out, entry).map_err(io::Error::from)?;
+        writeln!(out)
+    } else {
+        let at = humantime::format_rfc3339_millis(entry.at);
+        writeln!(out, "{at} {} | {}", entry.source, entry.line)
+    }
 }
 
 /// `-` for what is not known.
@@ -408,14 +414,7 @@ async fn logs(launcher: &Launcher, request: Request, json: bool) -> anyhow::Resu
     let mut out = io::BufWriter::new(io::stdout().lock());
     while let Some(reply) = client.next().await? {
         match reply {
-            Reply::Line(entry) if json => {
-                serde_json::to_writer(&mut out, &entry).map_err(io::Error::from)?;
-                writeln!(out)?;
-            }
-            Reply::Line(entry) => {
-                let at = humantime::format_rfc3339_millis(entry.at);
-                writeln!(out, "{at} {} | {}", entry.source, entry.line)?;
-            }
+            Reply::Line(entry) => print_entry(&mut out, &entry, json)?,
             Reply::Skipped(n) => {
                 out.flush()?;
                 crate::stderr::write(

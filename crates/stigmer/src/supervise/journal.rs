@@ -228,7 +228,7 @@ impl Journal {
 /// The log file writer: appends each entry of `rx` to `dir/LOG_FILE` as a
 /// JSON line, rotating it at [`MAX_LOG_FILE`], until the journal is gone.
 fn write_files(dir: &Path, rx: &Receiver<Arc<Entry>>, ring: &Journal) {
-    let path = dir.join(LOG_FILE);
+    let path = log_path(dir);
     let mut out: Option<(io::BufWriter<File>, u64)> = None;
     let mut failing = false;
     let mut last_try = std::time::Instant::now() - Duration::from_secs(60);

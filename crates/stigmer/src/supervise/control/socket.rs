@@ -46,7 +46,7 @@ impl Listener {
         let home = home(cache);
         let mut folder = None;
         let why_not = match cache.run_dir() {
-            Ok(dir) if dir.join(SOCKET).as_os_str().len() <= MAX_PATH => {
+            Ok(dir) if socket_path(&dir).is_some() => {
                 return bind_file(&dir, &home, pid);
             }
             // A server may already listen there (its folder's mode changed
@@ -163,16 +163,16 @@ pub(super) fn connect(cache: &CacheLauncher) -> Result<(UnixStream, String), Con
         }
         // A path too long for a socket: the server listens on the abstract
         // name (see `bind`).
-        Ok(dir) if dir.join(SOCKET).as_os_str().len() > MAX_PATH => {}
         Ok(dir) => {
-            let path = dir.join(SOCKET);
-            let socket = path.display().to_string();
-            match UnixStream::connect(&path) {
-                Ok(stream) => return Ok((stream, socket)),
-                // No socket, or a killed server's: none there.
-                Err(e) if gone(&e) => {}
-                Err(source) => {
-                    return Err(ControlError::Io { what: "cannot connect to", socket, source });
+            if let Some(path) = socket_path(&dir) {
+                let socket = path.display().to_string();
+                match UnixStream::connect(&path) {
+                    Ok(stream) => return Ok((stream, socket)),
+                    // No socket, or a killed server's: none there.
+                    Err(e) if gone(&e) => {}
+                    Err(source) => {
+                        return Err(ControlError::Io { what: "cannot connect to", socket, source });
+                    }
                 }
             }
         }
@@ -184,6 +184,14 @@ pub(super) fn connect(cache: &CacheLauncher) -> Result<(UnixStream, String), Con
         Err(e) if gone(&e) => Err(not_running()),
         Err(source) => Err(ControlError::Io { what: "cannot connect to", socket, source }),
     }
+}
+
+/// The socket file's path in `dir`, unless it is too long for a socket
+/// address (a deep `STIGMER_HOME`): then the server listens on the
+/// abstract name instead.
+fn socket_path(dir: &Path) -> Option<PathBuf> {
+    let path = dir.join(SOCKET);
+    (path.as_os_str().len() <= MAX_PATH).then_some(path)
 }
 
 /// Whether `e` says that `STIGMER_HOME` or its `run` folder exists but

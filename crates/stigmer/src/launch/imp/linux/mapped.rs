@@ -370,7 +370,7 @@ impl MappedImage {
             .collect();
         let changes: Vec<(OsString, Option<OsString>)> =
             cmd.get_envs().map(|(k, v)| (k.to_owned(), v.map(OsStr::to_owned))).collect();
-        let envp = super::spawn::environment(changes.into_iter())?;
+        let envp = super::spawn::environment(changes.into_iter().chain([marker(argv0)]))?;
         let launch = Launch::new(self, argv0, &argv, envp)?;
         // SAFETY: the closure runs in the child between fork and its end
         // (it never returns when it succeeds). `Launch::load` makes only raw
@@ -391,11 +391,11 @@ impl MappedImage {
         if std::fs::read_dir("/proc/self/task").map_or(true, |d| d.count() != 1) {
             return io::Error::other("a mapped payload replaces a process of one thread only");
         }
-        let envp = match super::spawn::environment(std::iter::empty()) {
+        let argv0 = argv.first().map(|a| a.to_string_lossy().into_owned()).unwrap_or_default();
+        let envp = match super::spawn::environment([marker(&argv0)].into_iter()) {
             Ok(envp) => envp,
             Err(e) => return e,
         };
-        let argv0 = argv.first().map(|a| a.to_string_lossy().into_owned()).unwrap_or_default();
         match Launch::new(self, &argv0, argv, envp) {
             // SAFETY: this process has one thread, so nothing else runs
             // while `load` remaps it; see `Launch::load`.
@@ -403,6 +403,13 @@ impl MappedImage {
             Err(e) => e,
         }
     }
+}
+
+/// The variable a mapped payload gets: its `/proc/self/exe` is stigmer,
+/// and this tells a re-exec through it which payload to run (see
+/// [`crate::env::STIGMER_MAPPED`]).
+fn marker(name: &str) -> (OsString, Option<OsString>) {
+    (crate::env::STIGMER_MAPPED.into(), Some(name.into()))
 }
 
 /// An ELF file to map: its headers, the descriptor its bytes are read from
@@ -440,12 +447,6 @@ impl Launch {
         envp: Vec<CString>,
     ) -> io::Result<Launch> {
         let host = Host::get().map_err(io::Error::other)?;
-        // Its /proc/self/exe is stigmer: this tells a re-exec through it
-        // which payload to run (see crate::env::STIGMER_MAPPED).
-        let marker = format!("{}=", crate::env::STIGMER_MAPPED);
-        let mut envp: Vec<CString> =
-            envp.into_iter().filter(|v| !v.as_bytes().starts_with(marker.as_bytes())).collect();
-        envp.push(CString::new(format!("{marker}{name}")).map_err(io::Error::other)?);
         let c_string = |bytes: &[u8]| {
             CString::new(bytes).map_err(|_| {
                 io::Error::new(
