@@ -174,7 +174,7 @@ pub(crate) enum CacheCmd {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum BackendArg {
-    /// memfd on Linux (the cache where the kernel refuses it), the cache on macOS
+    /// Linux: ELF payloads mapped from stigmer's own file, the rest from sealed memfds (the cache where the kernel refuses both); macOS: the cache
     Auto,
     /// Only a sealed memfd (Linux)
     Memfd,

@@ -33,10 +33,13 @@ fn main() -> ExitCode {
     let mut args: Vec<OsString> = std::env::args_os().collect();
     let catalog = stigmer_payloads::catalog();
 
-    // Multi-call: `ln -s stigmer workflow-runner; ./workflow-runner --help`
-    // runs the payload with every argument.
+    // A mapped payload that re-exec'd itself through its /proc/self/exe,
+    // which is stigmer; or multi-call: `ln -s stigmer workflow-runner;
+    // ./workflow-runner --help` runs the payload with every argument.
+    let reexec = args.first().and_then(|a| stigmer::launch::mapped_reexec(&catalog, a));
+    let reexec = reexec.map(|p| p.name().to_owned());
     let payload_name = args.first().and_then(|a| multicall_name(a, &catalog));
-    if let Some(name) = payload_name.or_else(|| reexec_name(&args, &catalog)) {
+    if let Some(name) = reexec.clone().or(payload_name) {
         logging::init(0, false, None, false);
         let choice = match std::env::var(env::STIGMER_BACKEND) {
             Ok(v) if !v.is_empty() => match v.parse::<Choice>() {
@@ -46,7 +49,9 @@ fn main() -> ExitCode {
             _ => Choice::Auto,
         };
         let rest = args.split_off(1);
-        return outcome(run(&catalog, choice, false, &name, rest));
+        // A re-exec keeps the argv[0] it was given, as execve would.
+        let arg0 = reexec.is_some().then(|| args[0].as_os_str());
+        return outcome(run(&catalog, choice, false, &name, arg0, rest));
     }
 
     let command = Cli::command().long_version(long_version(&catalog));
@@ -74,7 +79,7 @@ fn main() -> ExitCode {
         Cmd::Run { argv } => match argv.split_first() {
             Some((name, rest)) => {
                 let args = cli::payload_args(rest.to_vec());
-                run(&catalog, choice, cli.quiet, &name.to_string_lossy(), args)
+                run(&catalog, choice, cli.quiet, &name.to_string_lossy(), None, args)
             }
             // clap requires the name; this is for the type checker.
             None => Err(anyhow::anyhow!("stigmer run needs a payload name: see stigmer list")),
@@ -144,20 +149,6 @@ fn multicall_name(argv0: &OsStr, catalog: &Catalog) -> Option<String> {
     catalog.find(name).map(|p| p.name().to_owned())
 }
 
-/// The payload a mapped payload that re-exec'd itself through
-/// `/proc/self/exe` (which is stigmer) meant to run again: the one
-/// `STIGMER_MAPPED` names, when `argv[0]` is not stigmer's own name (as
-/// `/proc/self/exe` or a custom name is not).
-fn reexec_name(args: &[OsString], catalog: &Catalog) -> Option<String> {
-    let name = std::env::var(env::STIGMER_MAPPED).ok()?;
-    let argv0 = Path::new(args.first()?).file_name()?;
-    let exe = std::env::current_exe().ok()?;
-    if argv0 == "stigmer" || Some(argv0) == exe.file_name() {
-        return None;
-    }
-    catalog.find(&name).map(|p| p.name().to_owned())
-}
-
 /// The launcher for commands that launch payloads: with a progress bar for
 /// slow cache fills on a terminal, unless `--quiet`.
 fn launcher(choice: Choice, quiet: bool) -> Launcher {
@@ -173,11 +164,12 @@ fn run(
     choice: Choice,
     quiet: bool,
     name: &str,
+    arg0: Option<&OsStr>,
     args: Vec<OsString>,
 ) -> anyhow::Result<ExitCode> {
     let payload = catalog.get(name)?;
     let launcher = launcher(choice, quiet);
-    let status = launcher.run(payload, args)?;
+    let status = launcher.run_as(payload, arg0, args)?;
     Ok(stigmer::launch::exit_code(status))
 }
 

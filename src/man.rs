@@ -79,7 +79,7 @@ pub(crate) fn render(cli: Command, w: &mut dyn Write) -> io::Result<()> {
                 "STIGMER_HOME",
                 "The folder of the cache and of the control socket. Default: ~/.stigmer.",
             ),
-            ("STIGMER_BACKEND", "As --backend: auto, memfd or cache."),
+            ("STIGMER_BACKEND", "As --backend: auto, memfd, mapped or cache."),
             (
                 "RUST_LOG",
                 "Filters stigmer's own log lines (as tracing's EnvFilter); overrides -v and -q.",

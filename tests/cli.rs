@@ -30,7 +30,9 @@ fn list_json_is_data() {
     let rows = rows.as_array().unwrap();
     let probe = rows.iter().find(|r| r["name"] == "probe").unwrap();
     assert_eq!(probe["kind"], NATIVE_KIND);
-    assert_eq!(probe["backend"], NATIVE_BACKEND);
+    assert_eq!(probe["backend"], AUTO_ELF_BACKEND);
+    let hello = rows.iter().find(|r| r["name"] == "hello").unwrap();
+    assert_eq!(hello["backend"], NATIVE_BACKEND, "a #! script is not mapped");
     assert_eq!(probe["sha256"].as_str().unwrap().len(), 64);
     assert!(probe["size"].as_u64().unwrap() > 1000);
     assert!(!probe["why"].as_str().unwrap().is_empty());
@@ -129,7 +131,7 @@ fn unknown_backend_is_refused() {
     std::os::unix::fs::symlink(stigmer_bin(), &link).unwrap();
     let o = std::process::Command::new(&link).env("STIGMER_BACKEND", "floppy").output().unwrap();
     assert_eq!(o.status.code(), Some(2));
-    assert_eq!(stderr(&o), "error: unknown backend \"floppy\": use auto, memfd or cache\n");
+    assert_eq!(stderr(&o), "error: unknown backend \"floppy\": use auto, memfd, mapped or cache\n");
 }
 
 #[test]

@@ -93,8 +93,9 @@ args = ["--server", "http://127.0.0.1:{port}"]
         server.stderr.lock().unwrap()
     );
 
-    // The services answer, and run from sealed memory: the cache on the
-    // emptyDir is never needed.
+    // The services answer, and run mapped from stigmer's own file (or from
+    // sealed memfds, in a build that stores payloads compressed): the cache
+    // on the emptyDir is never needed.
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), "nothing on {port}");
     // "All services running" comes once each is spawned; wait for both to
     // have exec'd.
@@ -104,15 +105,21 @@ args = ["--server", "http://127.0.0.1:{port}"]
             .into_iter()
             .chain(processes_with(&format!("--port {port}")))
             .collect::<Vec<_>>();
-        let from_memory = services
+        let not_cached = services
             .iter()
             .filter_map(|(pid, _)| fs::read_link(format!("/proc/{pid}/exe")).ok())
-            .filter(|exe| exe.to_string_lossy().starts_with("/memfd:"))
+            .filter(|exe| match AUTO_ELF_BACKEND {
+                "mapped" => exe == stigmer_bin(),
+                _ => exe.to_string_lossy().starts_with("/memfd:"),
+            })
             .count();
-        if from_memory == 2 {
+        if not_cached == 2 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "both services from memfds: {services:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "both services {AUTO_ELF_BACKEND}: {services:?}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 

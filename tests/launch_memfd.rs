@@ -112,8 +112,10 @@ fn read_only_root_runs_from_memory_and_writes_nothing() {
         stderr(&probe)
     );
     ok(&probe);
-    assert_eq!(probe_field(&probe, "exe"), "/memfd:probe (deleted)");
+    assert_eq!(probe_field(&probe, "exe"), auto_elf_exe("probe"));
     assert_eq!(ok(&script), "hello from an embedded shell script (argv: ro)\n");
+    let memfd = bwrap(&env).args(["--backend", "memfd", "run", "probe"]).output().unwrap();
+    assert_eq!(probe_field(&memfd, "exe"), "/memfd:probe (deleted)", "{}", stderr(&memfd));
     assert!(!env.home.exists(), "stigmer wrote its cache folder");
 
     // The cache, by contrast, has nowhere to go, and says so in one line.
@@ -142,27 +144,42 @@ fn bwrap(env: &TestEnv) -> Command {
 fn memfd_noexec_1_still_runs_from_memory() {
     require!(can_set_memfd_noexec(), "needs root, unshare and vm.memfd_noexec (Linux 6.3+) at 0");
     let env = TestEnv::new();
-    let o = with_memfd_noexec(&env, 1, &["run", "probe"]);
+    let o = with_memfd_noexec(&env, 1, &["--backend", "memfd", "run", "probe"]);
     ok(&o);
     assert_eq!(probe_field(&o, "exe"), "/memfd:probe (deleted)", "MFD_EXEC keeps it executable");
+    assert_eq!(stderr(&o), "", "no warning at level 1");
+    let o = with_memfd_noexec(&env, 1, &["run", "probe"]);
+    assert_eq!(probe_field(&o, "exe"), auto_elf_exe("probe"));
     assert_eq!(stderr(&o), "", "no warning at level 1");
     let o = with_memfd_noexec(&env, 1, &["run", "hello"]);
     assert!(ok(&o).starts_with("hello from an embedded shell script"));
 }
 
+/// Where the kernel refuses executable memfds, what `auto` would run from
+/// one (a `#!` script; an ELF payload in a build that compresses them) goes
+/// to the cache with one warning. An ELF payload `auto` maps needs no memfd
+/// and runs as anywhere else.
 #[test]
 fn memfd_noexec_2_falls_back_to_the_cache_with_one_warning() {
     require!(can_set_memfd_noexec(), "needs root, unshare and vm.memfd_noexec (Linux 6.3+) at 0");
     let env = TestEnv::new();
-    let o = with_memfd_noexec(&env, 2, &["run", "probe"]);
-    ok(&o);
-    assert!(probe_field(&o, "exe").starts_with(env.home.to_str().unwrap()), "{}", stdout(&o));
+    let o = with_memfd_noexec(&env, 2, &["run", "hello", "x"]);
+    assert_eq!(ok(&o), "hello from an embedded shell script (argv: x)\n");
     let err = stderr(&o);
     assert_eq!(err.lines().count(), 1, "exactly one warning: {err}");
     assert!(
         err.contains("WARN") && err.contains("refused") && err.contains("memfd_create"),
         "{err}"
     );
+    assert!(fs::read_dir(env.home.join("bin")).unwrap().count() > 0, "nothing in the cache");
+    let o = with_memfd_noexec(&env, 2, &["run", "probe"]);
+    ok(&o);
+    if AUTO_ELF_BACKEND == "mapped" {
+        assert_eq!(probe_field(&o, "exe"), auto_elf_exe("probe"));
+        assert_eq!(stderr(&o), "", "no warning: nothing needed a memfd");
+    } else {
+        assert!(probe_field(&o, "exe").starts_with(env.home.to_str().unwrap()), "{}", stdout(&o));
+    }
 
     // Forcing memfd gives the kernel's refusal instead of a fallback.
     let o = with_memfd_noexec(&env, 2, &["--backend", "memfd", "run", "probe"]);
@@ -172,7 +189,7 @@ fn memfd_noexec_2_falls_back_to_the_cache_with_one_warning() {
     // With no usable cache either, one error names both causes and the fix.
     fs::remove_dir_all(&env.home).unwrap();
     fs::write(&env.home, "").unwrap();
-    let o = with_memfd_noexec(&env, 2, &["run", "probe"]);
+    let o = with_memfd_noexec(&env, 2, &["run", "hello"]);
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert_eq!(err.lines().count(), 1, "{err}");

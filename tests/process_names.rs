@@ -31,17 +31,7 @@ fn services_are_named_after_their_payload_and_pgrep_finds_them() {
         let manifest = "[services.api]\npayload = \"probe\"\nargs = [\"--quiet\", \"--sleep\", \"60000\"]\n\
                         [services.tool]\npayload = \"hello\"\nargs = [\"x\"]\nrestart = \"always\"\nmax_restarts = 1000\n";
         let server = env.server(manifest, &[], &["--backend", backend]);
-        server.wait_stderr("api: started (pid ", 20);
-        let line = server
-            .stderr
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|l| l.contains("api: started (pid "))
-            .cloned()
-            .unwrap();
-        let pid: u32 =
-            line.split("(pid ").nth(1).unwrap().split(',').next().unwrap().parse().unwrap();
+        let pid = server.service_pid("api", 20);
         // The name is set by the exec: wait for it rather than for a time.
         let want = expected(backend, "probe");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

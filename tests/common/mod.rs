@@ -124,6 +124,23 @@ pub const BACKENDS: &[&str] =
 /// The backend `auto` picks for an ordinary payload here.
 pub const NATIVE_BACKEND: &str = if cfg!(target_os = "linux") { "memfd" } else { "cache" };
 
+/// The backend `auto` picks for an ELF payload of this platform: mapped on
+/// Linux when it is stored as it is (compressed, its bytes are not in the
+/// file to map), the platform's backend otherwise.
+pub const AUTO_ELF_BACKEND: &str = match (cfg!(target_os = "linux"), cfg!(feature = "compress")) {
+    (true, false) => "mapped",
+    _ => NATIVE_BACKEND,
+};
+
+/// What `/proc/self/exe` names in an ELF payload called `name` that `auto`
+/// ran from memory on Linux: stigmer's own file (mapped), or its memfd.
+pub fn auto_elf_exe(name: &str) -> String {
+    match AUTO_ELF_BACKEND {
+        "mapped" => stigmer_bin().display().to_string(),
+        _ => format!("/memfd:{name} (deleted)"),
+    }
+}
+
 /// The kind of the demo payloads compiled for this platform.
 pub const NATIVE_KIND: &str = if cfg!(target_os = "macos") { "mach-o" } else { "elf" };
 
@@ -353,6 +370,16 @@ impl Server {
 
     pub fn pid(&self) -> nix::unistd::Pid {
         nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// The pid of the service `name` once the server said it started it.
+    pub fn service_pid(&self, name: &str, secs: u64) -> u32 {
+        let said = format!("{name}: started (pid ");
+        self.wait_stderr(&said, secs);
+        let lines = self.stderr.lock().unwrap();
+        let line = lines.iter().find(|l| l.contains(&said)).unwrap();
+        let after = line.split(&said).nth(1).unwrap();
+        after.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
     }
 
     /// Waits until a stderr line contains `text`; panics with everything

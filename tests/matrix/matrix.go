@@ -8,6 +8,9 @@
 //
 //	reexec  runs /proc/self/exe with the one argument "child", prints each
 //	        line the child printed as "reexec: LINE", then "reexec: status=N"
+//	reexec-as NAME
+//	        the same, with argv[0] = NAME (the idiom of Docker's reexec
+//	        package, which dispatches on argv[0])
 //	child   prints "child: exe=" and what /proc/self/exe names
 package main
 
@@ -78,8 +81,10 @@ func maps() {
 	}
 }
 
-func reexec() {
-	out, err := exec.Command("/proc/self/exe", "child").CombinedOutput()
+func reexec(argv0 string) {
+	cmd := exec.Command("/proc/self/exe", "child")
+	cmd.Args[0] = argv0
+	out, err := cmd.CombinedOutput()
 	for _, line := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
 		fmt.Printf("reexec: %s\n", line)
 	}
@@ -103,7 +108,12 @@ func main() {
 		case "maps":
 			maps()
 		case "reexec":
-			reexec()
+			reexec("/proc/self/exe")
+		case "reexec-as":
+			if i+1 < len(args) {
+				i++
+				reexec(args[i])
+			}
 		case "child":
 			exe, _ := os.Readlink("/proc/self/exe")
 			fmt.Printf("child: exe=%s\n", exe)

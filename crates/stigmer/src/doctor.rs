@@ -39,7 +39,7 @@ pub struct Report {
     pub kernel: String,
     /// Exec from memory; `None` where there is no memfd (macOS).
     pub memfd: Option<MemfdReport>,
-    /// The mapped loader (`--backend mapped`): whether this host allows it,
+    /// The mapped loader (what `auto` uses for ELF payloads): whether this host allows it,
     /// or why not.
     pub mapped: Finding,
     /// The seccomp mode of this process (Linux), e.g. `2 (filter)`.

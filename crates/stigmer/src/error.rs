@@ -62,7 +62,7 @@ pub enum Error {
     },
 
     /// A backend name that is not `auto`, `memfd` or `cache`.
-    #[error("unknown backend {0:?}: use auto, memfd or cache")]
+    #[error("unknown backend {0:?}: use auto, memfd, mapped or cache")]
     UnknownBackend(String),
 
     /// The memfd backend was asked for where it does not exist.

@@ -3,9 +3,10 @@
 //!
 //! `build.rs` embeds the payload with `stigmer-build`; here the table it
 //! generated becomes a catalogue, with the sha256 and kind decided at build
-//! time (nothing is hashed or scanned now), and the payload runs as a child
-//! from a sealed memfd on Linux, filled with `sendfile` straight from this
-//! executable's file (from the verified cache elsewhere).
+//! time (nothing is hashed or scanned now), and the payload runs as a child:
+//! on Linux mapped straight from this executable's file (an ELF payload;
+//! `STIGMER_BACKEND=memfd` runs it from a sealed memfd filled with
+//! `sendfile` from the same bytes), from the verified cache elsewhere.
 //!
 //! ```text
 //! cargo run -p hello-tenant -- Ada
@@ -35,7 +36,11 @@ fn main() -> ExitCode {
 fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
     let catalog = PAYLOADS.catalog();
     let greet = catalog.get("greet")?;
-    let launcher = Launcher::new(Choice::Auto, stigmer::env::home().ok());
+    let choice = match std::env::var(stigmer::env::STIGMER_BACKEND) {
+        Ok(v) if !v.is_empty() => v.parse()?,
+        _ => Choice::Auto,
+    };
+    let launcher = Launcher::new(choice, stigmer::env::home().ok());
     let prepared = launcher.prepare(greet)?;
     eprintln!(
         "hello-tenant: running {} ({}, sha256 {}) from {}",

@@ -1,4 +1,4 @@
-//! Launching payloads: one trait, two backends, one place that chooses.
+//! Launching payloads: one trait, three backends, one place that chooses.
 //!
 //! [`Launch::prepare`] makes a payload ready to run and returns a
 //! [`Prepared`], which can replace the current process
@@ -9,10 +9,13 @@
 //! |---|---|---|
 //! | [`MemfdLauncher`] | Linux | a sealed memfd, `execveat(AT_EMPTY_PATH)`; nothing on disk |
 //! | [`CacheLauncher`] | every Unix | a verified, content-addressed file under `$STIGMER_HOME/bin/` |
+//! | mapped (`imp/linux/mapped.rs`) | Linux | an ELF payload's segments mapped from this executable's own file; nothing copied |
 //!
-//! [`Launcher`] picks between them: memfd on Linux, the cache elsewhere, the
-//! cache for payloads that need a real path (PyInstaller one-file), and the
-//! cache, with one warning, where the kernel refuses exec from memory.
+//! [`Launcher`] picks between them: on Linux an ELF payload mapped where the
+//! loader takes it and the kernel allows it, any other payload from a memfd;
+//! the cache elsewhere, for payloads that need a real path (PyInstaller
+//! one-file), and, with one warning, where the kernel refuses exec from
+//! memory.
 //!
 //! Assets ([`Kind::Asset`]), which services read and nothing runs, go the
 //! same two ways ([`Launch::prepare_asset`], a [`PreparedAsset`]): a sealed
@@ -40,7 +43,7 @@ use std::time::Duration;
 
 use tracing::{debug, warn};
 
-use crate::{Error, Kind, Payload, Result};
+use crate::{Catalog, Error, Kind, Payload, Result};
 
 mod buf;
 pub(crate) mod cache;
@@ -200,8 +203,10 @@ impl fmt::Display for Backend {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Choice {
-    /// memfd on Linux (the cache where the kernel refuses it), the cache
-    /// elsewhere.
+    /// On Linux, an ELF payload mapped from stigmer's own file where the
+    /// loader takes it, a sealed memfd for the rest (and where the kernel
+    /// refuses the loader), the cache where the kernel refuses exec from
+    /// memory; the cache elsewhere.
     #[default]
     Auto,
     /// Only a backend; no fallback.
@@ -254,6 +259,14 @@ pub(crate) enum Stuck {
     NeedsCache,
 }
 
+/// Why an ELF payload runs mapped.
+const MAPPED: &str = "from stigmer's own file, nothing copied or pinned";
+
+/// Why an ELF payload `auto` would map runs from a memfd on a host that
+/// refuses the mapped loader.
+const MAPPED_REFUSED_ON_HOST: &str =
+    "the kernel refuses the mapped loader here (PR_SET_MM_MAP): sealed in memory instead";
+
 /// Why a payload runs from the cache after the kernel refused exec from
 /// memory in this process.
 const REFUSED: &str = "the kernel refuses exec from memory here";
@@ -267,6 +280,8 @@ const REFUSED_ON_HOST: &str = "the kernel refuses exec from memory here: from th
 pub struct Prepared {
     name: String,
     image: Image,
+    /// The `argv[0]` it gets, when not its name (see [`Launcher::run_as`]).
+    arg0: Option<OsString>,
 }
 
 #[derive(Clone, Debug)]
@@ -277,9 +292,18 @@ enum Image {
 }
 
 impl Prepared {
+    fn new(payload: &Payload, image: Image) -> Prepared {
+        Prepared { name: payload.name().to_owned(), image, arg0: None }
+    }
+
     /// The payload's name, also its `argv[0]`.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The `argv[0]` it runs with.
+    fn arg0(&self) -> &OsStr {
+        self.arg0.as_deref().unwrap_or(OsStr::new(&self.name))
     }
 
     /// The backend it runs from.
@@ -315,15 +339,15 @@ impl Prepared {
     /// its name, which stigmer's multi-call runs.)
     pub fn command(&self) -> Command {
         match &self.image {
-            Image::Memfd(image) => image.command(&self.name),
+            Image::Memfd(image) => image.command(self.arg0()),
             Image::Mapped(_) => {
                 let mut cmd = Command::new("/proc/self/exe");
-                cmd.arg0(&self.name);
+                cmd.arg0(self.arg0());
                 cmd
             }
             Image::File(entry) => {
                 let mut cmd = Command::new(entry.path());
-                cmd.arg0(&self.name);
+                cmd.arg0(self.arg0());
                 if let Some(tmp) = entry.tmpdir() {
                     cmd.env("TMPDIR", tmp);
                 }
@@ -379,13 +403,13 @@ impl Prepared {
     ) -> Result<std::process::Child> {
         let exec_err = |source| Error::Exec { name: self.name.clone(), source };
         match &self.image {
-            Image::Memfd(image) => image.spawn(cmd, &self.name).map_err(exec_err),
-            Image::Mapped(image) => image.spawn(cmd, &self.name).map_err(exec_err),
+            Image::Memfd(image) => image.spawn(cmd, self.arg0()).map_err(exec_err),
+            Image::Mapped(image) => image.spawn(cmd, self.arg0()).map_err(exec_err),
             Image::File(entry) => {
                 let (checked, inherit) = Self::checked(entry, just_prepared, by_fd)?;
                 if by_fd {
                     let file = checked.file.as_fd();
-                    imp::spawn_entry(cmd, file, &self.name, &inherit, checked.leased)
+                    imp::spawn_entry(cmd, file, self.arg0(), &inherit, checked.leased)
                 } else {
                     exec::spawn_by_path(cmd, checked, inherit)
                 }
@@ -414,9 +438,9 @@ impl Prepared {
     {
         let exec_err = |source| Error::Exec { name: self.name.clone(), source };
         match &self.image {
-            Image::Memfd(image) => exec_err(image.exec(&self.name, args)),
+            Image::Memfd(image) => exec_err(image.exec(self.arg0(), args)),
             Image::Mapped(image) => {
-                let argv: Vec<OsString> = std::iter::once(OsString::from(&self.name))
+                let argv: Vec<OsString> = std::iter::once(self.arg0().to_owned())
                     .chain(args.into_iter().map(|a| a.as_ref().to_owned()))
                     .collect();
                 exec_err(image.exec(&argv))
@@ -429,7 +453,7 @@ impl Prepared {
                 if !EXEC_BY_FD {
                     return exec_err(exec::exec_by_path(self.command(), args, checked, inherit));
                 }
-                let argv: Vec<OsString> = std::iter::once(OsString::from(&self.name))
+                let argv: Vec<OsString> = std::iter::once(self.arg0().to_owned())
                     .chain(args.into_iter().map(|a| a.as_ref().to_owned()))
                     .collect();
                 exec_err(imp::exec_entry(checked.file.as_fd(), &argv, &inherit, checked.leased))
@@ -447,6 +471,9 @@ pub struct Launcher {
     /// Set once the kernel has refused exec from memory, so that the other
     /// payloads go straight to the cache and the warning is given once.
     memfd_refused: AtomicBool,
+    /// Set once the mapped loader was refused here (`PR_SET_MM_MAP`), so
+    /// that payloads go to their memfds.
+    mapped_refused: AtomicBool,
 }
 
 impl Launcher {
@@ -458,6 +485,7 @@ impl Launcher {
             cache: CacheLauncher::new(home),
             memfd: MemfdLauncher::new(),
             memfd_refused: AtomicBool::new(false),
+            mapped_refused: AtomicBool::new(false),
         }
     }
 
@@ -477,8 +505,9 @@ impl Launcher {
         &self.cache
     }
 
-    /// How `payload` will be launched, decided without touching the kernel
-    /// or the cache.
+    /// How `payload` will be launched, decided without touching the cache
+    /// or starting anything: for an ELF payload, from its headers and what
+    /// `/proc/self` says of this process.
     pub fn plan(&self, payload: &Payload) -> Plan {
         let (backend, why) = match (payload.kind(), self.choice) {
             (Kind::PyInstaller, _) => (
@@ -494,6 +523,18 @@ impl Launcher {
             ),
             (Kind::Script, _) if NATIVE == Backend::Memfd => {
                 (Backend::Memfd, "sealed in memory; the #! interpreter reads it through /dev/fd")
+            }
+            // An ELF payload the loader can map, on a host that lets it:
+            // nothing copied (the compatibility matrix, tests/mapped_matrix.rs,
+            // holds every class of ELF executable it takes).
+            (Kind::Elf, Choice::Auto)
+                if NATIVE == Backend::Memfd && !self.mapped_refused.load(Ordering::Relaxed) =>
+            {
+                match imp::mapped_image(payload) {
+                    Ok(_) => (Backend::Mapped, MAPPED),
+                    // Why it is not mapped is why it runs from a memfd.
+                    Err(why) => (Backend::Memfd, why),
+                }
             }
             (_, _) if NATIVE == Backend::Memfd => {
                 (Backend::Memfd, "sealed in memory, nothing written to disk")
@@ -535,7 +576,11 @@ impl Launcher {
     /// the fallback [`Launch::prepare`] takes where exec from memory is
     /// refused, or why it cannot run there.
     pub(crate) fn plan_on(&self, payload: &Payload, host: Host) -> Result<Plan, Stuck> {
-        let plan = self.plan(payload);
+        let mut plan = self.plan(payload);
+        if plan.backend == Backend::Mapped && !host.mapped && self.choice == Choice::Auto {
+            // What `prepare` does when the loader is refused.
+            plan = Plan { backend: Backend::Memfd, why: MAPPED_REFUSED_ON_HOST };
+        }
         match plan.backend {
             Backend::Memfd if host.memfd_exec => Ok(plan),
             Backend::Memfd if self.choice == Choice::Auto && host.cache => {
@@ -554,12 +599,32 @@ impl Launcher {
     }
 
     /// The payload mapped from stigmer's own file; or, with `auto`, its
-    /// memfd when it cannot be mapped.
-    fn prepare_mapped(&self, payload: &Payload) -> Result<Prepared> {
-        match imp::mapped_image(payload) {
-            Ok(image) => {
-                Ok(Prepared { name: payload.name().to_owned(), image: Image::Mapped(image) })
+    /// memfd when it cannot be mapped. With `auto`, and unless it is to
+    /// replace this process (`in_place`, where a refusal is undone and the
+    /// memfd used then), the kernel is asked once per process whether it
+    /// allows the loader (`PR_SET_MM_MAP`), since a spawned child that
+    /// finds out could not fall back.
+    fn prepare_mapped(&self, payload: &Payload, in_place: bool) -> Result<Prepared> {
+        let image = imp::mapped_image(payload).and_then(|image| {
+            if self.choice == Choice::Auto && !in_place {
+                static ALLOWED: std::sync::OnceLock<std::result::Result<(), &'static str>> =
+                    std::sync::OnceLock::new();
+                (*ALLOWED.get_or_init(imp::probe_mapped)).inspect_err(|why| {
+                    if !self.mapped_refused.swap(true, Ordering::Relaxed) {
+                        debug!(
+                            "the mapped loader is refused here ({why}): payloads run from memfds"
+                        );
+                    }
+                })?;
             }
+            Ok(image)
+        });
+        match image {
+            // A child that cannot load it after all runs it from a memfd.
+            Ok(image) if self.choice == Choice::Auto && !in_place => {
+                Ok(Prepared::new(payload, Image::Mapped(image.with_fallback())))
+            }
+            Ok(image) => Ok(Prepared::new(payload, Image::Mapped(image))),
             Err(_) if self.choice == Choice::Auto => self.prepare_memfd_or_cache(payload),
             Err(why) => Err(Error::NotMappable { name: payload.name().to_owned(), why }),
         }
@@ -578,7 +643,7 @@ impl Launcher {
 
     fn prepare_cache(&self, payload: &Payload) -> Result<Prepared> {
         let entry = self.cache.entry(payload)?;
-        Ok(Prepared { name: payload.name().to_owned(), image: Image::File(entry) })
+        Ok(Prepared::new(payload, Image::File(entry)))
     }
 
     /// Falls back to the cache after the kernel refused exec from memory,
@@ -631,7 +696,10 @@ impl Launcher {
             // It undid what it did: run the payload from its memfd instead.
             debug!(payload = payload.name(), "the mapped exec failed ({err}): using the memfd");
             return match self.prepare_memfd_or_cache(payload) {
-                Ok(prepared) => self.exec_prepared(payload, &prepared, args),
+                Ok(memfd) => {
+                    let memfd = Prepared { arg0: prepared.arg0.clone(), ..memfd };
+                    self.exec_prepared(payload, &memfd, args)
+                }
                 Err(e) => e,
             };
         }
@@ -640,7 +708,7 @@ impl Launcher {
             && err.is_exec_refused()
         {
             return match self.fall_back(payload, err) {
-                Ok(prepared) => prepared.exec(&args),
+                Ok(cached) => Prepared { arg0: prepared.arg0.clone(), ..cached }.exec(&args),
                 Err(e) => e,
             };
         }
@@ -656,8 +724,28 @@ impl Launcher {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        self.run_as(payload, None, args)
+    }
+
+    /// [`Launcher::run`], with `argv[0]` = `arg0` (its name when `None`):
+    /// what a program that re-execs itself with an `argv[0]` of its choice
+    /// (Go's re-exec idiom) expects to see again.
+    pub fn run_as<I, S>(
+        &self,
+        payload: &Payload,
+        arg0: Option<&OsStr>,
+        args: I,
+    ) -> Result<ExitStatus>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let blocked = child::Blocked::new()?;
-        let prepared = self.prepare(payload)?;
+        let mut prepared = match self.plan(payload).backend {
+            Backend::Mapped => self.prepare_mapped(payload, true)?,
+            _ => self.prepare(payload)?,
+        };
+        prepared.arg0 = arg0.map(OsStr::to_owned);
         if prepared.needs_parent() {
             if blocked.stop_pending() {
                 // Told to stop before the payload ran: clean up (its private
@@ -677,6 +765,28 @@ impl Launcher {
         drop(blocked);
         Err(self.exec_prepared(payload, &prepared, args))
     }
+}
+
+/// The payload to run again when this process is stigmer reached by a
+/// mapped payload that re-exec'd itself: a mapped payload's
+/// `/proc/self/exe` is stigmer's file, and the loader leaves
+/// [`STIGMER_MAPPED`](crate::env::STIGMER_MAPPED)`=NAME` in its
+/// environment. It is that payload, run with the `argv` it was given
+/// ([`Launcher::run_as`]), when the path exec'd was a `/proc/.../exe` link,
+/// whatever `argv0` is; or, exec'd by another path to stigmer (Go's
+/// `os.Executable()` names stigmer's file), when `argv0` names neither a
+/// payload (multi-call) nor stigmer itself.
+pub fn mapped_reexec<'c>(catalog: &'c Catalog, argv0: &OsStr) -> Option<&'c Payload> {
+    let name = std::env::var_os(crate::env::STIGMER_MAPPED)?;
+    let payload = catalog.find(name.to_str()?)?;
+    if imp::exec_through_proc_exe() {
+        return Some(payload);
+    }
+    let argv0 = std::path::Path::new(argv0).file_name()?;
+    let exe = std::env::current_exe().ok();
+    let stigmer = argv0 == "stigmer" || exe.as_deref().and_then(|e| e.file_name()) == Some(argv0);
+    let multicall = argv0.to_str().is_some_and(|n| catalog.find(n).is_some());
+    (!stigmer && !multicall).then_some(payload)
 }
 
 impl Launch for Launcher {
@@ -716,7 +826,7 @@ impl Launch for Launcher {
                 source: e.into(),
             }),
             Backend::Memfd => self.prepare_memfd_or_cache(payload),
-            Backend::Mapped => self.prepare_mapped(payload),
+            Backend::Mapped => self.prepare_mapped(payload, false),
         }
     }
 }
@@ -724,7 +834,7 @@ impl Launch for Launcher {
 impl Launch for CacheLauncher {
     fn prepare(&self, payload: &Payload) -> Result<Prepared> {
         let entry = self.entry(payload)?;
-        Ok(Prepared { name: payload.name().to_owned(), image: Image::File(entry) })
+        Ok(Prepared::new(payload, Image::File(entry)))
     }
 
     /// A read-only (`0400`) entry, checked like a payload's.
@@ -739,7 +849,7 @@ impl Launch for CacheLauncher {
 /// Elsewhere than Linux, fails with [`Error::MemfdUnsupported`].
 impl Launch for MemfdLauncher {
     fn prepare(&self, payload: &Payload) -> Result<Prepared> {
-        Ok(Prepared { name: payload.name().to_owned(), image: Image::Memfd(self.image(payload)?) })
+        Ok(Prepared::new(payload, Image::Memfd(self.image(payload)?)))
     }
 
     fn prepare_asset(&self, asset: &Payload) -> Result<PreparedAsset> {

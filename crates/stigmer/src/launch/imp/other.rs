@@ -76,17 +76,17 @@ pub(crate) struct Image {
 
 impl Image {
     /// Never called: no `Image` exists here.
-    pub(crate) fn command(&self, _name: &str) -> Command {
+    pub(crate) fn command(&self, _argv0: &OsStr) -> Command {
         match self.never {}
     }
 
     /// Never called: no `Image` exists here.
-    pub(crate) fn spawn(&self, _cmd: &mut Command, _name: &str) -> io::Result<Child> {
+    pub(crate) fn spawn(&self, _cmd: &mut Command, _name: &OsStr) -> io::Result<Child> {
         match self.never {}
     }
 
     /// Never called: no `Image` exists here.
-    pub(crate) fn exec<I, S>(&self, _name: &str, _args: I) -> io::Error
+    pub(crate) fn exec<I, S>(&self, _argv0: &OsStr, _args: I) -> io::Error
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -103,7 +103,7 @@ pub(crate) struct MappedImage {
 
 impl MappedImage {
     /// Never called: no `MappedImage` exists here.
-    pub(crate) fn spawn(&self, _cmd: &mut Command, _argv0: &str) -> io::Result<Child> {
+    pub(crate) fn spawn(&self, _cmd: &mut Command, _argv0: &OsStr) -> io::Result<Child> {
         match self.never {}
     }
 
@@ -123,6 +123,11 @@ pub(crate) fn probe_mapped() -> std::result::Result<(), &'static str> {
     Err(MAPPED_UNSUPPORTED)
 }
 
+/// Never: no payload is mapped here, so none re-execs stigmer.
+pub(crate) fn exec_through_proc_exe() -> bool {
+    false
+}
+
 const MAPPED_UNSUPPORTED: &str = "the mapped backend needs Linux";
 
 fn unsupported() -> io::Error {
@@ -133,7 +138,7 @@ fn unsupported() -> io::Error {
 pub(crate) fn spawn_entry(
     _cmd: &mut Command,
     _file: BorrowedFd<'_>,
-    _argv0: &str,
+    _argv0: &OsStr,
     _inherit: &[RawFd],
     _leased: bool,
 ) -> io::Result<Child> {

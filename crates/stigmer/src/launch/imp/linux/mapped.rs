@@ -339,9 +339,15 @@ fn read_mm() -> io::Result<MmMap> {
 pub(crate) struct MappedImage {
     /// stigmer's own executable, open.
     exe: &'static File,
-    /// The payload's offset in it.
+    /// The payload's offset in it, and its length.
     offset: u64,
+    len: u64,
+    /// Its name: the process's, and what [`marker`] says.
+    name: Arc<str>,
     elf: Arc<Elf>,
+    /// Whether a spawned child that cannot load it runs it from a memfd it
+    /// makes instead (see [`MappedImage::with_fallback`]).
+    fallback: bool,
 }
 
 impl MappedImage {
@@ -351,34 +357,60 @@ impl MappedImage {
         exe: &'static File,
         offset: u64,
         data: &[u8],
+        name: &str,
     ) -> Result<MappedImage, &'static str> {
         let host = Host::get()?;
         if offset % host.page != 0 {
             return Err("it is not on a page boundary in stigmer's file");
         }
         let elf = Elf::parse(data, data.len() as u64, host.page)?;
-        Ok(MappedImage { exe, offset, elf: Arc::new(elf) })
+        Ok(MappedImage {
+            exe,
+            offset,
+            len: data.len() as u64,
+            name: name.into(),
+            elf: Arc::new(elf),
+            fallback: false,
+        })
+    }
+
+    /// This image, such that a spawned child whose [`Launch::load`] fails
+    /// (which undid what it did) runs the payload from a sealed memfd it
+    /// fills from the same bytes of stigmer's file, as the memfd backend
+    /// would: what `auto` wants, where a child cannot hand the choice back.
+    pub(crate) fn with_fallback(mut self) -> MappedImage {
+        self.fallback = true;
+        self
     }
 
     /// Spawns `cmd` so that its child becomes the payload, with `argv[0]` =
     /// `argv0`, then `cmd`'s arguments, and this process's environment with
     /// `cmd`'s changes. Everything else `cmd` was given (stdio, working
     /// folder, process group, its own `pre_exec` steps) applies first.
-    pub(crate) fn spawn(&self, cmd: &mut Command, argv0: &str) -> io::Result<Child> {
-        let argv: Vec<OsString> = std::iter::once(OsString::from(argv0))
-            .chain(cmd.get_args().map(OsStr::to_owned))
-            .collect();
+    pub(crate) fn spawn(&self, cmd: &mut Command, argv0: &OsStr) -> io::Result<Child> {
+        let argv: Vec<OsString> =
+            std::iter::once(argv0.to_owned()).chain(cmd.get_args().map(OsStr::to_owned)).collect();
         let changes: Vec<(OsString, Option<OsString>)> =
             cmd.get_envs().map(|(k, v)| (k.to_owned(), v.map(OsStr::to_owned))).collect();
-        let envp = super::spawn::environment(changes.into_iter().chain([marker(argv0)]))?;
-        let launch = Launch::new(self, argv0, &argv, envp)?;
+        let envp = super::spawn::environment(changes.iter().cloned().chain([marker(&self.name)]))?;
+        let mut launch = Launch::new(self, &argv, envp)?;
+        if self.fallback {
+            launch.fallback = Some(Fallback::new(self, &launch.argv, changes)?);
+        }
         // SAFETY: the closure runs in the child between fork and its end
-        // (it never returns when it succeeds). `Launch::load` makes only raw
-        // system calls on memory made before the fork, allocates nothing
-        // and takes no lock (see its SAFETY notes); on failure it returns
-        // an io::Error built from errno, which is the spawn's error.
+        // (it never returns when it succeeds). `Launch::load` and
+        // `Fallback::exec` make only raw system calls on memory made before
+        // the fork, allocate nothing and take no lock (see their SAFETY
+        // notes); on failure the closure returns an io::Error built from
+        // errno, which is the spawn's error.
         unsafe {
-            cmd.pre_exec(move || Err(launch.load(false)));
+            cmd.pre_exec(move || {
+                let failed = launch.load(false);
+                match &launch.fallback {
+                    Some(fallback) => Err(fallback.exec()),
+                    None => Err(failed),
+                }
+            });
         }
         cmd.spawn()
     }
@@ -391,16 +423,110 @@ impl MappedImage {
         if std::fs::read_dir("/proc/self/task").map_or(true, |d| d.count() != 1) {
             return io::Error::other("a mapped payload replaces a process of one thread only");
         }
-        let argv0 = argv.first().map(|a| a.to_string_lossy().into_owned()).unwrap_or_default();
-        let envp = match super::spawn::environment([marker(&argv0)].into_iter()) {
+        let envp = match super::spawn::environment([marker(&self.name)].into_iter()) {
             Ok(envp) => envp,
             Err(e) => return e,
         };
-        match Launch::new(self, &argv0, argv, envp) {
+        match Launch::new(self, argv, envp) {
             // SAFETY: this process has one thread, so nothing else runs
             // while `load` remaps it; see `Launch::load`.
             Ok(launch) => unsafe { launch.load(true) },
             Err(e) => e,
+        }
+    }
+}
+
+/// What a child runs when it cannot load a mapped payload: a sealed memfd,
+/// made and filled in the child, only then.
+struct Fallback {
+    /// The memfd's name (the payload's), so the process is `memfd:NAME` as
+    /// with the memfd backend.
+    name: CString,
+    /// The environment without [`marker`]: run from a memfd, the payload's
+    /// `/proc/self/exe` is itself. Only read through `envp_ptrs`.
+    _envp: Vec<CString>,
+    argv_ptrs: super::spawn::Ptrs,
+    envp_ptrs: super::spawn::Ptrs,
+    /// stigmer's file, and where the payload's bytes are in it.
+    exe: RawFd,
+    offset: u64,
+    len: u64,
+}
+
+impl Fallback {
+    fn new(
+        image: &MappedImage,
+        argv: &[CString],
+        changes: Vec<(OsString, Option<OsString>)>,
+    ) -> io::Result<Fallback> {
+        let envp = super::spawn::environment(changes.into_iter())?;
+        let name = CString::new(image.name.as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a name with a NUL byte"))?;
+        Ok(Fallback {
+            name,
+            argv_ptrs: super::spawn::Ptrs::new(argv),
+            envp_ptrs: super::spawn::Ptrs::new(&envp),
+            _envp: envp,
+            exe: image.exe.as_raw_fd(),
+            offset: image.offset,
+            len: image.len,
+        })
+    }
+
+    /// Makes a memfd, fills it with the payload's bytes from stigmer's file
+    /// (`sendfile`), seals it as the memfd backend does and execs it.
+    /// Returns only on failure, with the memfd closed.
+    ///
+    /// # Safety
+    /// As [`Launch::load`]: in the child, after a `load` that failed. It
+    /// makes only raw memfd_create, sendfile, fcntl, execveat and close
+    /// calls on descriptors and arrays made before the fork (`argv_ptrs`
+    /// points into the argv of the [`Launch`] that holds this, `envp_ptrs`
+    /// into `_envp`).
+    unsafe fn exec(&self) -> io::Error {
+        let flags = c::MFD_CLOEXEC | c::MFD_ALLOW_SEALING;
+        // SAFETY (the whole block): raw system calls on a NUL-terminated
+        // name, descriptors this process holds and arrays made before the
+        // fork, which live as long as `launch` and `self`.
+        unsafe {
+            let mut exec_flag = true;
+            let mut fd = c::memfd_create(self.name.as_ptr(), flags | c::MFD_EXEC);
+            if fd < 0 && *c::__errno_location() == c::EINVAL {
+                // Before Linux 6.3, which does not know MFD_EXEC.
+                exec_flag = false;
+                fd = c::memfd_create(self.name.as_ptr(), flags);
+            }
+            if fd < 0 {
+                return io::Error::last_os_error();
+            }
+            let fail = |fd: c::c_int| {
+                let e = io::Error::last_os_error();
+                c::close(fd);
+                e
+            };
+            let mut offset = self.offset as c::off_t;
+            let end = offset + self.len as c::off_t;
+            while offset < end {
+                // sendfile moves at most 0x7ffff000 bytes per call.
+                let chunk = ((end - offset) as usize).min(0x7fff_f000);
+                if c::sendfile(fd, self.exe, &mut offset, chunk) <= 0 {
+                    return fail(fd);
+                }
+            }
+            let seals = c::F_SEAL_SHRINK | c::F_SEAL_GROW | c::F_SEAL_WRITE | c::F_SEAL_SEAL;
+            let exec_seal = if exec_flag { c::F_SEAL_EXEC } else { 0 };
+            if c::fcntl(fd, c::F_ADD_SEALS, seals | exec_seal) == -1 {
+                return fail(fd);
+            }
+            c::syscall(
+                c::SYS_execveat,
+                fd,
+                c"".as_ptr(),
+                self.argv_ptrs.as_ptr(),
+                self.envp_ptrs.as_ptr(),
+                c::AT_EMPTY_PATH,
+            );
+            fail(fd)
         }
     }
 }
@@ -437,15 +563,13 @@ struct Launch {
     brk_rnd: u64,
     /// The address range of [`jump`], kept mapped through it.
     jump: (u64, u64),
+    /// What the child runs when `load` fails, if anything.
+    fallback: Option<Fallback>,
 }
 
 impl Launch {
-    fn new(
-        image: &MappedImage,
-        name: &str,
-        argv: &[OsString],
-        envp: Vec<CString>,
-    ) -> io::Result<Launch> {
+    fn new(image: &MappedImage, argv: &[OsString], envp: Vec<CString>) -> io::Result<Launch> {
+        let name = &*image.name;
         let host = Host::get().map_err(io::Error::other)?;
         let c_string = |bytes: &[u8]| {
             CString::new(bytes).map_err(|_| {
@@ -486,6 +610,7 @@ impl Launch {
             // The jump is a few dozen bytes: two pages hold it wherever it
             // starts.
             jump: (page_down(at, page), page_down(at, page) + 2 * page),
+            fallback: None,
         })
     }
 

@@ -251,7 +251,7 @@ pub(super) fn run_self_sealed(name: &str, env: &str) -> io::Result<()> {
 
     // execveat alone, as `stigmer run` and services exec a payload.
     let mut cmd = probe();
-    let status = super::spawn::spawn_fd(&mut cmd, fd.as_fd(), name, Default::default())
+    let status = super::spawn::spawn_fd(&mut cmd, fd.as_fd(), OsStr::new(name), Default::default())
         .and_then(|mut child| child.wait());
     check("execveat", status)?;
     check(&format!("exec {path}"), probe().status())
@@ -436,9 +436,9 @@ fn try_seal(memfd: &Memfd) -> io::Result<()> {
 impl Image {
     /// A command naming the payload's memfd by path; [`Image::spawn`] runs
     /// it from the descriptor itself.
-    pub(crate) fn command(&self, name: &str) -> Command {
+    pub(crate) fn command(&self, argv0: &OsStr) -> Command {
         let mut cmd = Command::new(format!("/proc/self/fd/{}", self.fd.as_raw_fd()));
-        cmd.arg0(name);
+        cmd.arg0(argv0);
         if self.script {
             let fd = Arc::clone(&self.fd);
             // SAFETY: the closure runs in the child between fork and exec and
@@ -457,21 +457,25 @@ impl Image {
     /// Spawns `cmd` (see [`super::spawn::spawn_fd`]) from the memfd. A `#!`
     /// script's interpreter reads it through `/dev/fd/N`, so its memfd (and
     /// only its) is made inheritable, in the child.
-    pub(crate) fn spawn(&self, cmd: &mut Command, name: &str) -> io::Result<std::process::Child> {
+    pub(crate) fn spawn(
+        &self,
+        cmd: &mut Command,
+        argv0: &OsStr,
+    ) -> io::Result<std::process::Child> {
         let inherit: &[std::os::fd::RawFd] = if self.script { &[self.fd.as_raw_fd()] } else { &[] };
         let how = super::spawn::How { inherit, by_path: true, ..Default::default() };
-        super::spawn::spawn_fd(cmd, self.fd.as_fd(), name, how)
+        super::spawn::spawn_fd(cmd, self.fd.as_fd(), argv0, how)
     }
 
     /// Replaces this process with the payload, with `argv[0]` set to
     /// `name`, then `args`, and this process's environment. Returns only on
     /// failure.
-    pub(crate) fn exec<I, S>(&self, name: &str, args: I) -> io::Error
+    pub(crate) fn exec<I, S>(&self, argv0: &OsStr, args: I) -> io::Error
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let argv: Vec<std::ffi::OsString> = std::iter::once(OsStr::new(name).to_owned())
+        let argv: Vec<std::ffi::OsString> = std::iter::once(argv0.to_owned())
             .chain(args.into_iter().map(|a| a.as_ref().to_owned()))
             .collect();
         let inherit: &[std::os::fd::RawFd] = if self.script { &[self.fd.as_raw_fd()] } else { &[] };

@@ -12,7 +12,7 @@
 //! - the probes of `stigmer doctor`: [`probe_memfd`], [`is_probe_exe`],
 //!   [`mount_noexec`].
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::process::{Child, Command};
@@ -47,12 +47,35 @@ pub(crate) fn mapped_image(payload: &crate::Payload) -> Result<MappedImage, &'st
     }
     let (exe, offset) = memfd::locate_in_self(payload.data())
         .ok_or("its bytes are not found in stigmer's own file")?;
-    MappedImage::new(exe, offset, payload.data())
+    MappedImage::new(exe, offset, payload.data(), payload.name())
 }
 
 /// Whether the mapped loader works here, or why not (`stigmer doctor`).
 pub(crate) fn probe_mapped() -> Result<(), &'static str> {
     mapped::Host::get()?.probe()
+}
+
+/// Whether the kernel exec'd this process through a `/proc` link to a
+/// process's executable (`/proc/self/exe`, `/proc/thread-self/exe`,
+/// `/proc/PID/exe`, `/proc/PID/task/TID/exe`): the path execve(2) was
+/// given, which it leaves in the auxiliary vector as `AT_EXECFN`. That is
+/// how a program re-execs itself, whatever `argv[0]` it passes.
+pub(crate) fn exec_through_proc_exe() -> bool {
+    is_proc_exe(rustix::param::linux_execfn().to_bytes())
+}
+
+fn is_proc_exe(path: &[u8]) -> bool {
+    let number = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
+    let Some(rest) = path.strip_prefix(b"/proc/").and_then(|p| p.strip_suffix(b"/exe")) else {
+        return false;
+    };
+    let parts: Vec<&[u8]> = rest.split(|&b| b == b'/').collect();
+    match parts[..] {
+        [b"self" | b"thread-self"] => true,
+        [pid] => number(pid),
+        [pid, b"task", tid] => number(pid) && number(tid),
+        _ => false,
+    }
 }
 
 /// The backend `auto` means on this platform.
@@ -69,7 +92,7 @@ pub(crate) const EXEC_BY_FD: bool = true;
 pub(crate) fn spawn_entry(
     cmd: &mut Command,
     file: BorrowedFd<'_>,
-    argv0: &str,
+    argv0: &OsStr,
     inherit: &[RawFd],
     leased: bool,
 ) -> io::Result<Child> {
@@ -115,4 +138,28 @@ pub(crate) fn probe_memfd(env: &str) -> Option<MemfdProbe> {
 /// Whether the file system `stat` describes is mounted `noexec`.
 pub(crate) fn mount_noexec(stat: &nix::sys::statvfs::Statvfs) -> Option<bool> {
     Some(stat.flags().contains(nix::sys::statvfs::FsFlags::ST_NOEXEC))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn proc_exe_links_are_told_from_other_paths() {
+        for link in
+            ["/proc/self/exe", "/proc/thread-self/exe", "/proc/42/exe", "/proc/42/task/43/exe"]
+        {
+            assert!(super::is_proc_exe(link.as_bytes()), "{link}");
+        }
+        for other in [
+            "/usr/bin/stigmer",
+            "/proc/self/exe/x",
+            "/proc/self/fd/3",
+            "/proc/4x/exe",
+            "/proc//exe",
+            "/proc/self/root/usr/bin/stigmer",
+            "proc/self/exe",
+            "/proc/42/task/exe",
+        ] {
+            assert!(!super::is_proc_exe(other.as_bytes()), "{other}");
+        }
+    }
 }

@@ -107,7 +107,7 @@ pub(crate) fn exec_fd(fd: BorrowedFd<'_>, argv: &[OsString], how: How<'_>) -> io
 pub(crate) fn spawn_fd(
     cmd: &mut Command,
     fd: BorrowedFd<'_>,
-    argv0: &str,
+    argv0: &OsStr,
     how: How<'_>,
 ) -> io::Result<Child> {
     let How { inherit, leased, by_path } = how;
