@@ -155,6 +155,25 @@ pub(crate) enum ServerCmd {
     },
 }
 
+/// The payload `args` (stigmer's whole argv) runs when it is `stigmer run
+/// NAME ...` with no option before NAME, NAME a payload of `catalog` and
+/// `STIGMER_BACKEND` unset or a valid value (clap refuses an empty one): what clap would parse to `Cmd::Run`
+/// with every global option at its default, so `main` can skip building
+/// the command line. Anything else (an option, `--help`, an unknown name,
+/// a bad `STIGMER_BACKEND`) is clap's to parse, and to explain.
+pub(crate) fn plain_run<'c>(args: &[OsString], catalog: &'c stigmer::Catalog) -> Option<&'c str> {
+    let [_, run, name, ..] = args else { return None };
+    if run != "run" {
+        return None;
+    }
+    let valid = match std::env::var_os(stigmer::env::STIGMER_BACKEND) {
+        None => true,
+        Some(v) => v.to_str().is_some_and(|v| BackendArg::from_str(v, false).is_ok()),
+    };
+    let payload = catalog.find(name.to_str()?)?;
+    valid.then(|| payload.name())
+}
+
 /// The payload's arguments from what follows NAME: without the `--` that
 /// may separate them from it.
 pub(crate) fn payload_args(mut args: Vec<OsString>) -> Vec<OsString> {

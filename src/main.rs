@@ -34,12 +34,26 @@ fn main() -> ExitCode {
     let catalog = stigmer_payloads::catalog();
 
     // A mapped payload that re-exec'd itself through its /proc/self/exe,
-    // which is stigmer; or multi-call: `ln -s stigmer workflow-runner;
-    // ./workflow-runner --help` runs the payload with every argument.
-    let reexec = args.first().and_then(|a| stigmer::launch::mapped_reexec(&catalog, a));
-    let reexec = reexec.map(|p| p.name().to_owned());
-    let payload_name = args.first().and_then(|a| multicall_name(a, &catalog));
-    if let Some(name) = reexec.clone().or(payload_name) {
+    // which is stigmer; multi-call: `ln -s stigmer workflow-runner;
+    // ./workflow-runner --help` runs the payload with every argument; and
+    // `stigmer run NAME ...` with no option before NAME, the launch path,
+    // without building the whole command line (about a tenth of the
+    // launch's own CPU time): everything after NAME is the payload's, as
+    // clap's `run` takes it (`tests/cli.rs`: `run_parses_the_same_with_or_without_options`).
+    let direct = match args.first() {
+        Some(argv0) => match stigmer::launch::mapped_reexec(&catalog, argv0) {
+            Some(p) => Some((p.name(), Some(argv0.clone()), args.split_off(1))),
+            None => match multicall_name(argv0, &catalog) {
+                Some(name) => Some((name, None, args.split_off(1))),
+                None => cli::plain_run(&args, &catalog).map(|name| {
+                    let rest = cli::payload_args(args.split_off(3));
+                    (name, None, rest)
+                }),
+            },
+        },
+        None => None,
+    };
+    if let Some((name, arg0, rest)) = direct {
         logging::init(0, false, None, false);
         let choice = match std::env::var(env::STIGMER_BACKEND) {
             Ok(v) if !v.is_empty() => match v.parse::<Choice>() {
@@ -48,10 +62,8 @@ fn main() -> ExitCode {
             },
             _ => Choice::Auto,
         };
-        let rest = args.split_off(1);
         // A re-exec keeps the argv[0] it was given, as execve would.
-        let arg0 = reexec.is_some().then(|| args[0].as_os_str());
-        return outcome(run(&catalog, choice, false, &name, arg0, rest));
+        return outcome(run(&catalog, choice, false, name, arg0.as_deref(), rest));
     }
 
     let command = Cli::command().long_version(long_version(&catalog));
@@ -144,9 +156,9 @@ fn names(catalog: &Catalog) -> (Vec<&str>, Vec<&str>) {
 
 /// The payload to run when stigmer was started through a link named after
 /// it, if it was.
-fn multicall_name(argv0: &OsStr, catalog: &Catalog) -> Option<String> {
+fn multicall_name<'c>(argv0: &OsStr, catalog: &'c Catalog) -> Option<&'c str> {
     let name = Path::new(argv0).file_name()?.to_str()?;
-    catalog.find(name).map(|p| p.name().to_owned())
+    catalog.find(name).map(|p| p.name())
 }
 
 /// The launcher for commands that launch payloads: with a progress bar for

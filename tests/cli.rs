@@ -324,3 +324,72 @@ fn the_man_page_is_roff_with_every_command() {
     assert_eq!(stderr(&o), "", "man warns about the page");
     assert!(stdout(&o).contains("stigmer"));
 }
+
+/// `stigmer run NAME ...` with no option before NAME skips building the
+/// command line; what the payload gets, where it runs from and the errors
+/// are the same as when clap parses it (an option before `run` makes it).
+#[test]
+fn run_parses_the_same_with_or_without_options() {
+    let env = TestEnv::new();
+    let argv_tails: [&[&str]; 6] = [
+        &[],
+        &["a b", ""],
+        &["--", "--help"],
+        &["-q", "-v", "--backend", "cache", "-h"],
+        &["run", "probe", "--", "--"],
+        &["--version"],
+    ];
+    for tail in argv_tails {
+        for backend in [None, Some("memfd"), Some("cache")] {
+            let both = [
+                vec!["run", "probe"],
+                vec!["--backend", backend.unwrap_or("auto"), "run", "probe"],
+            ]
+            .map(|head| {
+                let mut cmd = env.stigmer();
+                cmd.env_remove("STIGMER_BACKEND").args(head).args(tail);
+                if let Some(backend) = backend {
+                    cmd.env("STIGMER_BACKEND", backend);
+                }
+                let o = cmd.output().unwrap();
+                ok(&o);
+                (
+                    probe_field(&o, "argv"),
+                    probe_field(&o, "exe").replace(&env.home.display().to_string(), "HOME"),
+                )
+            });
+            assert_eq!(both[0], both[1], "{tail:?} with STIGMER_BACKEND={backend:?}");
+            let want = std::iter::once("probe")
+                .chain(tail.iter().copied().skip(usize::from(tail.first() == Some(&"--"))))
+                .map(|a| format!("{a:?}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            assert_eq!(both[0].0, format!("[{want}]"), "{tail:?}");
+        }
+    }
+
+    // What is not a plain run of a payload is clap's, both ways.
+    for (args, backend) in [
+        (&["run", "nosuch"][..], None),
+        (&["run", "probe"], Some("floppy")),
+        (&["run", "probe"], Some("")),
+        (&["run"], None),
+        (&["run", "--help"], None),
+    ] {
+        let mut cmd = env.stigmer();
+        cmd.env_remove("STIGMER_BACKEND").args(args);
+        if let Some(backend) = backend {
+            cmd.env("STIGMER_BACKEND", backend);
+        }
+        let plain = cmd.output().unwrap();
+        let mut cmd = env.stigmer();
+        cmd.env_remove("STIGMER_BACKEND").arg("-v").args(args);
+        if let Some(backend) = backend {
+            cmd.env("STIGMER_BACKEND", backend);
+        }
+        let with_option = cmd.output().unwrap();
+        assert_eq!(plain.status.code(), with_option.status.code(), "{args:?} {backend:?}");
+        assert_eq!(stdout(&plain), stdout(&with_option), "{args:?} {backend:?}");
+        assert_eq!(stderr(&plain), stderr(&with_option), "{args:?} {backend:?}");
+    }
+}
