@@ -71,11 +71,13 @@ fn auto_maps_an_elf_payload_from_the_programs_own_file() {
     assert!(said(&out.unwrap()).starts_with("hello, Ada (from greet, pid "));
 }
 
-/// Two ways the child's loader is refused after the launcher found it
+/// Three ways the child's loader is refused after the launcher found it
 /// allowed: `PR_SET_MM` (what puts the payload's argv in
-/// `/proc/PID/cmdline`), and `mmap` with `MAP_GROWSDOWN` (how it maps the
-/// payload's stack). Each time `auto` runs the payload all
-/// the same, and `--backend mapped` fails with the refusal.
+/// `/proc/PID/cmdline`), `mmap` with `MAP_GROWSDOWN` (how it maps the
+/// payload's stack), and `rseq` (how it takes back glibc's registration in
+/// stigmer's memory, which the kernel would otherwise write to once that
+/// is unmapped: the payload would die of it). Each time `auto` runs the
+/// payload all the same, and `--backend mapped` fails with the refusal.
 #[test]
 fn a_child_that_cannot_load_it_mapped_runs_it_from_a_memfd_under_auto() {
     let set_mm = libc::PR_SET_MM as u64;
@@ -84,6 +86,7 @@ fn a_child_that_cannot_load_it_mapped_runs_it_from_a_memfd_under_auto() {
     let refusals = [
         ("prctl(PR_SET_MM)", libc::SYS_prctl, 0, u64::MAX, set_mm),
         ("mmap(MAP_GROWSDOWN)", libc::SYS_mmap, 3, growsdown, growsdown),
+        ("rseq", libc::SYS_rseq, 0, 0, 0),
     ];
     for (what, syscall, arg, mask, value) in refusals {
         let filter = || refuse(syscall, arg, mask, value);

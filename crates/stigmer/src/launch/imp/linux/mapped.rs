@@ -697,7 +697,14 @@ impl Launch {
         // SAFETY: the stack was just mapped, writable, `size` bytes, which
         // `words` and `strings` fit in with room to spare.
         let frame = unsafe { self.lay_out(stack_hi, &image) };
-        // 3. Where things are, for /proc/PID/cmdline and brk(2).
+        // 3. What execve resets, checked.
+        // SAFETY: raw system calls on this thread's own state, as execve
+        // would reset it; see `reset`.
+        let rseq = match unsafe { self.reset(in_place) } {
+            Ok(rseq) => rseq,
+            Err(e) => return fail(&keep, e),
+        };
+        // 4. Where things are, for /proc/PID/cmdline and brk(2).
         let mut mm = self.mm_map(&image, &frame);
         // SAFETY: PR_SET_MM_MAP reads the struct, and the auxiliary vector
         // it points to, which lie in memory this function owns.
@@ -705,13 +712,15 @@ impl Launch {
             c::prctl(c::PR_SET_MM, PR_SET_MM_MAP, &mut mm as *mut MmMap, size_of::<MmMap>(), 0)
         };
         if r != 0 {
-            return fail(&keep, io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            // SAFETY: puts back the registration `reset` took away.
+            unsafe { register_rseq(rseq) };
+            return fail(&keep, e);
         }
         // From here on, nothing fails.
-        // SAFETY: raw system calls on this thread's own state, as execve
-        // would reset it; see `reset`.
-        unsafe { self.reset(in_place) };
-        // 4. What stays mapped through the jump.
+        // SAFETY: see `finish_reset`.
+        unsafe { self.finish_reset() };
+        // 5. What stays mapped through the jump.
         keep.push(self.jump);
         for &range in &host.special {
             keep.push(range);
@@ -877,30 +886,44 @@ impl Launch {
     }
 
     /// Undoes, for this thread, what `execve` undoes and a mapped payload
-    /// would otherwise inherit.
+    /// would otherwise inherit and could die of: glibc's rseq registration
+    /// (in stigmer's TLS, about to be unmapped: the kernel would write to
+    /// it, rseq(2)), the alternate signal stack and the caught signals'
+    /// handlers (both in stigmer's memory). Each refusal is an error, with
+    /// the rseq registration put back; what was reset before it stays
+    /// reset, as harmless to a process about to exec the payload from a
+    /// memfd instead.
     ///
     /// # Safety
     /// Only raw system calls on this thread's own state; after it, no code
-    /// of stigmer may rely on its signal handlers, rseq area or stack.
-    unsafe fn reset(&self, in_place: bool) {
+    /// of stigmer may rely on its signal handlers or alternate stack.
+    unsafe fn reset(&self, in_place: bool) -> io::Result<Rseq> {
         // SAFETY (the whole block): each call below is one async-signal-safe
         // system call on this thread's own registration or disposition.
         unsafe {
-            // glibc registered an rseq area in stigmer's TLS, which is about
-            // to be unmapped: the kernel would write to it (rseq(2)).
-            if let Some((offset, size)) = self.host.rseq {
-                let area = thread_pointer().wrapping_add_signed(offset);
-                for len in [size, 32] {
-                    if c::syscall(c::SYS_rseq, area, len, 1, RSEQ_SIG) == 0 {
-                        break;
+            let rseq = match self.host.rseq {
+                None => None,
+                Some((offset, size)) => {
+                    let area = thread_pointer().wrapping_add_signed(offset);
+                    // A kernel older than glibc registered 32 bytes.
+                    let unregistered = [size, 32]
+                        .into_iter()
+                        .find(|&len| c::syscall(c::SYS_rseq, area, len, 1, RSEQ_SIG) == 0);
+                    match unregistered {
+                        Some(len) => Some((area, len)),
+                        None => return Err(io::Error::last_os_error()),
                     }
                 }
-            }
-            c::syscall(c::SYS_set_robust_list, 0usize, 24usize);
-            c::syscall(c::SYS_set_tid_address, 0usize);
+            };
+            let undo = |err: io::Error| {
+                register_rseq(rseq);
+                err
+            };
             let disable =
                 c::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: c::SS_DISABLE, ss_size: 0 };
-            c::sigaltstack(&disable, std::ptr::null_mut());
+            if c::sigaltstack(&disable, std::ptr::null_mut()) != 0 {
+                return Err(undo(io::Error::last_os_error()));
+            }
             // Caught signals go back to their default; ignored ones stay
             // ignored, as across execve, but for SIGPIPE, which std ignores
             // for itself at start (a spawned child has had it reset already).
@@ -916,20 +939,62 @@ impl Launch {
                     old.as_mut_ptr(),
                     8,
                 );
-                let caught = got == 0 && old[0] > 1;
-                if caught || (in_place && sig == c::SIGPIPE) {
+                if got != 0 {
+                    // A signal number this kernel does not have.
+                    if *c::__errno_location() == c::EINVAL {
+                        continue;
+                    }
+                    return Err(undo(io::Error::last_os_error()));
+                }
+                if old[0] > 1 || (in_place && sig == c::SIGPIPE) {
                     let default = [0usize; 4];
-                    c::syscall(
+                    let set = c::syscall(
                         c::SYS_rt_sigaction,
                         sig,
                         default.as_ptr(),
                         std::ptr::null_mut::<u8>(),
                         8,
                     );
+                    if set != 0 {
+                        return Err(undo(io::Error::last_os_error()));
+                    }
                 }
             }
+            Ok(rseq)
+        }
+    }
+
+    /// What is left to undo once nothing can fail: the robust futex list
+    /// and `clear_child_tid` (a refusal of either costs at most a write the
+    /// kernel makes at exit, into memory it then finds unmapped or the
+    /// payload's), and the process's name.
+    ///
+    /// # Safety
+    /// As [`Launch::reset`].
+    unsafe fn finish_reset(&self) {
+        // SAFETY: raw system calls on this thread's own state and a
+        // NUL-terminated name made before the fork.
+        unsafe {
+            c::syscall(c::SYS_set_robust_list, 0usize, 24usize);
+            c::syscall(c::SYS_set_tid_address, 0usize);
             c::prctl(c::PR_SET_NAME, self.comm.as_ptr(), 0, 0, 0);
         }
+    }
+}
+
+/// An rseq registration taken away by [`Launch::reset`]: the area and its
+/// length.
+type Rseq = Option<(usize, u32)>;
+
+/// Registers `rseq` again (after a load that failed).
+///
+/// # Safety
+/// `rseq` must be what [`Launch::reset`] unregistered on this thread, whose
+/// TLS is still mapped.
+unsafe fn register_rseq(rseq: Rseq) {
+    if let Some((area, len)) = rseq {
+        // SAFETY: as the function says; one system call.
+        unsafe { c::syscall(c::SYS_rseq, area, len, 0, RSEQ_SIG) };
     }
 }
 
