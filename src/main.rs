@@ -41,7 +41,7 @@ fn main() -> ExitCode {
     // launch's own CPU time): everything after NAME is the payload's, as
     // clap's `run` takes it (`tests/cli.rs`: `run_parses_the_same_with_or_without_options`).
     let direct = match args.first() {
-        Some(argv0) => match stigmer::launch::mapped_reexec(&catalog, argv0) {
+        Some(argv0) => match stigmer::launch::mapped_reexec(&catalog) {
             Some(p) => Some((p.name(), Some(argv0.clone()), args.split_off(1))),
             None => match multicall_name(argv0, &catalog) {
                 Some(name) => Some((name, None, args.split_off(1))),

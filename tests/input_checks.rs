@@ -1,6 +1,7 @@
 //! What stigmer accepts from its input, through the real binary: every
 //! manifest problem is reported in one run, one clean line each, before
-//! anything starts; and a stray `STIGMER_DOCTOR_PROBE` changes nothing.
+//! anything starts; and a stray `STIGMER_DOCTOR_PROBE` or `STIGMER_MAPPED`
+//! changes nothing.
 
 mod common;
 
@@ -175,4 +176,44 @@ fn doctor_still_runs_its_probe_and_checks_the_embedded_manifest() {
     assert_eq!(report["manifest_problems"], serde_json::json!([]), "{report}");
     let text = ok(&env.stigmer().arg("doctor").output().unwrap());
     assert!(text.lines().any(|l| l.starts_with("ok  services.toml ")), "{text}");
+}
+
+/// `STIGMER_MAPPED=NAME` is what a mapped payload gets, so that a re-exec of
+/// its `/proc/self/exe` (stigmer) runs it again. Inherited by anything else
+/// (stigmer run from a payload's shell, under another name, or launching a
+/// payload otherwise), it changes nothing: stigmer exec'd by its path is
+/// stigmer whatever `argv[0]` is, and only a mapped payload gets the
+/// variable, set to its own name.
+#[test]
+fn a_stray_stigmer_mapped_variable_changes_nothing() {
+    use std::os::unix::process::CommandExt as _;
+    let env = TestEnv::new();
+    let link = env.dir.path().join("st");
+    std::os::unix::fs::symlink(stigmer_bin(), &link).unwrap();
+    let list = ok(&env.stigmer().arg("list").output().unwrap());
+    for argv0 in [None, Some("my-tool"), Some("/usr/bin/env"), Some("st")] {
+        for program in [stigmer_bin().to_owned(), link.clone()] {
+            let mut cmd = std::process::Command::new(&program);
+            cmd.env("STIGMER_HOME", &env.home).env("STIGMER_MAPPED", "probe").arg("list");
+            if let Some(argv0) = argv0 {
+                cmd.arg0(argv0);
+            }
+            let o = cmd.output().unwrap();
+            assert_eq!(ok(&o), list, "{program:?} as {argv0:?}: {}", stderr(&o));
+        }
+    }
+    let mapped: &[&str] = if cfg!(target_os = "linux") { &["mapped"] } else { &[] };
+    for backend in BACKENDS.iter().chain(mapped) {
+        let o = env
+            .stigmer()
+            .env("STIGMER_MAPPED", "workflow-runner")
+            .args(["--backend", backend, "run", "probe", "--env", "STIGMER_MAPPED"])
+            .output()
+            .unwrap();
+        let want = match *backend {
+            "mapped" => "STIGMER_MAPPED=probe",
+            _ => "STIGMER_MAPPED unset",
+        };
+        assert_eq!(probe_field(&o, "env"), want, "{backend}: {}", stderr(&o));
+    }
 }

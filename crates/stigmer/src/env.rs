@@ -24,9 +24,10 @@ pub const STIGMER_PAYLOAD_DIR: &str = "STIGMER_PAYLOAD_DIR";
 pub const STIGMER_DOCTOR_PROBE: &str = "STIGMER_DOCTOR_PROBE";
 
 /// Set by the mapped backend in a payload's environment to the payload's
-/// name: a mapped payload's `/proc/self/exe` is stigmer, so a payload that
-/// re-execs itself through it reaches stigmer, which runs that payload
-/// again (see [`crate::launch::mapped_reexec`]).
+/// name (and dropped from every other launch's): a mapped payload's
+/// `/proc/self/exe` is stigmer, so a payload that re-execs itself through
+/// it reaches stigmer, which runs that payload again (see
+/// [`crate::launch::mapped_reexec`]).
 pub const STIGMER_MAPPED: &str = "STIGMER_MAPPED";
 
 /// Test-only, and honoured only by debug builds (a release build ignores

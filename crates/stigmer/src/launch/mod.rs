@@ -771,22 +771,15 @@ impl Launcher {
 /// mapped payload that re-exec'd itself: a mapped payload's
 /// `/proc/self/exe` is stigmer's file, and the loader leaves
 /// [`STIGMER_MAPPED`](crate::env::STIGMER_MAPPED)`=NAME` in its
-/// environment. It is that payload, run with the `argv` it was given
-/// ([`Launcher::run_as`]), when the path exec'd was a `/proc/.../exe` link,
-/// whatever `argv0` is; or, exec'd by another path to stigmer (Go's
-/// `os.Executable()` names stigmer's file), when `argv0` names neither a
-/// payload (multi-call) nor stigmer itself.
-pub fn mapped_reexec<'c>(catalog: &'c Catalog, argv0: &OsStr) -> Option<&'c Payload> {
+/// environment (and only in its: every other launch drops the variable).
+/// It is that payload, to run with the `argv` it was given
+/// ([`Launcher::run_as`]) whatever `argv[0]` is, when the path the kernel
+/// exec'd was a `/proc/.../exe` link (`AT_EXECFN`); stigmer exec'd by any
+/// other path is stigmer, even with the variable set.
+pub fn mapped_reexec(catalog: &Catalog) -> Option<&Payload> {
     let name = std::env::var_os(crate::env::STIGMER_MAPPED)?;
     let payload = catalog.find(name.to_str()?)?;
-    if imp::exec_through_proc_exe() {
-        return Some(payload);
-    }
-    let argv0 = std::path::Path::new(argv0).file_name()?;
-    let exe = std::env::current_exe().ok();
-    let stigmer = argv0 == "stigmer" || exe.as_deref().and_then(|e| e.file_name()) == Some(argv0);
-    let multicall = argv0.to_str().is_some_and(|n| catalog.find(n).is_some());
-    (!stigmer && !multicall).then_some(payload)
+    imp::exec_through_proc_exe().then_some(payload)
 }
 
 impl Launch for Launcher {

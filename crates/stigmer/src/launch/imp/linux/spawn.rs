@@ -166,11 +166,16 @@ pub(crate) fn spawn_fd(
     cmd.spawn()
 }
 
-/// This process's environment with `changes` applied, as `KEY=VALUE`.
+/// This process's environment with `changes` applied, as `KEY=VALUE`;
+/// without [`STIGMER_MAPPED`](crate::env::STIGMER_MAPPED), which stigmer
+/// may have inherited from a mapped payload up its tree and which only the
+/// mapped backend sets, among `changes`.
 pub(super) fn environment(
     changes: impl Iterator<Item = (OsString, Option<OsString>)>,
 ) -> io::Result<Vec<CString>> {
-    let mut vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let mut vars: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(k, _)| k.as_bytes() != crate::env::STIGMER_MAPPED.as_bytes())
+        .collect();
     for (key, value) in changes {
         vars.retain(|(k, _)| *k != key);
         if let Some(value) = value {
