@@ -261,6 +261,9 @@ fn server(
 
 fn list(catalog: &Catalog, choice: Choice, json: bool) -> anyhow::Result<ExitCode> {
     let launcher = Launcher::new(choice, env::home().ok());
+    // Whether the kernel allows the mapped loader: the answer is in the
+    // plans below.
+    let _ = launcher.ask_kernel();
     let mut out = io::stdout().lock();
     // Payloads, then assets: where each runs from, or is kept.
     let plan = |p: &stigmer::Payload| match p.kind() {

@@ -20,6 +20,7 @@
 //! | `c-pie`, `c-nopie` | the C with `-fPIE -pie` and `-fno-PIE -no-pie` |
 //! | `c-static`, `c-static-pie` | the C with glibc's `-static` and `-static-pie` |
 //! | `go-reexec` | Go, re-execs itself through `/proc/self/exe` |
+//! | `c-loader-xo` | the C, its loader a copy of the system's that only root may read (mode 0111) |
 //!
 //! A backend joins the matrix by its name in [`BACKENDS`]; what it should
 //! show is its row of [`EXPECT`] (`mapped` has one already).
@@ -541,6 +542,65 @@ rows! {
     c_static: "c-static" => program;
     c_static_pie: "c-static-pie" => program;
     go_reexec: "go-reexec" => reexec;
+}
+
+/// c-loader-xo: its loader (PT_INTERP) has mode 0111, so the kernel runs
+/// it as any user, but the mapped loader, which must read the loader to
+/// map it, cannot but as root. As another user, `auto` says so and runs it
+/// from a memfd, in `stigmer run` and as a service; `stigmer doctor` says
+/// the same; forced, `mapped` refuses it. Root maps it.
+#[test]
+fn a_payload_whose_loader_only_root_may_read_runs_from_a_memfd_as_another_user() {
+    require!(tools().is_ok(), "{}", tools().unwrap_err());
+    require!(is_root() && have("setpriv"), "needs root and setpriv to act as another user");
+    let m = matrix();
+    let row = "c-loader-xo";
+    let env = TestEnv::new();
+    fs::set_permissions(env.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    fs::create_dir(&env.home).unwrap();
+    nix::unistd::chown(&env.home, Some(65534.into()), Some(65534.into())).unwrap();
+    let as_nobody = |backend: &str| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&m.stigmer)
+            .args(["--backend", backend])
+            .env("STIGMER_HOME", &env.home)
+            .env_remove("STIGMER_BACKEND")
+            .env_remove("RUST_LOG");
+        cmd
+    };
+
+    let o = as_nobody("auto").args(["doctor", "--json"]).output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let payload = report["payloads"].as_array().unwrap().iter().find(|p| p["name"] == row);
+    let payload = payload.unwrap_or_else(|| panic!("{row} not in {report}"));
+    assert_eq!(payload["backend"], "memfd", "{payload}");
+    assert!(payload["why"].as_str().unwrap().contains("cannot be read by this user"), "{payload}");
+
+    let o = as_nobody("auto").args(["run", row, "exit", "7"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with(&format!("matrix: row={row} pid=")), "{}", stdout(&o));
+
+    let o = as_nobody("mapped").args(["run", row]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cannot be read by this user"), "{}", stderr(&o));
+
+    let config = env.dir.path().join("services.toml");
+    fs::write(&config, format!("[services.xo]\npayload = \"{row}\"\nargs = [\"wait\"]\n")).unwrap();
+    let server = Server::spawn(as_nobody("auto").args(["server", "--config"]).arg(&config));
+    let pid = server.service_pid("xo", 30);
+    server.wait_stdout(30, |l| l.iter().any(|l| l.ends_with("| ready")));
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe.to_string_lossy(), format!("/memfd:{row} (deleted)"));
+    server.signal(Signal::SIGTERM);
+    let (status, _, err) = server.finish(30);
+    assert!(status.success(), "{err:?}");
+
+    // Root may read it: mapped.
+    let ran = m.run(&env, "auto", row, &["maps"]);
+    assert!(ran.status.success(), "{ran}");
+    assert_eq!(Inside::printed(&ran.out).exe, m.stigmer.to_string_lossy(), "{ran}");
 }
 
 /// What `service` printed in a line of `stigmer server`'s stdout

@@ -143,7 +143,7 @@ fn get_seals_denied_falls_back_instead_of_crashing() {
 /// A profile that refuses `prctl(PR_SET_MM)`, which the mapped loader needs:
 /// `auto` runs ELF payloads from sealed memfds instead (`run`: after the
 /// loader undid what it did; the server: asked once, before it starts any),
-/// with no warning, and doctor says so; forcing `mapped` gives the refusal.
+/// with no warning, and doctor and list say so; forcing `mapped` gives the refusal.
 #[test]
 fn the_mapped_loader_refused_runs_elf_payloads_from_memfds() {
     require!(AUTO_ELF_BACKEND == "mapped", "auto maps no payload in this build");
@@ -183,6 +183,12 @@ fn the_mapped_loader_refused_runs_elf_payloads_from_memfds() {
     for p in report["payloads"].as_array().unwrap() {
         assert_eq!(p["backend"], "memfd", "{p}");
         assert_eq!(p["ok"], true, "{p}");
+    }
+    // And list, which asks the kernel too.
+    let o = under(filter(), env.stigmer().args(["list", "--json"]));
+    let rows: Value = serde_json::from_str(&ok(&o)).unwrap();
+    for p in rows.as_array().unwrap().iter().filter(|p| p["kind"] != "asset") {
+        assert_eq!(p["backend"], "memfd", "{p}");
     }
 
     // The server asks once, and starts its services from memfds.

@@ -18,6 +18,7 @@ command -v gcc >/dev/null || missing+=("gcc (package gcc)")
 libc_a=$(gcc -print-file-name=libc.a 2>/dev/null || true)
 [ -f "$libc_a" ] || missing+=("libc.a (package libc6-dev)")
 command -v musl-gcc >/dev/null || missing+=("musl-gcc (package musl-tools)")
+command -v readelf >/dev/null || missing+=("readelf (package binutils)")
 command -v go >/dev/null || missing+=("go (package golang-go)")
 rustc=${RUSTC:-rustc}
 command -v "$rustc" >/dev/null || missing+=("rustc (rustup, or package rustc)")
@@ -50,6 +51,15 @@ c c-nopie gcc -pthread -fno-PIE -no-pie
 c c-static gcc -pthread -static
 c c-static-pie gcc -pthread -fPIE -static-pie
 c musl-static musl-gcc -static
+
+# --- C whose loader only root may read: a copy of the system's, mode 0111,
+# beside the payload folder (not in it). The kernel execs it as anyone; the
+# mapped loader, which must read it, cannot as another user ---------------
+interp=$(LC_ALL=C readelf -l "$out/c-threads" | sed -n 's/.*program interpreter: \(.*\)]$/\1/p')
+xo="$(dirname "$out")/ld-xo.so"
+rm -f "$xo"
+install -m 0111 "$interp" "$xo"
+c c-loader-xo gcc -pthread "-Wl,--dynamic-linker=$xo"
 
 # --- Go: static (no cgo), twice: go-reexec is the row that re-execs itself -
 go_build() {

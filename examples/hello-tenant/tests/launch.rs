@@ -19,13 +19,26 @@ use stigmer::{Backend, Bundle, Choice, Launcher};
 
 static PAYLOADS: Bundle = stigmer::include_payloads!();
 
-/// A filter that refuses (`EPERM`) `syscall` when its argument `arg`,
-/// masked with `mask`, is `value`, and allows everything else.
-fn refuse(syscall: i64, arg: u8, mask: u64, value: u64) -> BpfProgram {
-    let when =
-        SeccompCondition::new(arg, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(mask), value)
+/// A refusal: `(syscall, arg, mask, value)`, see [`refuse`].
+type Refusal = (i64, u8, u64, u64);
+
+/// A filter that refuses (`EPERM`) each `(syscall, arg, mask, value)`:
+/// that system call when its argument `arg`, masked with `mask`, is
+/// `value`; and allows everything else.
+fn refuse(rules: &[Refusal]) -> BpfProgram {
+    let rules = rules
+        .iter()
+        .map(|&(syscall, arg, mask, value)| {
+            let when = SeccompCondition::new(
+                arg,
+                SeccompCmpArgLen::Qword,
+                SeccompCmpOp::MaskedEq(mask),
+                value,
+            )
             .unwrap();
-    let rules = [(syscall, vec![SeccompRule::new(vec![when]).unwrap()])].into_iter().collect();
+            (syscall, vec![SeccompRule::new(vec![when]).unwrap()])
+        })
+        .collect();
     let arch = std::env::consts::ARCH.try_into().unwrap();
     SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch)
         .unwrap()
@@ -35,8 +48,12 @@ fn refuse(syscall: i64, arg: u8, mask: u64, value: u64) -> BpfProgram {
 
 /// `greet Ada` as `choice` runs it, spawned with `filter` installed in the
 /// child first (as a program's own `pre_exec` steps are); the backend it
-/// was prepared for, and its output or the spawn's error.
-fn greet(choice: Choice, filter: Option<BpfProgram>) -> (Backend, Result<Output, String>) {
+/// was prepared for, and its output and the backend it ran from, or the
+/// spawn's error.
+fn greet(
+    choice: Choice,
+    filter: Option<BpfProgram>,
+) -> (Backend, Result<(Output, Backend), String>) {
     let home = tempfile::tempdir().unwrap();
     let catalog = PAYLOADS.catalog();
     let launcher = Launcher::new(choice, Some(home.path().to_owned()));
@@ -53,7 +70,10 @@ fn greet(choice: Choice, filter: Option<BpfProgram>) -> (Backend, Result<Output,
         }
     }
     let out = match prepared.spawn(&mut cmd) {
-        Ok(child) => Ok(child.wait_with_output().unwrap()),
+        Ok(child) => {
+            let ran_from = prepared.ran_from(child.id());
+            Ok((child.wait_with_output().unwrap(), ran_from))
+        }
         Err(e) => Err(e.to_string()),
     };
     (prepared.backend(), out)
@@ -68,7 +88,9 @@ fn said(out: &Output) -> String {
 fn auto_maps_an_elf_payload_from_the_programs_own_file() {
     let (backend, out) = greet(Choice::Auto, None);
     assert_eq!(backend, Backend::Mapped);
-    assert!(said(&out.unwrap()).starts_with("hello, Ada (from greet, pid "));
+    let (out, ran_from) = out.unwrap();
+    assert!(said(&out).starts_with("hello, Ada (from greet, pid "));
+    assert_eq!(ran_from, Backend::Mapped);
 }
 
 /// Three ways the child's loader is refused after the launcher found it
@@ -76,26 +98,29 @@ fn auto_maps_an_elf_payload_from_the_programs_own_file() {
 /// `/proc/PID/cmdline`), `mmap` with `MAP_GROWSDOWN` (how it maps the
 /// payload's stack), and `rseq` (how it takes back glibc's registration in
 /// stigmer's memory, which the kernel would otherwise write to once that
-/// is unmapped: the payload would die of it). Each time `auto` runs the
-/// payload all the same, and `--backend mapped` fails with the refusal.
+/// is unmapped: the payload would die of it); and the stack refused with
+/// `execveat` too, where the memfd the child falls back to is exec'd
+/// through `/proc/self/fd/N`. Each time `auto` runs the payload all the
+/// same, and `--backend mapped` fails with the refusal.
 #[test]
 fn a_child_that_cannot_load_it_mapped_runs_it_from_a_memfd_under_auto() {
     let set_mm = libc::PR_SET_MM as u64;
     let growsdown = libc::MAP_GROWSDOWN as u64;
-    // (what, system call, argument, mask, value)
-    let refusals = [
-        ("prctl(PR_SET_MM)", libc::SYS_prctl, 0, u64::MAX, set_mm),
-        ("mmap(MAP_GROWSDOWN)", libc::SYS_mmap, 3, growsdown, growsdown),
-        ("rseq", libc::SYS_rseq, 0, 0, 0),
+    let stack = (libc::SYS_mmap, 3, growsdown, growsdown);
+    let refusals: [(&str, &[Refusal]); 4] = [
+        ("prctl(PR_SET_MM)", &[(libc::SYS_prctl, 0, u64::MAX, set_mm)]),
+        ("mmap(MAP_GROWSDOWN)", &[stack]),
+        ("rseq", &[(libc::SYS_rseq, 0, 0, 0)]),
+        ("mmap(MAP_GROWSDOWN) and execveat", &[stack, (libc::SYS_execveat, 0, 0, 0)]),
     ];
-    for (what, syscall, arg, mask, value) in refusals {
-        let filter = || refuse(syscall, arg, mask, value);
-        let (backend, out) = greet(Choice::Auto, Some(filter()));
+    for (what, rules) in refusals {
+        let (backend, out) = greet(Choice::Auto, Some(refuse(rules)));
         assert_eq!(backend, Backend::Mapped, "{what}");
-        let out = out.unwrap_or_else(|e| panic!("{what}: auto did not fall back: {e}"));
+        let (out, ran_from) = out.unwrap_or_else(|e| panic!("{what}: auto did not fall back: {e}"));
         assert!(said(&out).starts_with("hello, Ada (from greet, pid "), "{what}: {out:?}");
+        assert_eq!(ran_from, Backend::Memfd, "{what}: what status would say");
 
-        let (_, out) = greet(Choice::Only(Backend::Mapped), Some(filter()));
+        let (_, out) = greet(Choice::Only(Backend::Mapped), Some(refuse(rules)));
         let err = out.expect_err(what);
         assert!(err.contains("not permitted"), "{what}: {err}");
     }

@@ -265,7 +265,7 @@ const MAPPED: &str = "from stigmer's own file, nothing copied or pinned";
 /// Why an ELF payload `auto` would map runs from a memfd on a host that
 /// refuses the mapped loader.
 const MAPPED_REFUSED_ON_HOST: &str =
-    "the kernel refuses the mapped loader here (PR_SET_MM_MAP): sealed in memory instead";
+    "the kernel refuses what the mapped loader needs here: sealed in memory instead";
 
 /// Why a payload runs from the cache after the kernel refused exec from
 /// memory in this process.
@@ -313,6 +313,22 @@ impl Prepared {
             Image::File(_) => Backend::Cache,
             Image::Mapped(_) => Backend::Mapped,
         }
+    }
+
+    /// The backend the process `pid`, spawned from this, runs from: its
+    /// [`Prepared::backend`], but for a mapped payload whose child could
+    /// not load it and ran it from a memfd instead (see
+    /// [`Launcher::prepare`]), which `/proc/PID/exe` tells once `spawn`
+    /// has returned (the child has jumped into the payload or exec'd it);
+    /// or, once it has exited, its name (`memfd:NAME` from a memfd).
+    pub fn ran_from(&self, pid: u32) -> Backend {
+        let Image::Mapped(_) = self.image else { return self.backend() };
+        let memfd = match std::fs::read_link(format!("/proc/{pid}/exe")) {
+            Ok(exe) => exe.as_os_str().as_encoded_bytes().starts_with(b"/memfd:"),
+            Err(_) => std::fs::read(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.starts_with(b"memfd:")),
+        };
+        if memfd { Backend::Memfd } else { Backend::Mapped }
     }
 
     /// The cache entry it runs from, if it runs from the cache.
@@ -527,10 +543,11 @@ impl Launcher {
             // An ELF payload the loader can map, on a host that lets it:
             // nothing copied (the compatibility matrix, tests/mapped_matrix.rs,
             // holds every class of ELF executable it takes).
-            (Kind::Elf, Choice::Auto)
-                if NATIVE == Backend::Memfd && !self.mapped_refused.load(Ordering::Relaxed) =>
-            {
+            (Kind::Elf, Choice::Auto) if NATIVE == Backend::Memfd => {
                 match imp::mapped_image(payload) {
+                    _ if self.mapped_refused.load(Ordering::Relaxed) => {
+                        (Backend::Memfd, MAPPED_REFUSED_ON_HOST)
+                    }
                     Ok(_) => (Backend::Mapped, MAPPED),
                     // Why it is not mapped is why it runs from a memfd.
                     Err(why) => (Backend::Memfd, why),
@@ -551,6 +568,24 @@ impl Launcher {
             return Plan { backend: Backend::Cache, why: REFUSED };
         }
         Plan { backend, why }
+    }
+
+    /// Asks the kernel, once per process (in a child that exits at once),
+    /// whether it allows what the mapped loader needs, so that from then on
+    /// [`Launcher::plan`] answers for this host: where it refuses, `auto`
+    /// runs ELF payloads from memfds. `prepare` asks by itself before it
+    /// spawns a mapped payload; `stigmer list` asks first.
+    pub fn ask_kernel(&self) -> std::result::Result<(), &'static str> {
+        if NATIVE != Backend::Memfd || self.choice != Choice::Auto {
+            return Ok(());
+        }
+        static ALLOWED: std::sync::OnceLock<std::result::Result<(), &'static str>> =
+            std::sync::OnceLock::new();
+        (*ALLOWED.get_or_init(imp::probe_mapped)).inspect_err(|why| {
+            if !self.mapped_refused.swap(true, Ordering::Relaxed) {
+                debug!("the mapped loader is refused here ({why}): payloads run from memfds");
+            }
+        })
     }
 
     /// Where `asset` will be kept for the services that read it, decided
@@ -607,15 +642,7 @@ impl Launcher {
     fn prepare_mapped(&self, payload: &Payload, in_place: bool) -> Result<Prepared> {
         let image = imp::mapped_image(payload).and_then(|image| {
             if self.choice == Choice::Auto && !in_place {
-                static ALLOWED: std::sync::OnceLock<std::result::Result<(), &'static str>> =
-                    std::sync::OnceLock::new();
-                (*ALLOWED.get_or_init(imp::probe_mapped)).inspect_err(|why| {
-                    if !self.mapped_refused.swap(true, Ordering::Relaxed) {
-                        debug!(
-                            "the mapped loader is refused here ({why}): payloads run from memfds"
-                        );
-                    }
-                })?;
+                self.ask_kernel()?;
             }
             Ok(image)
         });

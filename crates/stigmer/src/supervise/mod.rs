@@ -229,7 +229,9 @@ pub async fn serve(
     let (lines, written) =
         logs::writer(Format { names, json: options.json_logs, color: options.color })
             .map_err(|source| Error::Exec { name: "stigmer server".into(), source })?;
-    let prepared = manifest.services.iter().map(|s| prepared[&s.payload].clone()).collect();
+    let prepared: Vec<Prepared> =
+        manifest.services.iter().map(|s| prepared[&s.payload].clone()).collect();
+    let ran_from = std::sync::Mutex::new(prepared.iter().map(Prepared::backend).collect());
     let sizes =
         manifest.services.iter().map(|s| catalog.get(&s.payload).map_or(0, |p| p.len())).collect();
     let main_pid = match has_guard {
@@ -251,6 +253,7 @@ pub async fn serve(
         main_pid,
         socket: control.as_ref().map(|(_, s)| s.clone()).unwrap_or_default(),
         sizes,
+        ran_from,
         checks,
         runner,
         running: (0..count).map(|_| Arc::new(AtomicBool::new(false))).collect(),
@@ -472,6 +475,9 @@ struct Supervisor {
     socket: String,
     /// Each service's payload size, by index.
     sizes: Vec<u64>,
+    /// The backend each service's last run came from, by index: its
+    /// payload's, but for a mapped payload a child ran from a memfd.
+    ran_from: std::sync::Mutex<Vec<crate::Backend>>,
     /// The `exec` checks running.
     checks: Checks,
     /// Given to the tasks that want `exec` checks run.
@@ -557,9 +563,8 @@ impl Supervisor {
             .map(|svc| {
                 let spec = self.machine.spec(svc);
                 let view = self.machine.view(svc);
-                let prepared = &self.prepared[svc];
-                let memfd =
-                    (prepared.backend() == crate::Backend::Memfd).then_some(self.sizes[svc]);
+                let backend = self.ran_from.lock().unwrap_or_else(|e| e.into_inner())[svc];
+                let memfd = (backend == crate::Backend::Memfd).then_some(self.sizes[svc]);
                 let result = |r: &machine::CheckResult| CheckResult {
                     ok: r.ok,
                     message: (!r.ok).then(|| r.message.clone()),
@@ -580,7 +585,7 @@ impl Supervisor {
                     pid: view.pid.map(|p| p.as_raw() as u32),
                     uptime_secs: view.since.map(|t| now.saturating_duration_since(t).as_secs_f64()),
                     restarts: view.restarts,
-                    backend: prepared.backend().to_string(),
+                    backend: backend.to_string(),
                     rss: view.pid.and_then(sys::rss),
                     memfd,
                     ready,
@@ -654,7 +659,9 @@ impl Supervisor {
         // The child is never waited for through std: see `reap`.
         let pid = Pid::from_raw(child.id() as i32);
         crash::record(i, Some(pid));
-        info!("{}: started (pid {pid}, {})", spec.name, prepared.backend());
+        let backend = prepared.ran_from(pid.as_raw() as u32);
+        self.ran_from.lock().unwrap_or_else(|e| e.into_inner())[i] = backend;
+        info!("{}: started (pid {pid}, {backend})", spec.name);
 
         let log_check = match &spec.ready {
             Some(r) => match &r.check {

@@ -197,11 +197,33 @@ impl Host {
     /// refusal is the launch's error.
     pub(crate) fn probe(&self) -> Result<(), &'static str> {
         let now = read_mm().map_err(|_| "/proc/self/stat cannot be read")?;
-        // SAFETY: the child makes only raw system calls (brk, prctl,
-        // _exit) on values made before the fork, and exits; the parent
-        // waits for it.
+        // SAFETY: the child makes only raw system calls (mmap, rseq, brk,
+        // prctl, _exit) on values made before the fork and on its own
+        // state, and exits; the parent waits for it.
         match unsafe { nix::unistd::fork() } {
             Ok(nix::unistd::ForkResult::Child) => unsafe {
+                // The stack the loader maps, and glibc's rseq registration
+                // it takes back: a refusal of either is a refusal here.
+                let stack = c::mmap(
+                    std::ptr::null_mut(),
+                    self.page as usize,
+                    c::PROT_READ | c::PROT_WRITE,
+                    c::MAP_PRIVATE | c::MAP_ANONYMOUS | c::MAP_GROWSDOWN | c::MAP_STACK,
+                    -1,
+                    0,
+                );
+                if stack == c::MAP_FAILED {
+                    c::_exit(1);
+                }
+                if let Some((offset, size)) = self.rseq {
+                    let area = thread_pointer().wrapping_add_signed(offset);
+                    let gone = [size, 32]
+                        .into_iter()
+                        .any(|len| c::syscall(c::SYS_rseq, area, len, 1, RSEQ_SIG) == 0);
+                    if !gone {
+                        c::_exit(1);
+                    }
+                }
                 let mut map = now;
                 map.brk = c::syscall(c::SYS_brk, 0) as u64;
                 map.exe_fd = u32::MAX;
@@ -217,7 +239,9 @@ impl Host {
             Ok(nix::unistd::ForkResult::Parent { child }) => {
                 match nix::sys::wait::waitpid(child, None) {
                     Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(()),
-                    _ => Err("the kernel refuses prctl(PR_SET_MM_MAP) here"),
+                    _ => Err(
+                        "the kernel refuses what the loader needs here (prctl(PR_SET_MM_MAP), a MAP_GROWSDOWN stack or rseq)",
+                    ),
                 }
             }
             Err(_) => Err("cannot fork to ask the kernel"),
@@ -364,6 +388,19 @@ impl MappedImage {
             return Err("it is not on a page boundary in stigmer's file");
         }
         let elf = Elf::parse(data, data.len() as u64, host.page)?;
+        // Its loader is opened again at each launch (as the kernel does, so
+        // that a glibc upgraded meanwhile comes whole); whether this user
+        // can read it, as the loader must and the kernel need not, is known
+        // now.
+        if let Some(path) = &elf.interp {
+            open_interp(path, host.page).map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => "its loader (PT_INTERP) is missing",
+                io::ErrorKind::PermissionDenied => {
+                    "its loader (PT_INTERP) cannot be read by this user (exec alone is allowed)"
+                }
+                _ => "its loader (PT_INTERP) cannot be mapped",
+            })?;
+        }
         Ok(MappedImage {
             exe,
             offset,
@@ -393,10 +430,20 @@ impl MappedImage {
         let changes: Vec<(OsString, Option<OsString>)> =
             cmd.get_envs().map(|(k, v)| (k.to_owned(), v.map(OsStr::to_owned))).collect();
         let envp = super::spawn::environment(changes.iter().cloned().chain([marker(&self.name)]))?;
-        let mut launch = Launch::new(self, &argv, envp)?;
-        if self.fallback {
-            launch.fallback = Some(Fallback::new(self, &launch.argv, changes)?);
-        }
+        let fallback = match self.fallback {
+            true => Some(Fallback::new(self, &argv, changes)?),
+            false => None,
+        };
+        // What cannot be made ready here (the payload's loader unreadable by
+        // this user, say) is, with a fallback, a child that runs the memfd.
+        let launch = match Launch::new(self, &argv, envp) {
+            Ok(launch) => Some(launch),
+            Err(e) if fallback.is_some() => {
+                tracing::debug!(payload = &*self.name, "cannot map it ({e}): its memfd instead");
+                None
+            }
+            Err(e) => return Err(e),
+        };
         // SAFETY: the closure runs in the child between fork and its end
         // (it never returns when it succeeds). `Launch::load` and
         // `Fallback::exec` make only raw system calls on memory made before
@@ -405,8 +452,11 @@ impl MappedImage {
         // errno, which is the spawn's error.
         unsafe {
             cmd.pre_exec(move || {
-                let failed = launch.load(false);
-                match &launch.fallback {
+                let failed = match &launch {
+                    Some(launch) => launch.load(false),
+                    None => io::Error::from_raw_os_error(c::ENOEXEC),
+                };
+                match &fallback {
                     Some(fallback) => Err(fallback.exec()),
                     None => Err(failed),
                 }
@@ -442,8 +492,10 @@ struct Fallback {
     /// The memfd's name (the payload's), so the process is `memfd:NAME` as
     /// with the memfd backend.
     name: CString,
-    /// The environment without [`marker`]: run from a memfd, the payload's
-    /// `/proc/self/exe` is itself. Only read through `envp_ptrs`.
+    /// The payload's argv, and the environment without [`marker`]: run
+    /// from a memfd, the payload's `/proc/self/exe` is itself. Only read
+    /// through `argv_ptrs` and `envp_ptrs`.
+    _argv: Vec<CString>,
     _envp: Vec<CString>,
     argv_ptrs: super::spawn::Ptrs,
     envp_ptrs: super::spawn::Ptrs,
@@ -456,16 +508,25 @@ struct Fallback {
 impl Fallback {
     fn new(
         image: &MappedImage,
-        argv: &[CString],
+        argv: &[OsString],
         changes: Vec<(OsString, Option<OsString>)>,
     ) -> io::Result<Fallback> {
         let envp = super::spawn::environment(changes.into_iter())?;
-        let name = CString::new(image.name.as_bytes())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a name with a NUL byte"))?;
+        let c_string = |bytes: &[u8]| {
+            CString::new(bytes).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a name, argument or variable contains a NUL byte",
+                )
+            })
+        };
+        let name = c_string(image.name.as_bytes())?;
+        let argv = argv.iter().map(|a| c_string(a.as_bytes())).collect::<io::Result<Vec<_>>>()?;
         Ok(Fallback {
             name,
-            argv_ptrs: super::spawn::Ptrs::new(argv),
+            argv_ptrs: super::spawn::Ptrs::new(&argv),
             envp_ptrs: super::spawn::Ptrs::new(&envp),
+            _argv: argv,
             _envp: envp,
             exe: image.exe.as_raw_fd(),
             offset: image.offset,
@@ -477,12 +538,15 @@ impl Fallback {
     /// (`sendfile`), seals it as the memfd backend does and execs it.
     /// Returns only on failure, with the memfd closed.
     ///
+    /// Where `execveat` is refused, the same open file is exec'd through
+    /// `/proc/self/fd/N`, as [`super::spawn::spawn_fd`] does.
+    ///
     /// # Safety
     /// As [`Launch::load`]: in the child, after a `load` that failed. It
-    /// makes only raw memfd_create, sendfile, fcntl, execveat and close
-    /// calls on descriptors and arrays made before the fork (`argv_ptrs`
-    /// points into the argv of the [`Launch`] that holds this, `envp_ptrs`
-    /// into `_envp`).
+    /// makes only raw memfd_create, sendfile, fcntl, execveat, execve and
+    /// close calls on descriptors and arrays made before the fork
+    /// (`argv_ptrs` and `envp_ptrs` point into `_argv` and `_envp`), and
+    /// writes the path into a buffer on its own stack.
     unsafe fn exec(&self) -> io::Error {
         let flags = c::MFD_CLOEXEC | c::MFD_ALLOW_SEALING;
         // SAFETY (the whole block): raw system calls on a NUL-terminated
@@ -526,9 +590,36 @@ impl Fallback {
                 self.envp_ptrs.as_ptr(),
                 c::AT_EMPTY_PATH,
             );
-            fail(fd)
+            let refused = io::Error::last_os_error();
+            let path = proc_fd_path(fd);
+            c::execve(path.as_ptr().cast(), self.argv_ptrs.as_ptr(), self.envp_ptrs.as_ptr());
+            c::close(fd);
+            refused
         }
     }
+}
+
+/// `/proc/self/fd/N`, NUL-terminated, in a buffer of its own: made without
+/// allocating, for a forked child.
+fn proc_fd_path(fd: c::c_int) -> [u8; 32] {
+    let mut path = [0u8; 32];
+    let prefix = b"/proc/self/fd/";
+    path[..prefix.len()].copy_from_slice(prefix);
+    let mut digits = [0u8; 10];
+    let mut n = fd.unsigned_abs();
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for (i, d) in digits[..len].iter().rev().enumerate() {
+        path[prefix.len() + i] = *d;
+    }
+    path
 }
 
 /// The variable a mapped payload gets: its `/proc/self/exe` is stigmer,
@@ -563,8 +654,6 @@ struct Launch {
     brk_rnd: u64,
     /// The address range of [`jump`], kept mapped through it.
     jump: (u64, u64),
-    /// What the child runs when `load` fails, if anything.
-    fallback: Option<Fallback>,
 }
 
 impl Launch {
@@ -610,7 +699,6 @@ impl Launch {
             // The jump is a few dozen bytes: two pages hold it wherever it
             // starts.
             jump: (page_down(at, page), page_down(at, page) + 2 * page),
-            fallback: None,
         })
     }
 
@@ -1386,6 +1474,19 @@ unsafe fn jump(gaps: *const [u64; 2], n: usize, sp: u64, entry: u64) -> ! {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn proc_fd_paths_are_written_without_allocating() {
+        for (fd, want) in [
+            (0, "/proc/self/fd/0"),
+            (7, "/proc/self/fd/7"),
+            (1234567890, "/proc/self/fd/1234567890"),
+        ] {
+            let path = super::proc_fd_path(fd);
+            let got = std::ffi::CStr::from_bytes_until_nul(&path).unwrap();
+            assert_eq!(got.to_str().unwrap(), want);
+        }
+    }
+
     use super::*;
 
     #[test]
