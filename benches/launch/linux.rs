@@ -10,8 +10,10 @@
 //! payload, with a warm page cache:
 //!
 //! 1. `direct`: exec of the same file from disk (the floor);
-//! 2. `stigmer-memfd`: `stigmer run NAME --quiet`; `2b-stigmer-mapped`:
-//!    the same with `--backend mapped` (segments mapped from stigmer's file);
+//! 2. `stigmer-memfd`: `stigmer --backend memfd run NAME --quiet`;
+//!    `2b-stigmer-mapped`: the same with `--backend mapped` (segments mapped
+//!    from stigmer's file); `2c-stigmer-auto`: `stigmer run NAME --quiet`,
+//!    the default (mapped, and no command-line parsing);
 //! 3. `naive-memfd`: what go-memexec and the memfd-exec crate do:
 //!    `memfd_create`, `write()` from a heap buffer, no seals, exec;
 //! 4. `extract`: write a temp file on disk, chmod, exec, unlink (PyInstaller
@@ -436,6 +438,10 @@ fn launch(c: &mut Criterion) {
         });
         group.bench_function(id("2b-stigmer-mapped"), |b| {
             b.iter(|| run(stigmer(&home).args(["--backend", "mapped", "run", name])))
+        });
+        // What a user gets: no option, so no command-line parser either.
+        group.bench_function(id("2c-stigmer-auto"), |b| {
+            b.iter(|| run(stigmer(&home).args(["run", name])))
         });
         group.bench_function(id("3-naive-memfd"), |b| b.iter(|| naive_memfd(bytes)));
         group.bench_function(id("4-extract"), |b| b.iter(|| extract(s.dir.path(), bytes)));
