@@ -32,6 +32,25 @@ fn deny(syscall: nix::libc::c_long) -> BpfProgram {
     filter.try_into().unwrap()
 }
 
+/// A filter that allows everything but `syscall` with its argument `arg`
+/// (32 bits of it) equal to `value`, which fails with EPERM.
+fn deny_when(syscall: nix::libc::c_long, arg: u8, value: u64) -> BpfProgram {
+    use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
+    let when = SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value);
+    let rule = SeccompRule::new(vec![when.unwrap()]).unwrap();
+    let rules = [(syscall, vec![rule])].into_iter().collect();
+    let arch = std::env::consts::ARCH.try_into().unwrap();
+    SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(nix::libc::EPERM as u32),
+        arch,
+    )
+    .unwrap()
+    .try_into()
+    .unwrap()
+}
+
 /// `cmd`, run under `filter`.
 fn under(filter: BpfProgram, cmd: &mut Command) -> Output {
     // SAFETY: the closure runs in the child between fork and exec. It makes
@@ -115,55 +134,20 @@ fn execveat_denied_runs_from_the_cache_what_is_not_mapped_with_one_warning() {
 /// panic, in `stigmer run` and in `stigmer doctor`.
 #[test]
 fn get_seals_denied_falls_back_instead_of_crashing() {
-    use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
-    let get_seals = SeccompCondition::new(
-        1,
-        SeccompCmpArgLen::Dword,
-        SeccompCmpOp::Eq,
-        nix::libc::F_GET_SEALS as u64,
-    )
-    .unwrap();
-    let filter = || -> BpfProgram {
-        let rule = SeccompRule::new(vec![get_seals.clone()]).unwrap();
-        let rules = [(nix::libc::SYS_fcntl, vec![rule])].into_iter().collect();
-        let arch = std::env::consts::ARCH.try_into().unwrap();
-        SeccompFilter::new(
-            rules,
-            SeccompAction::Allow,
-            SeccompAction::Errno(nix::libc::EPERM as u32),
-            arch,
-        )
-        .unwrap()
-        .try_into()
-        .unwrap()
-    };
+    let get_seals = nix::libc::F_GET_SEALS as u64;
+    let filter = || deny_when(nix::libc::SYS_fcntl, 1, get_seals);
     a_refused_memfd_sends_to_the_cache(filter, &["refused"]);
 }
 
 /// A profile that refuses `prctl(PR_SET_MM)`, which the mapped loader needs:
 /// `auto` runs ELF payloads from sealed memfds instead (`run`: after the
 /// loader undid what it did; the server: asked once, before it starts any),
-/// with no warning, and doctor and list say so; forcing `mapped` gives the refusal.
+/// with no warning, and doctor and list say so; forcing `mapped` gives the
+/// refusal.
 #[test]
 fn the_mapped_loader_refused_runs_elf_payloads_from_memfds() {
     require!(AUTO_ELF_BACKEND == "mapped", "auto maps no payload in this build");
-    use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
-    let filter = || -> BpfProgram {
-        let set_mm = nix::libc::PR_SET_MM as u64;
-        let when = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, set_mm);
-        let rule = SeccompRule::new(vec![when.unwrap()]).unwrap();
-        let rules = [(nix::libc::SYS_prctl, vec![rule])].into_iter().collect();
-        let arch = std::env::consts::ARCH.try_into().unwrap();
-        SeccompFilter::new(
-            rules,
-            SeccompAction::Allow,
-            SeccompAction::Errno(nix::libc::EPERM as u32),
-            arch,
-        )
-        .unwrap()
-        .try_into()
-        .unwrap()
-    };
+    let filter = || deny_when(nix::libc::SYS_prctl, 0, nix::libc::PR_SET_MM as u64);
     let env = TestEnv::new();
     let o = under(filter(), env.stigmer().args(["run", "probe", "a b"]));
     ok(&o);
