@@ -263,8 +263,20 @@ const OWN: [u64; 10] = [
     2, // AT_EXECFD
 ];
 
+/// `PR_GET_AUXV` (Linux 6.4): the auxiliary vector without a trip through
+/// `/proc`.
+const PR_GET_AUXV: c::c_int = 0x4155_5856;
+
 fn read_auxv() -> io::Result<Vec<(u64, u64)>> {
-    let bytes = std::fs::read("/proc/self/auxv")?;
+    let mut buf = [0u8; 1024];
+    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`, and
+    // returns the vector's whole size.
+    let size = unsafe { c::prctl(PR_GET_AUXV, buf.as_mut_ptr(), buf.len(), 0, 0) };
+    let bytes = match usize::try_from(size) {
+        Ok(size) if size > 0 && size <= buf.len() => buf[..size].to_vec(),
+        // An older kernel (EINVAL), or a vector bigger than any seen.
+        _ => std::fs::read("/proc/self/auxv")?,
+    };
     let word = |b: &[u8]| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]));
     Ok(bytes
         .chunks_exact(16)
@@ -311,11 +323,22 @@ fn read_maps() -> io::Result<(Vec<(u64, u64)>, u64)> {
 }
 
 /// Whether this process has a user shadow stack (x86 CET), which would
-/// outlive the stack it shadows.
+/// outlive the stack it shadows: `ARCH_SHSTK_STATUS` (Linux 6.6; before,
+/// or built without it, `EINVAL`: none).
+#[cfg(target_arch = "x86_64")]
 fn x86_shadow_stack() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines().any(|l| l.starts_with("x86_Thread_features:") && l.contains("shstk"))
-    })
+    const ARCH_SHSTK_STATUS: c::c_long = 0x5005;
+    const ARCH_SHSTK_SHSTK: u64 = 1;
+    let mut features: u64 = 0;
+    // SAFETY: the kernel writes one u64 of feature bits into `features`.
+    let r = unsafe { c::syscall(c::SYS_arch_prctl, ARCH_SHSTK_STATUS, &mut features as *mut u64) };
+    r == 0 && features & ARCH_SHSTK_SHSTK != 0
+}
+
+/// No x86 shadow stack elsewhere.
+#[cfg(not(target_arch = "x86_64"))]
+fn x86_shadow_stack() -> bool {
+    false
 }
 
 /// glibc's rseq registration of this thread, as the fork copies it to the
@@ -1474,6 +1497,20 @@ unsafe fn jump(gaps: *const [u64; 2], n: usize, sp: u64, entry: u64) -> ! {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_auxiliary_vector_is_the_one_proc_shows() {
+        let proc: Vec<(u64, u64)> = std::fs::read("/proc/self/auxv")
+            .unwrap()
+            .chunks_exact(16)
+            .map(|p| {
+                let word = |b: &[u8]| u64::from_ne_bytes(b.try_into().unwrap());
+                (word(&p[..8]), word(&p[8..]))
+            })
+            .take_while(|&(key, _)| key != 0)
+            .collect();
+        assert_eq!(super::read_auxv().unwrap(), proc);
+    }
+
     #[test]
     fn proc_fd_paths_are_written_without_allocating() {
         for (fd, want) in [
