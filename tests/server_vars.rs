@@ -71,7 +71,9 @@ cwd = "${{{WORK}}}/sub"
         (WORK, work.as_os_str()),
     ];
     let server = server(&env, &manifest, set, &[LEVEL, MODE]);
-    server.wait_stdout(10, |l| l.iter().any(|l| l.contains("literal=")));
+    // The last line it says: not its argv line, which names it too and
+    // comes first.
+    server.wait_stdout(10, |l| l.iter().any(|l| l.starts_with("api | literal=")));
     server.signal(Signal::SIGTERM);
     let (status, out, err) = server.finish(20);
     assert!(status.success(), "{status}\n{err:#?}");
