@@ -157,6 +157,11 @@ args = ["--server", "http://127.0.0.1:{port}"]
     let status: serde_json::Value = serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&o), stderr(&o)));
     assert_eq!(status["all_ready"], true, "{status:#}");
+    // The journal has a line before the server's stdout does.
+    let listening = format!("| listening on http://127.0.0.1:{port}");
+    server.wait_stdout(30, |l| {
+        l.iter().any(|l| l.starts_with("stigmer-server ") && l.contains(&listening))
+    });
     let o = exec(&["server", "logs", "stigmer-server"]);
     assert!(ok(&o).contains(&format!("stigmer-server | listening on http://127.0.0.1:{port}")));
 
@@ -193,6 +198,9 @@ fn with_nothing_writable_the_server_is_reached_through_an_abstract_socket() {
     );
     let server = env.server(&manifest, &wrapper, &[]);
     server.wait_stderr("all services running", 30);
+    // Its line is in the journal before it is on the server's stdout.
+    let said = format!("a | {m}");
+    server.wait_stdout(30, |l| l.contains(&said));
     // Another process under the same read-only root (bubblewrap keeps the
     // network namespace, where abstract sockets live).
     let exec = |args: &[&str]| {

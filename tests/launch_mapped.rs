@@ -185,18 +185,29 @@ restart = "on-failure"
         std::fs::read_to_string(format!("/proc/{first}/comm")).unwrap(),
         "workflow-runner\n"
     );
+    let starts =
+        |lines: &[String]| lines.iter().filter(|l| l.contains("runner: started (pid")).count();
+    let started = starts(&server.stderr.lock().unwrap());
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(first as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    server.wait_stderr("runner: started (pid", 30);
+    // The restart: one more start line, a new process, and work done after
+    // the kill.
+    let said = server.stdout.lock().unwrap().len();
+    wait_until(20, || "a new start".into(), || starts(&server.stderr.lock().unwrap()) > started);
     wait_until(20, || "a new runner".into(), || runner() != first);
     let second = runner();
     assert_eq!(status_field(second, "RssShmem"), "0 kB");
+    // The new runner's first line, then work it did (the first one's last
+    // lines may still be in the pipe after the kill).
+    let runner_says = |l: &String, what: &str| l.starts_with("runner") && l.contains(what);
     server.wait_stdout(20, |lines| {
-        lines.iter().filter(|l| l.contains("runner") && l.contains("finished workflows-")).count()
-            >= 2
+        let polls = lines[said..].iter().position(|l| runner_says(l, "| polling "));
+        polls.is_some_and(|p| {
+            lines[said + p..].iter().any(|l| runner_says(l, "finished workflows-"))
+        })
     });
     server.signal(nix::sys::signal::Signal::SIGTERM);
     let (status, _, stderr) = server.finish(30);

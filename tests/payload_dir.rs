@@ -86,20 +86,13 @@ fn a_60_mb_payload_never_passes_through_the_launchers_memory() {
 
     let config = env.dir.path().join("services.toml");
     fs::write(&config, "[services.big]\nargs = [\"--quiet\", \"--sleep\", \"60000\"]\n").unwrap();
-    let mut server = Command::new(&stigmer)
-        .args(["--backend", "memfd", "server", "--config"])
+    let mut cmd = Command::new(&stigmer);
+    cmd.args(["--backend", "memfd", "server", "--config"])
         .arg(&config)
-        .env("STIGMER_HOME", &env.home)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr_pipe = server.stderr.take().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr_pipe));
-    let started = lines.by_ref().map(Result::unwrap).find(|l| l.contains("big: started")).unwrap();
-    let pid: u32 =
-        started.split("pid ").nth(1).unwrap().split(',').next().unwrap().parse().unwrap();
-    lines.by_ref().map(Result::unwrap).find(|l| l.contains("all services running")).unwrap();
+        .env("STIGMER_HOME", &env.home);
+    let server = Server::spawn(&mut cmd);
+    let pid = server.service_pid("big", 60);
+    server.wait_stderr("all services running", 60);
 
     // What runs is exactly the payload: the memfd holds the built bytes.
     let running = fs::read(format!("/proc/{pid}/exe")).unwrap();
@@ -113,7 +106,10 @@ fn a_60_mb_payload_never_passes_through_the_launchers_memory() {
     // And stigmer never held it: its peak resident memory stays far below
     // the payload's size (sendfile copies inside the kernel; decompression
     // reads the executable with pread and writes one 1 MiB frame at a time).
-    let status = fs::read_to_string(format!("/proc/{}/status", server.id())).unwrap();
+    // The supervisor prepared it: the guard (`server`) forked it before.
+    let supervisor = children_of(server.child.id());
+    assert_eq!(supervisor.len(), 1, "the guard has one child, the supervisor: {supervisor:?}");
+    let status = fs::read_to_string(format!("/proc/{}/status", supervisor[0].0)).unwrap();
     let hwm_kb: u64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
@@ -130,13 +126,9 @@ fn a_60_mb_payload_never_passes_through_the_launchers_memory() {
         "stigmer's peak RSS is {hwm_kb} kB with a 60 MB payload: {detail:?}"
     );
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    for _ in lines {}
-    assert!(server.wait().unwrap().success());
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    let (status, _, err) = server.finish(30);
+    assert!(status.success(), "{status}: {err:?}");
 
     // On a terminal (a pty from script(1)) stigmer shows a progress bar
     // while it fills the cache (here from the first byte: how long 60 MB
@@ -256,7 +248,7 @@ fn pyinstaller_and_script_payloads_from_a_custom_folder() {
 
     // stigmer waits for a PyInstaller payload: SIGTERM to stigmer reaches
     // it, stigmer reports the same death, and cleans up.
-    let child = Command::new(&stigmer)
+    let mut child = Command::new(&stigmer)
         .args(["run", "pyapp", "sleep"])
         .env("STIGMER_HOME", &env.home)
         .stdout(std::process::Stdio::piped())
@@ -268,7 +260,12 @@ fn pyinstaller_and_script_payloads_from_a_custom_folder() {
         assert!(std::time::Instant::now() < deadline, "pyapp never started");
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // The app itself runs once it has said where it unpacked to (before,
+    // its bootloader may still be unpacking).
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let said =
+        std::io::BufRead::lines(out).map_while(Result::ok).any(|l| l.starts_with("pyapp: meipass"));
+    assert!(said, "pyapp never said where it unpacked to");
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.signal(), Some(15), "{o:?}");

@@ -23,11 +23,11 @@ fn as_pid1_orphans_are_reaped_and_sigterm_stops_everything() {
         r#"
 [services.orphaner]
 payload = "probe"
-args = ["--quiet", "--orphan", "1500", "--sleep", "60000", "--say", "{m}"]
+args = ["--quiet", "--orphan", "4000", "--sleep", "60000", "--say", "{m}"]
 
 [services.other]
 payload = "probe"
-args = ["--quiet", "--orphan", "1501", "--sleep", "60000", "--say", "{m}"]
+args = ["--quiet", "--orphan", "4001", "--sleep", "60000", "--say", "{m}"]
 "#
     );
     let server = env.server(&manifest, &["unshare", "--pid", "--fork", "--mount-proc"], &[]);
@@ -41,7 +41,7 @@ args = ["--quiet", "--orphan", "1501", "--sleep", "60000", "--say", "{m}"]
     let kids = children_of(stigmer);
     assert_eq!(kids.len(), 1, "the guard has one child, the supervisor: {kids:?}");
     let supervisor = kids[0].0;
-    let orphans: Vec<_> = wait_processes("/proc/self/exe --quiet --sleep 150", 2, 10)
+    let orphans: Vec<_> = wait_processes("/proc/self/exe --quiet --sleep 400", 2, 10)
         .into_iter()
         .map(|p| p.0)
         .collect();
@@ -51,11 +51,12 @@ args = ["--quiet", "--orphan", "1501", "--sleep", "60000", "--say", "{m}"]
         || orphans.iter().all(|o| parent_of(*o) == Some(supervisor)),
     );
 
-    // They exit at 1.5s; they must be reaped, leaving no zombie.
+    // They exit at 4 s (long enough to be seen alive and reparented on a
+    // loaded machine); they must be reaped, leaving no zombie.
     wait_until(
         10,
-        || format!("{:?}", processes_with("/proc/self/exe --quiet --sleep 150")),
-        || processes_with("/proc/self/exe --quiet --sleep 150").is_empty(),
+        || format!("{:?}", processes_with("/proc/self/exe --quiet --sleep 400")),
+        || processes_with("/proc/self/exe --quiet --sleep 400").is_empty(),
     );
     let zombies = || -> Vec<_> {
         [stigmer, supervisor]

@@ -305,6 +305,10 @@ fn the_foreground_server_answers_status_logs_and_stop() {
         );
         let server = env.server(&manifest, &[], &["--backend", backend]);
         server.wait_stderr("all services running", 20);
+        // A service with no ready check is running once spawned: wait for
+        // its line, which the journal has before the server's stdout does.
+        let said = format!("a | {m}");
+        server.wait_stdout(20, |l| l.contains(&said));
         let status = status_json(&env);
         assert_eq!(status["pid"].as_u64(), Some(u64::from(server.child.id())));
         assert_eq!(status["all_ready"], true);

@@ -36,6 +36,25 @@ fn daemon(ms: u32) -> String {
     format!("/proc/self/exe --setsid --quiet --sleep {ms}")
 }
 
+/// Waits until the daemon `--daemon ms` leaves behind runs and has left
+/// its service's session (the probe calls setsid after its exec), and
+/// returns its pid.
+#[track_caller]
+fn wait_daemon(ms: u32) -> u32 {
+    let pid = wait_processes(&daemon(ms), 1, 10)[0].0;
+    let session = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let after = stat.rsplit_once(')')?.1;
+        after.split_whitespace().nth(3)?.parse::<u32>().ok()
+    };
+    wait_until(
+        10,
+        || format!("daemon {pid} in session {:?}", session()),
+        || session() == Some(pid),
+    );
+    pid
+}
+
 /// Waits until no live process has any of `markers` in its command line.
 #[track_caller]
 fn wait_gone(markers: &[&str], secs: u64) {
@@ -84,7 +103,7 @@ fn sigkill_of_the_guard_leaves_no_service_orphan_or_daemon() {
         server.wait_stderr("all services running", 20);
         wait_processes(&m, 2, 10);
         wait_processes(&orphan(o), 1, 10);
-        wait_processes(&daemon(d), 1, 10);
+        wait_daemon(d);
         let supervisor = server.supervisor();
         server.signal(Signal::SIGKILL);
         // The supervisor sees the guard's pipe close and kills everything.
@@ -114,7 +133,7 @@ fn sigkill_of_the_supervisor_leaves_no_service_orphan_or_daemon() {
         server.wait_stderr("all services running", 20);
         wait_processes(&m, 2, 10);
         wait_processes(&orphan(o), 1, 10);
-        wait_processes(&daemon(d), 1, 10);
+        wait_daemon(d);
         let supervisor = server.supervisor();
         kill(Pid::from_raw(supervisor as i32), Signal::SIGKILL).unwrap();
         // The guard outlives the supervisor only to kill what is left: by
@@ -137,7 +156,7 @@ fn the_services_die_with_the_supervisor_by_their_death_signal() {
         server.wait_stderr("all services running", 20);
         let services: Vec<u32> = wait_processes(&m, 2, 10).into_iter().map(|p| p.0).collect();
         let orphan_pid = wait_processes(&orphan(o), 1, 10)[0].0;
-        wait_processes(&daemon(d), 1, 10);
+        wait_daemon(d);
         let supervisor = server.supervisor();
         // With the guard stopped and the supervisor killed (no hook runs),
         // only PR_SET_PDEATHSIG can end the services.
@@ -265,8 +284,7 @@ stop_signal = "SIGINT"
         let mut server = env.server(&manifest, &[], &["--backend", backend]);
         server.wait_stderr("all services running", 20);
         wait_processes(&m, 2, 10);
-        let escapees: Vec<u32> =
-            [daemon(polite), daemon(deaf)].iter().map(|d| wait_processes(d, 1, 10)[0].0).collect();
+        let escapees: Vec<u32> = [polite, deaf].into_iter().map(wait_daemon).collect();
         let supervisor = server.supervisor();
         for e in &escapees {
             wait_until(
@@ -323,7 +341,7 @@ stop_signal = "SIGINT"
         let mut server = env.server(&manifest, &[], &["--backend", backend]);
         server.wait_stderr("all services running", 20);
         wait_processes(&m, 1, 10);
-        wait_processes(&daemon(deaf), 1, 10);
+        wait_daemon(deaf);
         server.signal(Signal::SIGTERM);
         server.wait_stderr("left its service's process group: sending SIGTERM", 10);
         let t = Instant::now();
@@ -356,7 +374,7 @@ fn a_panic_in_the_supervisor_kills_every_service_group_itself() {
         server.wait_stderr("all services running", 20);
         wait_processes(&m, 2, 10);
         let orphan_pid = wait_processes(&orphan(o), 1, 10)[0].0;
-        wait_processes(&daemon(d), 1, 10);
+        wait_daemon(d);
         let supervisor = server.supervisor();
         // With the guard stopped, only the panic hook can kill the orphan:
         // it is in service a's group, but no death signal ties it to the
