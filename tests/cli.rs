@@ -340,7 +340,7 @@ fn run_parses_the_same_with_or_without_options() {
         &["--version"],
     ];
     for tail in argv_tails {
-        for backend in [None, Some("memfd"), Some("cache")] {
+        for backend in std::iter::once(None).chain(BACKENDS.iter().copied().map(Some)) {
             let both = [
                 vec!["run", "probe"],
                 vec!["--backend", backend.unwrap_or("auto"), "run", "probe"],
