@@ -75,7 +75,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
@@ -203,6 +203,7 @@ pub async fn serve(
     let (progress, _) = tokio::sync::broadcast::channel(256);
     let (commands_tx, mut commands) = mpsc::channel(64);
     let watched = Arc::new(tokio::sync::Notify::new());
+    let pumps: Arc<[AtomicUsize]> = names.iter().map(|_| AtomicUsize::new(0)).collect();
     // Answer before the payloads are prepared: `server start` watches.
     let control = match options.control.take() {
         Some(listener) => {
@@ -216,6 +217,7 @@ pub async fn serve(
                 progress: progress.clone(),
                 journal: journal.clone(),
                 names: names.clone().into(),
+                pumps: Arc::clone(&pumps),
             };
             let listener = control::listen(listener, handle)
                 .map_err(|source| Error::Exec { name: "stigmer server".into(), source })?;
@@ -257,6 +259,7 @@ pub async fn serve(
         checks,
         runner,
         running: (0..count).map(|_| Arc::new(AtomicBool::new(false))).collect(),
+        pumps,
     };
 
     // First what already happened (the guard may have died while the
@@ -485,6 +488,9 @@ struct Supervisor {
     /// Per service, whether its current run's leader is still unreaped:
     /// its readiness checks stop once it is not.
     running: Vec<Arc<AtomicBool>>,
+    /// Per service, how many of its output pipes are still being read: a
+    /// failure's last lines are in the journal once none is.
+    pumps: Arc<[AtomicUsize]>,
 }
 
 impl Supervisor {
@@ -691,14 +697,20 @@ impl Supervisor {
             };
             let events = self.events.clone();
             let mut pattern = log_check.clone();
-            tokio::spawn(logs::pump(pipe, stream, sinks, move |line| {
+            let pump = logs::pump(pipe, stream, sinks, move |line| {
                 if let Some(p) = &pattern {
                     if contains(line, p) {
                         let _ = events.send(Event::Ready { svc: i, run });
                         pattern = None;
                     }
                 }
-            }));
+            });
+            self.pumps[i].fetch_add(1, Ordering::Relaxed);
+            let pumps = Arc::clone(&self.pumps);
+            tokio::spawn(async move {
+                pump.await;
+                pumps[i].fetch_sub(1, Ordering::Relaxed);
+            });
         }
         drop(child);
         Ok(pid)

@@ -56,6 +56,9 @@ pub(crate) struct Handle {
     pub(crate) journal: Journal,
     /// The services, by name.
     pub(crate) names: Arc<[String]>,
+    /// Per service (as `names`), how many of its output pipes are still
+    /// being read.
+    pub(crate) pumps: Arc<[std::sync::atomic::AtomicUsize]>,
 }
 
 /// Starts answering on `listener`; the socket file (if any) and its lock
@@ -342,6 +345,16 @@ async fn watch(handle: &Handle, write: &mut OwnedWriteHalf) -> io::Result<()> {
         };
         send(write, &Reply::Progress(event)).await?;
         if let Some(service) = failed {
+            // A service that failed may have exited a moment before its
+            // last lines were read: wait (a little) for its pipes' end.
+            if let Some(i) = service.as_ref().and_then(|s| handle.names.iter().position(|n| n == s))
+            {
+                let drained = || handle.pumps[i].load(std::sync::atomic::Ordering::Relaxed) == 0;
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+                while !drained() && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
             for entry in
                 handle.journal.tail(&service.into_iter().collect::<Vec<_>>(), FAILURE_LINES)
             {
