@@ -157,9 +157,9 @@ pub(crate) enum ServerCmd {
 
 /// The payload `args` (stigmer's whole argv) runs when it is `stigmer run
 /// NAME ...` with no option before NAME, NAME a payload of `catalog` and
-/// `STIGMER_BACKEND` unset or a valid value (clap refuses an empty one): what clap would parse to `Cmd::Run`
-/// with every global option at its default, so `main` can skip building
-/// the command line. Anything else (an option, `--help`, an unknown name,
+/// `STIGMER_BACKEND` unset or a valid value (clap refuses an empty one):
+/// what clap would parse to `Cmd::Run` with every global option at its
+/// default, so `main` can skip building the command line. Anything else (an option, `--help`, an unknown name,
 /// a bad `STIGMER_BACKEND`) is clap's to parse, and to explain.
 pub(crate) fn plain_run<'c>(args: &[OsString], catalog: &'c stigmer::Catalog) -> Option<&'c str> {
     let [_, run, name, ..] = args else { return None };

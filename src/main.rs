@@ -39,7 +39,8 @@ fn main() -> ExitCode {
     // `stigmer run NAME ...` with no option before NAME, the launch path,
     // without building the whole command line (about a tenth of the
     // launch's own CPU time): everything after NAME is the payload's, as
-    // clap's `run` takes it (`tests/cli.rs`: `run_parses_the_same_with_or_without_options`).
+    // clap's `run` takes it (`tests/cli.rs`:
+    // `run_parses_the_same_with_or_without_options`).
     let direct = match args.first() {
         Some(argv0) => match stigmer::launch::mapped_reexec(&catalog) {
             Some(p) => Some((p.name(), Some(argv0.clone()), args.split_off(1))),

@@ -525,6 +525,14 @@ impl Launcher {
     /// or starting anything: for an ELF payload, from its headers and what
     /// `/proc/self` says of this process.
     pub fn plan(&self, payload: &Payload) -> Plan {
+        self.decide(payload).0
+    }
+
+    /// [`Launcher::plan`], and the mapped image it read deciding so (an
+    /// ELF payload that `auto` maps), for `prepare` to use rather than read
+    /// the payload's headers again.
+    fn decide(&self, payload: &Payload) -> (Plan, Option<imp::MappedImage>) {
+        let mut image = None;
         let (backend, why) = match (payload.kind(), self.choice) {
             (Kind::PyInstaller, _) => (
                 Backend::Cache,
@@ -544,13 +552,17 @@ impl Launcher {
             // nothing copied (the compatibility matrix, tests/mapped_matrix.rs,
             // holds every class of ELF executable it takes).
             (Kind::Elf, Choice::Auto) if NATIVE == Backend::Memfd => {
-                match imp::mapped_image(payload) {
-                    _ if self.mapped_refused.load(Ordering::Relaxed) => {
-                        (Backend::Memfd, MAPPED_REFUSED_ON_HOST)
+                if self.mapped_refused.load(Ordering::Relaxed) {
+                    (Backend::Memfd, MAPPED_REFUSED_ON_HOST)
+                } else {
+                    match imp::mapped_image(payload) {
+                        Ok(mapped) => {
+                            image = Some(mapped);
+                            (Backend::Mapped, MAPPED)
+                        }
+                        // Why it is not mapped is why it runs from a memfd.
+                        Err(why) => (Backend::Memfd, why),
                     }
-                    Ok(_) => (Backend::Mapped, MAPPED),
-                    // Why it is not mapped is why it runs from a memfd.
-                    Err(why) => (Backend::Memfd, why),
                 }
             }
             (_, _) if NATIVE == Backend::Memfd => {
@@ -565,9 +577,9 @@ impl Launcher {
             && self.choice == Choice::Auto
             && self.memfd_refused.load(Ordering::Relaxed)
         {
-            return Plan { backend: Backend::Cache, why: REFUSED };
+            return (Plan { backend: Backend::Cache, why: REFUSED }, None);
         }
-        Plan { backend, why }
+        (Plan { backend, why }, image)
     }
 
     /// Asks the kernel, once per process (in a child that exits at once),
@@ -633,14 +645,20 @@ impl Launcher {
         self.memfd.prepare(payload)
     }
 
-    /// The payload mapped from stigmer's own file; or, with `auto`, its
-    /// memfd when it cannot be mapped. With `auto`, and unless it is to
+    /// The payload mapped from stigmer's own file (`image`, when `plan`
+    /// read it already); or, with `auto`, its memfd when it cannot be
+    /// mapped. With `auto`, and unless it is to
     /// replace this process (`in_place`, where a refusal is undone and the
     /// memfd used then), the kernel is asked once per process whether it
     /// allows the loader (`PR_SET_MM_MAP`), since a spawned child that
     /// finds out could not fall back.
-    fn prepare_mapped(&self, payload: &Payload, in_place: bool) -> Result<Prepared> {
-        let image = imp::mapped_image(payload).and_then(|image| {
+    fn prepare_mapped(
+        &self,
+        payload: &Payload,
+        image: Option<imp::MappedImage>,
+        in_place: bool,
+    ) -> Result<Prepared> {
+        let image = image.map_or_else(|| imp::mapped_image(payload), Ok).and_then(|image| {
             if self.choice == Choice::Auto && !in_place {
                 self.ask_kernel()?;
             }
@@ -654,6 +672,20 @@ impl Launcher {
             Ok(image) => Ok(Prepared::new(payload, Image::Mapped(image))),
             Err(_) if self.choice == Choice::Auto => self.prepare_memfd_or_cache(payload),
             Err(why) => Err(Error::NotMappable { name: payload.name().to_owned(), why }),
+        }
+    }
+
+    /// [`Launch::prepare`]: to spawn, or to replace this process
+    /// (`in_place`, see [`Launcher::prepare_mapped`]).
+    fn prepare_to(&self, payload: &Payload, in_place: bool) -> Result<Prepared> {
+        let (plan, image) = self.decide(payload);
+        match plan.backend {
+            Backend::Cache => self.prepare_cache(payload).map_err(|e| Error::NeedsCache {
+                name: payload.name().to_owned(),
+                source: e.into(),
+            }),
+            Backend::Memfd => self.prepare_memfd_or_cache(payload),
+            Backend::Mapped => self.prepare_mapped(payload, image, in_place),
         }
     }
 
@@ -768,10 +800,7 @@ impl Launcher {
         S: AsRef<OsStr>,
     {
         let blocked = child::Blocked::new()?;
-        let mut prepared = match self.plan(payload).backend {
-            Backend::Mapped => self.prepare_mapped(payload, true)?,
-            _ => self.prepare(payload)?,
-        };
+        let mut prepared = self.prepare_to(payload, true)?;
         prepared.arg0 = arg0.map(OsStr::to_owned);
         if prepared.needs_parent() {
             if blocked.stop_pending() {
@@ -839,15 +868,7 @@ impl Launch for Launcher {
     }
 
     fn prepare(&self, payload: &Payload) -> Result<Prepared> {
-        let plan = self.plan(payload);
-        match plan.backend {
-            Backend::Cache => self.prepare_cache(payload).map_err(|e| Error::NeedsCache {
-                name: payload.name().to_owned(),
-                source: e.into(),
-            }),
-            Backend::Memfd => self.prepare_memfd_or_cache(payload),
-            Backend::Mapped => self.prepare_mapped(payload, false),
-        }
+        self.prepare_to(payload, false)
     }
 }
 

@@ -411,17 +411,17 @@ impl MappedImage {
             return Err("it is not on a page boundary in stigmer's file");
         }
         let elf = Elf::parse(data, data.len() as u64, host.page)?;
-        // Its loader is opened again at each launch (as the kernel does, so
-        // that a glibc upgraded meanwhile comes whole); whether this user
-        // can read it, as the loader must and the kernel need not, is known
-        // now.
+        // Its loader is opened and read at each launch (as the kernel does,
+        // so that a glibc upgraded meanwhile comes whole); whether this user
+        // can open it for reading, as the loader must and the kernel need
+        // not, is known now.
         if let Some(path) = &elf.interp {
-            open_interp(path, host.page).map_err(|e| match e.kind() {
+            File::open(OsStr::from_bytes(path.to_bytes())).map_err(|e| match e.kind() {
                 io::ErrorKind::NotFound => "its loader (PT_INTERP) is missing",
                 io::ErrorKind::PermissionDenied => {
                     "its loader (PT_INTERP) cannot be read by this user (exec alone is allowed)"
                 }
-                _ => "its loader (PT_INTERP) cannot be mapped",
+                _ => "its loader (PT_INTERP) cannot be opened",
             })?;
         }
         Ok(MappedImage {
@@ -535,14 +535,7 @@ impl Fallback {
         changes: Vec<(OsString, Option<OsString>)>,
     ) -> io::Result<Fallback> {
         let envp = super::spawn::environment(changes.into_iter())?;
-        let c_string = |bytes: &[u8]| {
-            CString::new(bytes).map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "a name, argument or variable contains a NUL byte",
-                )
-            })
-        };
+        let c_string = super::spawn::c_string;
         let name = c_string(image.name.as_bytes())?;
         let argv = argv.iter().map(|a| c_string(a.as_bytes())).collect::<io::Result<Vec<_>>>()?;
         Ok(Fallback {
@@ -683,14 +676,7 @@ impl Launch {
     fn new(image: &MappedImage, argv: &[OsString], envp: Vec<CString>) -> io::Result<Launch> {
         let name = &*image.name;
         let host = Host::get().map_err(io::Error::other)?;
-        let c_string = |bytes: &[u8]| {
-            CString::new(bytes).map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "an argument or variable contains a NUL byte",
-                )
-            })
-        };
+        let c_string = super::spawn::c_string;
         let argv = argv.iter().map(|a| c_string(a.as_bytes())).collect::<io::Result<Vec<_>>>()?;
         let interp = match &image.elf.interp {
             None => None,

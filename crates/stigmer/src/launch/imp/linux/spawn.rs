@@ -185,7 +185,7 @@ pub(super) fn environment(
     vars.iter().map(|(k, v)| c_string(&[k.as_bytes(), b"=", v.as_bytes()].concat())).collect()
 }
 
-fn c_string(bytes: &[u8]) -> io::Result<CString> {
+pub(super) fn c_string(bytes: &[u8]) -> io::Result<CString> {
     CString::new(bytes).map_err(|_| {
         io::Error::new(io::ErrorKind::InvalidInput, "an argument or variable contains a NUL byte")
     })
