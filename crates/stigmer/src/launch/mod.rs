@@ -320,13 +320,17 @@ impl Prepared {
     /// not load it and ran it from a memfd instead (see
     /// [`Launcher::prepare`]), which `/proc/PID/exe` tells once `spawn`
     /// has returned (the child has jumped into the payload or exec'd it);
-    /// or, once it has exited, its name (`memfd:NAME` from a memfd).
+    /// or, once it has exited, its name: the loader names it after the
+    /// payload, an exec from a memfd `memfd:NAME` (or, through
+    /// `/proc/self/fd/N`, `N`).
     pub fn ran_from(&self, pid: u32) -> Backend {
         let Image::Mapped(_) = self.image else { return self.backend() };
         let memfd = match std::fs::read_link(format!("/proc/{pid}/exe")) {
             Ok(exe) => exe.as_os_str().as_encoded_bytes().starts_with(b"/memfd:"),
-            Err(_) => std::fs::read(format!("/proc/{pid}/comm"))
-                .is_ok_and(|comm| comm.starts_with(b"memfd:")),
+            Err(_) => std::fs::read(format!("/proc/{pid}/comm")).is_ok_and(|comm| {
+                let name = &self.name.as_bytes()[..self.name.len().min(15)];
+                comm.strip_suffix(b"\n").unwrap_or(&comm) != name
+            }),
         };
         if memfd { Backend::Memfd } else { Backend::Mapped }
     }
